@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs everything the project needs from its own files, then fetches MNIST once.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+missing=$(xargs -a apt-packages.txt dpkg-query -W -f='${Status} ${Package}\n' 2>/dev/null \
+          | awk '$3 != "installed" {print $4}'; \
+          for p in $(cat apt-packages.txt); do dpkg-query -W "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages: $(echo $missing | tr '\n' ' ')"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $(sort -u <<<"$missing") >/dev/null
+fi
+
+pip_log=$(mktemp)
+if ! python3 -m pip install -q -r requirements.txt >"$pip_log" 2>&1; then
+    cat "$pip_log"; echo "setup: pip install -r requirements.txt failed (log above)"; exit 1
+fi
+rm -f "$pip_log"
+python3 -m utils.data

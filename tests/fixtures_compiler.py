@@ -1,0 +1,1 @@
+"""Fixtures for this stage (filled in by its owner)."""

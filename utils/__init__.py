@@ -1,0 +1,1 @@
+"""The library every stage script and test imports."""
