@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Quantization-aware training of LeNet-5 (QMnistModel) → TorchScript int8, the deployed model.
+
+Trains LeNet-5 in float, fine-tunes it with qnnpack fake-quantization (conv+relu fused as
+utils.qmodel.FUSE_GROUPS says), converts to int8, traces it with a [1,1,28,28] input and saves
+it; then reloads the file and checks it gives the eager int8 model's outputs bit for bit.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from utils import paths
+from utils.cli import StageError, run
+from utils.qmodel import QMnistModel
+from utils.quantize import (freeze_observers, load_int8_model, prepare_qat, save_scripted,
+                            save_state, to_int8)
+from utils.reports import model_hash, write_report
+from utils.train import evaluate, fit, mnist_loader, predict, setup_torch
+
+STAGE = "0103mnist_QAT"
+QUICK_TRAIN_IMAGES = 20000
+QUICK_TEST_IMAGES = 2000
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=8, help="float training epochs")
+    parser.add_argument("--qat-epochs", type=int, default=3, help="QAT fine-tuning epochs")
+    parser.add_argument("--freeze-after", type=int, default=2,
+                        help="QAT epochs after which the quantization ranges stop moving")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--test-batch-size", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=1.0, help="Adadelta learning rate (float)")
+    parser.add_argument("--gamma", type=float, default=0.7, help="StepLR decay per epoch")
+    parser.add_argument("--qat-lr", type=float, default=0.05,
+                        help="Adadelta learning rate of the QAT fine-tuning")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"tests: {QUICK_TRAIN_IMAGES} training images, "
+                             f"{QUICK_TEST_IMAGES} test images, 1 + 1 epochs")
+    parser.add_argument("--out", type=Path, default=paths.QAT_MODEL,
+                        help="TorchScript int8 model to write")
+    parser.add_argument("--fp32-out", type=Path, default=None,
+                        help="float LeNet-5 state_dict to write (default: beside --out, "
+                             "qmnist_lenet5_fp32.pth)")
+    args = parser.parse_args(argv)
+    for name in ("epochs", "qat_epochs", "batch_size", "test_batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.quick:
+        args.epochs, args.qat_epochs, args.freeze_after = 1, 1, 1
+    if args.fp32_out is None:
+        args.fp32_out = args.out.parent / "qmnist_lenet5_fp32.pth"
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup_torch(args.seed)
+    train_limit = QUICK_TRAIN_IMAGES if args.quick else None
+    test_limit = QUICK_TEST_IMAGES if args.quick else None
+    train_loader = mnist_loader(True, args.batch_size, train_limit, args.seed)
+    test_loader = mnist_loader(False, args.test_batch_size, test_limit, args.seed)
+
+    model = QMnistModel()
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=args.gamma)
+    float_history = fit(model, train_loader, test_loader, optimizer, args.epochs,
+                        scheduler, name="fp32")
+    fp32_accuracy = float_history.test_accuracy[-1]
+    save_state(model, args.fp32_out)
+
+    qat_model = prepare_qat(model)
+    optimizer = torch.optim.Adadelta(qat_model.parameters(), lr=args.qat_lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=args.gamma)
+
+    def freeze(qat, epoch):
+        if epoch == args.freeze_after:
+            freeze_observers(qat)
+
+    qat_history = fit(qat_model, train_loader, test_loader, optimizer, args.qat_epochs,
+                      scheduler, name="qat", after_epoch=freeze)
+
+    int8_model = to_int8(qat_model)
+    _, int8_accuracy = evaluate(int8_model, test_loader)
+    save_scripted(int8_model, args.out)
+
+    # The file is what later stages use: it must be the model just measured, bit for bit.
+    reloaded = load_int8_model(args.out)
+    eager_out, labels = predict(int8_model, test_loader)
+    reloaded_out, _ = predict(reloaded, test_loader)
+    if not torch.equal(eager_out, reloaded_out):
+        diff = (eager_out - reloaded_out).abs().max().item()
+        raise StageError(f"reloaded {args.out} differs from the eager int8 model (max {diff:g})")
+
+    figures = {
+        "quick": args.quick,
+        "fp32_accuracy": round(fp32_accuracy, 2),
+        "int8_accuracy": round(int8_accuracy, 2),
+        "qat_fakequant_accuracy": round(qat_history.test_accuracy[-1], 2),
+        "epochs": args.epochs,
+        "qat_epochs": args.qat_epochs,
+        "seconds_per_epoch": round(float_history.seconds_per_epoch, 2),
+        "qat_seconds_per_epoch": round(qat_history.seconds_per_epoch, 2),
+        "train_images": len(train_loader.dataset),
+        "test_images": len(labels),
+        "model_bytes": args.out.stat().st_size,
+        "fp32_model_bytes": args.fp32_out.stat().st_size,
+        "model_hash": model_hash(args.out),
+        "model_path": str(args.out),
+        "torchscript_matches_eager": True,
+    }
+    report = write_report(STAGE, figures)
+    print(f"LeNet-5 fp32 {fp32_accuracy:.2f} % → QAT int8 {int8_accuracy:.2f} % "
+          f"on {len(labels)} test images")
+    print(f"saved {args.out} ({figures['model_bytes']} bytes, hash {figures['model_hash']}); "
+          f"reloaded TorchScript matches the eager int8 model; report {report}")
+    return figures
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,241 @@
+"""Eager-mode int8 quantization shared by 0102 (PTQ), 0103 (QAT), the tests and later stages.
+
+qnnpack everywhere: per-tensor symmetric int8 weights, uint8 activations without reduce_range,
+the scheme that maps straight onto integer kernels on a Cortex-M.
+"""
+import copy
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.ao import quantization as tq
+from torch.ao.quantization import DeQuantStub, QuantStub
+
+from utils.cli import StageError
+from utils.model import MnistModel
+from utils.qmodel import FUSE_GROUPS as LENET5_FUSE_GROUPS
+from utils.qmodel import QMnistModel
+from utils.train import images_to_tensor
+
+# PyTorch 2.14 flags eager quantization and TorchScript as deprecated on every call; they are
+# still the documented path to a TorchScript int8 file, so one notice in the docs is enough.
+warnings.filterwarnings("ignore", message=r".*(quantize_per_tensor|torch\.jit\.\w+`? is deprecated)",
+                        category=UserWarning)
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+`? is deprecated", category=FutureWarning)
+
+ENGINE = "qnnpack"
+INPUT_SHAPE = (1, 1, 28, 28)
+
+# Which stage script writes which weights file, so a missing file says what to run.
+MADE_BY = {
+    "mnist_cnn.pth": "0101mnist.py",
+    "mnist_cnn_quant.pth": "0102quantization.py",
+    "mnist_cnn_quant_scripted_int8.pth": "0102quantization.py",
+    "qmnist_lenet5_fp32.pth": "0103mnist_QAT.py",
+    "qmnist_lenet5_ptq.pth": "0102quantization.py --model lenet5",
+    "qmnist_lenet5_ptq_scripted_int8.pth": "0102quantization.py --model lenet5",
+    "qmnist_lenet5_scripted_int8.pth": "0103mnist_QAT.py",
+}
+
+
+def use_qnnpack():
+    torch.backends.quantized.engine = ENGINE
+
+
+class QuantizableMnistModel(nn.Module):
+    """MnistModel with quant/dequant stubs, sharing its layers (and so its trained weights).
+
+    Normalize stays in float before the QuantStub: the int8 model still takes plain pixel/255.
+    """
+
+    FUSE_GROUPS = [["conv1", "relu1"], ["conv2", "relu2"], ["fc1", "relu3"]]
+
+    def __init__(self, float_model: MnistModel):
+        super().__init__()
+        self.normalize = float_model.normalize
+        self.quant = QuantStub()
+        for name in ("conv1", "relu1", "conv2", "relu2", "pool", "dropout1",
+                     "fc1", "relu3", "dropout2", "fc2"):
+            setattr(self, name, getattr(float_model, name))
+        self.dequant = DeQuantStub()
+
+    def forward(self, x):
+        x = self.quant(self.normalize(x))
+        x = self.relu1(self.conv1(x))
+        x = self.relu2(self.conv2(x))
+        x = self.dropout1(self.pool(x))
+        x = torch.flatten(x, 1)
+        x = self.dropout2(self.relu3(self.fc1(x)))
+        x = self.dequant(self.fc2(x))
+        return F.log_softmax(x, dim=1)
+
+
+def quantizable(model: nn.Module):
+    """(a copy of model with quant/dequant stubs, its fuse groups)."""
+    model = copy.deepcopy(model)
+    if isinstance(model, QMnistModel):
+        return model, LENET5_FUSE_GROUPS
+    if isinstance(model, MnistModel):
+        wrapped = QuantizableMnistModel(model)
+        return wrapped, wrapped.FUSE_GROUPS
+    raise TypeError(f"no quantization recipe for {type(model).__name__}")
+
+
+def fused_eval(model: nn.Module) -> nn.Module:
+    """Conv/linear+ReLU fused, eval mode, still fp32: must compute the same function."""
+    model, groups = quantizable(model)
+    model.eval()
+    return tq.fuse_modules(model, groups)
+
+
+def prepare_ptq(model: nn.Module) -> nn.Module:
+    """Fused copy with qnnpack observers in place, ready for calibration."""
+    use_qnnpack()
+    prepared = fused_eval(model)
+    prepared.qconfig = tq.get_default_qconfig(ENGINE)
+    return tq.prepare(prepared)
+
+
+@torch.no_grad()
+def calibrate(prepared: nn.Module, loader, batches: int) -> int:
+    """Run up to `batches` batches through the observers; returns the number of images seen."""
+    prepared.eval()
+    seen = 0
+    for i, (x, _) in enumerate(loader):
+        if i >= batches:
+            break
+        prepared(x)
+        seen += len(x)
+    return seen
+
+
+def prepare_qat(model: nn.Module) -> nn.Module:
+    """Fused copy with qnnpack fake-quantization, in training mode."""
+    use_qnnpack()
+    model, groups = quantizable(model)
+    model.train()
+    model = tq.fuse_modules_qat(model, groups)
+    model.qconfig = tq.get_default_qat_qconfig(ENGINE)
+    return tq.prepare_qat(model)
+
+
+def freeze_observers(qat_model: nn.Module):
+    """Stop moving the quantization ranges, so the last epochs train against fixed scales."""
+    qat_model.apply(tq.disable_observer)
+
+
+def to_int8(prepared: nn.Module) -> nn.Module:
+    """The int8 model from a calibrated (PTQ) or trained (QAT) prepared model; eval mode."""
+    use_qnnpack()
+    model = copy.deepcopy(prepared).eval()
+    return tq.convert(model)
+
+
+def observer_scales(prepared: nn.Module) -> dict:
+    """{observer name: scale} of every activation observer (what calibration sets)."""
+    scales = {}
+    for name, module in prepared.named_modules():
+        if name.endswith("activation_post_process"):
+            scale, _ = module.calculate_qparams()
+            scales[name] = float(scale.reshape(-1)[0])
+    return scales
+
+
+@torch.no_grad()
+def trace_int8(model: nn.Module) -> torch.jit.ScriptModule:
+    use_qnnpack()
+    model.eval()
+    return torch.jit.trace(model, torch.rand(INPUT_SHAPE))
+
+
+def save_scripted(model: nn.Module, path) -> torch.jit.ScriptModule:
+    """Trace with a [1,1,28,28] input and save as TorchScript; returns the traced module."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    traced = trace_int8(model)
+    traced.save(str(path))
+    return traced
+
+
+def save_state(model: nn.Module, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Size of the model's state_dict as torch.save writes it."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _require_file(path: Path, made_by: str = None):
+    if not path.is_file():
+        made_by = made_by or MADE_BY.get(path.name, "the stage that makes it")
+        raise StageError(f"model file {path} not found; make it with `python3 {made_by}`")
+
+
+def load_int8_model(path, made_by: str = None) -> torch.jit.ScriptModule:
+    """Load a TorchScript int8 model (the deployed format) on qnnpack, with one-line errors:
+    a missing file names the stage that makes it; a corrupt file or a model that is not an
+    int8 [1,1,28,28] → 10 classifier raises StageError."""
+    path = Path(path)
+    _require_file(path, made_by)
+    use_qnnpack()
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise StageError(f"{path} is not a readable TorchScript model ({_one_line(exc)})") from None
+    model.eval()
+    kinds = {node.kind() for node in model.inlined_graph.nodes()}
+    if not any(kind.startswith("quantized::") for kind in kinds):
+        raise StageError(f"{path} is a TorchScript model but not an int8 (quantized) one")
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(INPUT_SHAPE))
+    except Exception as exc:
+        raise StageError(f"{path} does not accept a [1,1,28,28] input ({_one_line(exc)})") from None
+    if tuple(out.shape) != (1, 10):
+        raise StageError(f"{path} returns shape {tuple(out.shape)}, expected (1, 10)")
+    return model
+
+
+def load_fp32_model(model: nn.Module, path, made_by: str = None) -> nn.Module:
+    """Load a float state_dict file into model, with one-line errors; returns model in eval."""
+    path = Path(path)
+    _require_file(path, made_by)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise StageError(f"{path} is not a readable weights file ({_one_line(exc)})") from None
+    if not isinstance(state, dict):
+        raise StageError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise StageError(f"{path} does not fit {type(model).__name__} ({_one_line(exc)})") from None
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_int8(model, images_uint8, batch_size: int = 1000):
+    """(digits int64 [N], log-probabilities float32 [N,10]) for uint8 images [N,28,28],
+    fed as pixel/255 like the firmware."""
+    use_qnnpack()
+    model.eval()
+    images = np.asarray(images_uint8, dtype=np.uint8).reshape(-1, 28, 28)
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        outputs.append(model(images_to_tensor(images[start:start + batch_size])))
+    logprobs = torch.cat(outputs).numpy().astype(np.float32)
+    return logprobs.argmax(1).astype(np.int64), logprobs

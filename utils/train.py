@@ -1,0 +1,145 @@
+"""The one training loop and the one evaluation every stage and test shares.
+
+Inputs are float pixel/255 in [0,1] (the firmware's contract); models output log-probabilities.
+"""
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from utils.data import mnist_arrays
+
+# The machine has 2 cores shared with other jobs; more threads only thrash.
+NUM_THREADS = 2
+
+
+def setup_torch(seed: int):
+    """Fixed seed and a bounded thread count, called first by every stage."""
+    torch.set_num_threads(NUM_THREADS)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def images_to_tensor(images_uint8) -> torch.Tensor:
+    """uint8 [N,28,28] → float [N,1,28,28] = pixel/255, exactly what ToTensor gives."""
+    x = torch.as_tensor(np.asarray(images_uint8, dtype=np.uint8))
+    return x.to(torch.float32).div_(255.0).unsqueeze(1)
+
+
+def mnist_tensors(train: bool, limit: int = None, seed: int = 0):
+    """(x float [N,1,28,28], y int64 [N]); `limit` takes a fixed random subset (quick modes)."""
+    images, labels = mnist_arrays(train)
+    if limit is not None and limit < len(labels):
+        picked = np.sort(np.random.default_rng(seed).choice(len(labels), limit, replace=False))
+        images, labels = images[picked], labels[picked]
+    return images_to_tensor(images), torch.as_tensor(labels)
+
+
+def mnist_loader(train: bool, batch_size: int, limit: int = None, seed: int = 0) -> DataLoader:
+    """Batches from tensors in memory: the whole of MNIST is 47 MB as float, and
+    skipping torchvision's per-image PIL conversion makes an epoch several times faster."""
+    x, y = mnist_tensors(train, limit, seed)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=train,
+                      generator=generator if train else None)
+
+
+def train_epoch(model, loader, optimizer, desc="train") -> float:
+    """One pass over loader; returns the mean training loss. tqdm shows the running loss."""
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=1.0)
+    for x, y in bar:
+        optimizer.zero_grad()
+        loss = F.nll_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+    bar.close()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(model, loader) -> tuple:
+    """(log-probabilities [N,10], labels [N]) of a model in eval mode over loader."""
+    model.eval()
+    outputs, labels = [], []
+    for x, y in loader:
+        outputs.append(model(x))
+        labels.append(y)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def evaluate(model, loader) -> tuple:
+    """(mean loss, accuracy in %) on loader."""
+    logprobs, labels = predict(model, loader)
+    loss = F.nll_loss(logprobs, labels).item()
+    accuracy = 100.0 * (logprobs.argmax(1) == labels).float().mean().item()
+    return loss, accuracy
+
+
+@dataclass
+class History:
+    train_loss: list = field(default_factory=list)
+    test_loss: list = field(default_factory=list)
+    test_accuracy: list = field(default_factory=list)
+    epoch_seconds: list = field(default_factory=list)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return sum(self.epoch_seconds) / max(len(self.epoch_seconds), 1)
+
+
+def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
+        name="train", history=None, after_epoch=None) -> History:
+    """Train for `epochs`, evaluating after each; the time of an epoch excludes evaluation.
+    `after_epoch(model, epoch)` runs before the evaluation (QAT freezes observers there)."""
+    history = history or History()
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        train_loss = train_epoch(model, train_loader, optimizer, desc=f"{name} {epoch}/{epochs}")
+        history.epoch_seconds.append(time.perf_counter() - start)
+        if scheduler is not None:
+            scheduler.step()
+        if after_epoch is not None:
+            after_epoch(model, epoch)
+        test_loss, accuracy = evaluate(model, test_loader)
+        history.train_loss.append(train_loss)
+        history.test_loss.append(test_loss)
+        history.test_accuracy.append(accuracy)
+        print(f"{name} epoch {epoch}/{epochs}: train loss {train_loss:.4f}, "
+              f"test loss {test_loss:.4f}, accuracy {accuracy:.2f} %, "
+              f"{history.epoch_seconds[-1]:.1f} s", flush=True)
+    return history
+
+
+def plot_history(history: History, path, title: str):
+    """PNG with the loss curves and the test accuracy per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(history.train_loss) + 1)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, history.train_loss, "o-", label="train")
+    ax_loss.plot(epochs, history.test_loss, "o-", label="test")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("NLL loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, history.test_accuracy, "o-", color="tab:green")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("test accuracy (%)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
