@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from utils import paths
-from utils.cli import StageError, run
+from utils.cli import run
 from utils.qmodel import QMnistModel
-from utils.quantize import (freeze_observers, load_int8_model, prepare_qat, save_scripted,
+from utils.quantize import (check_round_trip, freeze_observers, prepare_qat, save_scripted,
                             save_state, to_int8)
 from utils.reports import model_hash, write_report
-from utils.train import evaluate, fit, mnist_loader, predict, setup_torch
+from utils.train import evaluate, fit, mnist_loader, setup_torch, train_float
 
 STAGE = "0103mnist_QAT"
 QUICK_TRAIN_IMAGES = 20000
@@ -66,10 +66,8 @@ def main(argv=None):
     test_loader = mnist_loader(False, args.test_batch_size, test_limit, args.seed)
 
     model = QMnistModel()
-    optimizer = torch.optim.Adadelta(model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=args.gamma)
-    float_history = fit(model, train_loader, test_loader, optimizer, args.epochs,
-                        scheduler, name="fp32")
+    float_history = train_float(model, train_loader, test_loader, args.epochs, args.lr,
+                                args.gamma)
     fp32_accuracy = float_history.test_accuracy[-1]
     save_state(model, args.fp32_out)
 
@@ -88,13 +86,7 @@ def main(argv=None):
     _, int8_accuracy = evaluate(int8_model, test_loader)
     save_scripted(int8_model, args.out)
 
-    # The file is what later stages use: it must be the model just measured, bit for bit.
-    reloaded = load_int8_model(args.out)
-    eager_out, labels = predict(int8_model, test_loader)
-    reloaded_out, _ = predict(reloaded, test_loader)
-    if not torch.equal(eager_out, reloaded_out):
-        diff = (eager_out - reloaded_out).abs().max().item()
-        raise StageError(f"reloaded {args.out} differs from the eager int8 model (max {diff:g})")
+    test_images = check_round_trip(int8_model, args.out, test_loader)
 
     figures = {
         "quick": args.quick,
@@ -106,7 +98,7 @@ def main(argv=None):
         "seconds_per_epoch": round(float_history.seconds_per_epoch, 2),
         "qat_seconds_per_epoch": round(qat_history.seconds_per_epoch, 2),
         "train_images": len(train_loader.dataset),
-        "test_images": len(labels),
+        "test_images": test_images,
         "model_bytes": args.out.stat().st_size,
         "fp32_model_bytes": args.fp32_out.stat().st_size,
         "model_hash": model_hash(args.out),
@@ -115,7 +107,7 @@ def main(argv=None):
     }
     report = write_report(STAGE, figures)
     print(f"LeNet-5 fp32 {fp32_accuracy:.2f} % → QAT int8 {int8_accuracy:.2f} % "
-          f"on {len(labels)} test images")
+          f"on {test_images} test images")
     print(f"saved {args.out} ({figures['model_bytes']} bytes, hash {figures['model_hash']}); "
           f"reloaded TorchScript matches the eager int8 model; report {report}")
     return figures

@@ -19,7 +19,7 @@ from utils.cli import StageError
 from utils.model import MnistModel
 from utils.qmodel import FUSE_GROUPS as LENET5_FUSE_GROUPS
 from utils.qmodel import QMnistModel
-from utils.train import images_to_tensor
+from utils.train import images_to_tensor, predict
 
 # PyTorch 2.14 flags eager quantization and TorchScript as deprecated on every call; they are
 # still the documented path to a TorchScript int8 file, so one notice in the docs is enough.
@@ -179,10 +179,10 @@ def _one_line(exc: Exception) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def _require_file(path: Path, made_by: str = None):
+def _require_file(path: Path, made_by: str = None, hint: str = ""):
     if not path.is_file():
         made_by = made_by or MADE_BY.get(path.name, "the stage that makes it")
-        raise StageError(f"model file {path} not found; make it with `python3 {made_by}`")
+        raise StageError(f"model file {path} not found; make it with `python3 {made_by}`{hint}")
 
 
 def load_int8_model(path, made_by: str = None) -> torch.jit.ScriptModule:
@@ -210,10 +210,10 @@ def load_int8_model(path, made_by: str = None) -> torch.jit.ScriptModule:
     return model
 
 
-def load_fp32_model(model: nn.Module, path, made_by: str = None) -> nn.Module:
+def load_fp32_model(model: nn.Module, path, made_by: str = None, hint: str = "") -> nn.Module:
     """Load a float state_dict file into model, with one-line errors; returns model in eval."""
     path = Path(path)
-    _require_file(path, made_by)
+    _require_file(path, made_by, hint)
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -239,3 +239,16 @@ def predict_int8(model, images_uint8, batch_size: int = 1000):
         outputs.append(model(images_to_tensor(images[start:start + batch_size])))
     logprobs = torch.cat(outputs).numpy().astype(np.float32)
     return logprobs.argmax(1).astype(np.int64), logprobs
+
+
+def check_round_trip(int8_model: nn.Module, path, loader) -> int:
+    """Reload the saved TorchScript and require the eager int8 model's outputs bit for bit:
+    the file is what later stages use, so it must be the model just measured.
+    Returns the number of images compared."""
+    reloaded = load_int8_model(path)
+    eager_out, labels = predict(int8_model, loader)
+    reloaded_out, _ = predict(reloaded, loader)
+    if not torch.equal(eager_out, reloaded_out):
+        diff = (eager_out - reloaded_out).abs().max().item()
+        raise StageError(f"reloaded {path} differs from the eager int8 model (max {diff:g})")
+    return len(labels)

@@ -28,17 +28,22 @@ def setup_torch(seed: int):
 
 def images_to_tensor(images_uint8) -> torch.Tensor:
     """uint8 [N,28,28] → float [N,1,28,28] = pixel/255, exactly what ToTensor gives."""
-    x = torch.as_tensor(np.asarray(images_uint8, dtype=np.uint8))
+    x = torch.tensor(np.asarray(images_uint8, dtype=np.uint8))
     return x.to(torch.float32).div_(255.0).unsqueeze(1)
+
+
+def subset_indices(total: int, limit: int = None, seed: int = 0) -> np.ndarray:
+    """The fixed random subset the quick modes use (all indices when limit is None)."""
+    if limit is None or limit >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, limit, replace=False))
 
 
 def mnist_tensors(train: bool, limit: int = None, seed: int = 0):
     """(x float [N,1,28,28], y int64 [N]); `limit` takes a fixed random subset (quick modes)."""
     images, labels = mnist_arrays(train)
-    if limit is not None and limit < len(labels):
-        picked = np.sort(np.random.default_rng(seed).choice(len(labels), limit, replace=False))
-        images, labels = images[picked], labels[picked]
-    return images_to_tensor(images), torch.as_tensor(labels)
+    picked = subset_indices(len(labels), limit, seed)
+    return images_to_tensor(images[picked]), torch.tensor(labels[picked])
 
 
 def mnist_loader(train: bool, batch_size: int, limit: int = None, seed: int = 0) -> DataLoader:
@@ -119,6 +124,14 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
               f"test loss {test_loss:.4f}, accuracy {accuracy:.2f} %, "
               f"{history.epoch_seconds[-1]:.1f} s", flush=True)
     return history
+
+
+def train_float(model, train_loader, test_loader, epochs, lr=1.0, gamma=0.7,
+                name="fp32") -> History:
+    """The float recipe of PyTorch's examples/mnist: Adadelta, learning rate x gamma per epoch."""
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=gamma)
+    return fit(model, train_loader, test_loader, optimizer, epochs, scheduler, name=name)
 
 
 def plot_history(history: History, path, title: str):
