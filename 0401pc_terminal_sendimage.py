@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Send MNIST test images (or a PNG/JPEG of a digit) to the board over its serial port and
+validate the model on the target: accuracy on the device, agreement with the host PyTorch int8
+model, confusion matrix, device time, round-trip throughput against what the baud rate allows.
+
+Works the same against the STM32F746G-DISCO and every stand-in (python -m utils.standin).
+Writes reports/0401pc_terminal_sendimage.json for runs over the test set (not for --file).
+
+Examples:
+    python3 0401pc_terminal_sendimage.py --index 0          # one test image
+    python3 0401pc_terminal_sendimage.py --count 500 --plot  # a range, with a confusion PNG
+    python3 0401pc_terminal_sendimage.py --all --json        # all 10 000, summary as JSON
+    python3 0401pc_terminal_sendimage.py --file my_digit.png
+"""
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from utils import paths
+from utils.cli import StageError, run
+
+STAGE = "0401pc_terminal_sendimage"
+# Runs longer than this print a line only for the images the device got wrong or never
+# answered (the progress bar shows the rest); --each prints every image.
+EACH_LINE_LIMIT = 20
+QUICK_COUNT = 20
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    link = parser.add_argument_group("serial link")
+    link.add_argument("--port", help="serial port (default: the ST-LINK's virtual COM port if "
+                      "plugged in, else a running stand-in, else /dev/ttyACM0)")
+    link.add_argument("--baud", type=int, default=115200, help="baud rate")
+    link.add_argument("--timeout", type=float, default=5.0,
+                      help="seconds to wait for each reply")
+    what = parser.add_argument_group("what to send (default: test image --index)")
+    what.add_argument("--index", type=int, default=0, help="one MNIST test image by index")
+    what.add_argument("--file", help="a PNG/JPEG of a digit, converted like MNIST")
+    what.add_argument("--count", type=int, help="send N test images starting at --start")
+    what.add_argument("--start", type=int, default=0, help="first test image of --count")
+    what.add_argument("--all", action="store_true", help="send all 10 000 test images")
+    what.add_argument("--quick", action="store_true",
+                      help=f"a short run for tests: --count {QUICK_COUNT}")
+    out = parser.add_argument_group("output")
+    out.add_argument("--host-model", default=str(paths.QAT_MODEL),
+                     help="host PyTorch int8 model for agreement_with_host")
+    out.add_argument("--no-host", action="store_true",
+                     help="skip the host model (no agreement_with_host)")
+    out.add_argument("--plot", nargs="?", const="", metavar="PNG",
+                     help="save the confusion matrix as a PNG (default: "
+                          f"reports/{STAGE}_confusion.png)")
+    out.add_argument("--json", action="store_true",
+                     help="print the summary as JSON on stdout, nothing else")
+    out.add_argument("--each", action="store_true",
+                     help=f"print a line for every image (default: every image for runs of "
+                          f"up to {EACH_LINE_LIMIT}, else only misses)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.quick and args.count is None and not args.all:
+        args.count = QUICK_COUNT
+    if args.file and (args.count is not None or args.all):
+        parser.error("--file sends one image; it does not combine with --count/--all")
+    return args
+
+
+def select_images(args):
+    """(images uint8 [N,28,28], labels [N] or None, indices [N], description)."""
+    if args.file:
+        from utils.preprocess import PreprocessError, load_image_file
+        try:
+            image = load_image_file(args.file)
+        except PreprocessError as exc:
+            raise StageError(str(exc)) from None
+        return image[None], None, np.array([0]), args.file
+    from utils.data import mnist_arrays
+    images, labels = mnist_arrays(train=False)
+    total = len(images)
+    if args.all:
+        start, stop = 0, total
+    elif args.count is not None:
+        if args.count < 1:
+            raise StageError(f"--count must be at least 1, got {args.count}")
+        if not 0 <= args.start < total:
+            raise StageError(f"--start must be in 0..{total - 1}, got {args.start}")
+        start, stop = args.start, min(total, args.start + args.count)
+    else:
+        if not 0 <= args.index < total:
+            raise StageError(f"--index must be in 0..{total - 1}, got {args.index}")
+        start, stop = args.index, args.index + 1
+    return (images[start:stop], labels[start:stop], np.arange(start, stop),
+            f"MNIST test images {start}..{stop - 1}")
+
+
+def resolve_port(port):
+    from utils.serial_link import DEFAULT_PORT, auto_detect_port
+    return port or auto_detect_port() or DEFAULT_PORT
+
+
+def host_model_path(args):
+    """The host model to compare with, or None (with a note why) when there is none."""
+    if args.no_host:
+        return None, "host comparison skipped (--no-host)"
+    from pathlib import Path
+    path = Path(args.host_model)
+    if not path.is_file():
+        return None, (f"host model {path} not found, agreement_with_host not measured "
+                      f"(make it with `python3 0103mnist_QAT.py`, or pass --host-model)")
+    return path, None
+
+
+def image_line(outcome, unit_width=0) -> str:
+    label = "" if outcome.label is None else f" label {outcome.label}"
+    if not outcome.answered:
+        return f"image {outcome.index}:{label} UNANSWERED ({outcome.error})"
+    mark = "" if outcome.label is None else ("  ok" if outcome.digit == outcome.label else "  WRONG")
+    return (f"image {outcome.index}: digit {outcome.digit}{label}  time {outcome.time} "
+            f"{outcome.time_unit}  round trip {outcome.round_trip_s * 1000:.1f} ms{mark}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    images, labels, indices, description = select_images(args)
+    host_model, host_note = host_model_path(args)
+    port = resolve_port(args.port)
+
+    from utils.reports import model_hash, write_report
+    from utils.serial_link import Board, LinkError
+    from utils.validate import format_summary, plot_confusion, validate
+
+    printing_each = args.each or len(images) <= EACH_LINE_LIMIT
+    progress = not args.no_progress and len(images) > 1
+
+    def show(outcome):
+        if args.json:
+            return
+        miss = not outcome.answered or (outcome.label is not None and outcome.digit != outcome.label)
+        if printing_each or miss:
+            line = image_line(outcome)
+            if progress:
+                from tqdm import tqdm
+                tqdm.write(line, file=sys.stdout)
+            else:
+                print(line, flush=True)
+            if args.file and outcome.answered:
+                probs = " ".join(f"{d}:{p:.3f}" for d, p in enumerate(outcome.probabilities))
+                print(f"probabilities {probs}")
+
+    try:
+        board = Board(port, baud=args.baud, timeout=args.timeout)
+    except LinkError as exc:
+        raise StageError(str(exc)) from None
+    with board:
+        try:
+            info = board.info()
+        except LinkError as exc:
+            raise StageError(str(exc)) from None
+        if not args.json:
+            print(f"{description} → {port} @ {args.baud} baud; board {info.get('board', '?')}, "
+                  f"model {info.get('model', '?')}, device time in {info.get('time_unit', '?')}",
+                  flush=True)
+        summary = validate(board, images, labels, indices=indices, host_model=host_model,
+                           info=info, progress=progress, on_result=show,
+                           port=port, baud=args.baud)
+    summary["source"] = description
+    if host_model is not None:
+        summary["host_model_hash"] = model_hash(host_model)
+        summary["model_matches_host"] = summary["host_model_hash"] == summary["model"]
+    notes = [host_note] if host_note else []
+    if host_model is not None and not summary["model_matches_host"]:
+        notes.append(f"the board runs model {summary['model']}, the host model is "
+                     f"{summary['host_model_hash']}: agreement compares different models")
+
+    if args.plot is not None and summary["accuracy"] is not None:
+        plot_path = args.plot or str(paths.REPORTS_DIR / f"{STAGE}_confusion.png")
+        from pathlib import Path
+        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
+        plot_confusion(summary["confusion"], plot_path,
+                       title=f"{summary['answered']} images on {summary['board']}, "
+                             f"accuracy {summary['accuracy']:.4f}")
+        summary["confusion_png"] = plot_path
+
+    if not args.file:
+        summary["report"] = str(write_report(STAGE, summary))
+
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print(format_summary(summary))
+        for note in notes:
+            print(f"note: {note}")
+        if summary.get("confusion_png"):
+            print(f"confusion matrix PNG: {summary['confusion_png']}")
+        if summary.get("report"):
+            print(f"report: {summary['report']}")
+    sys.stdout.flush()
+
+    if summary["interrupted"]:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    if summary["stopped"]:
+        raise StageError(summary["stopped"])
+    if args.file and summary["answered"] == 0:
+        raise StageError("the image was not answered")
+    return summary
+
+
+if __name__ == "__main__":
+    run(main)
