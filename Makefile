@@ -1,0 +1,64 @@
+# The MNIST firmware as a RIOT application.
+#
+#   make                         build for the STM32F746G-DISCO (bin/stm32f746g-disco/MNIST.elf)
+#   make flash                   flash it with OpenOCD through the board's ST-LINK
+#   make term                    open the serial console (PORT, default /dev/ttyACM0)
+#   make test                    run tests/01-run.py against the flashed board
+#   make BOARD=native64 ...      the same firmware as a Linux process (all of the above)
+#
+# RIOT is not vendored: clone it into ./RIOT (git-ignored) or point RIOTBASE at a clone.
+# The model comes from pkg/mnistCNN/mnistCNN.tar, written by 0201tvm_no_optim.py.
+
+APPLICATION = MNIST
+BOARD ?= stm32f746g-disco
+RIOTBASE ?= $(CURDIR)/RIOT
+
+ifeq (,$(wildcard $(RIOTBASE)/Makefile.include))
+  $(error RIOT not found in $(RIOTBASE): run `git clone https://github.com/RIOT-OS/RIOT.git RIOT` here, or set RIOTBASE to a RIOT clone)
+endif
+
+# The model as a RIOT package (pkg/mnistCNN), built by the project's generic Model Library
+# Format rules in makefiles/ (never by patching the RIOT clone).
+EXTERNAL_PKG_DIRS += pkg
+USEPKG += mnistCNN
+export UTVM_MAKEFILES = $(CURDIR)/makefiles
+
+# The firmware core is shared with the stand-ins; only firmware/platform_riot.c is RIOT's.
+SRC += 0301mcu_mnist.c firmware/protocol.c firmware/platform_riot.c
+INCLUDES += -I$(CURDIR)/firmware
+
+# Inference time in microseconds, measured on the device.
+USEMODULE += ztimer_usec
+
+NATIVE_BOARDS = native native32 native64
+ifeq (,$(filter $(NATIVE_BOARDS),$(BOARD)))
+  # Input arrives through RIOT's stdin (UART interrupt -> ring buffer -> stdio_read()).
+  USEMODULE += stdin
+  # The default ring buffer holds 64 bytes; a whole request frame (795 bytes) fits in 1 KiB,
+  # so a client may send the next image while the current one is still being classified.
+  # (tsrb needs a power of two.)
+  CFLAGS += -DSTDIO_RX_BUFSIZE=1024
+  # Main thread stack: see the measurement in README ("RIOT: stack size").
+  CFLAGS += -DTHREAD_STACKSIZE_MAIN=4096
+endif
+# native boards: no `stdin` module. Its reader and the firmware would both read fd 0 and take
+# bytes from each other; firmware/platform_riot.c reads fd 0 itself there.
+
+# The seed's flags: RIOT builds with -Werror, and the model's include folders exist only
+# once the tar is unpacked.
+CFLAGS += -Wno-strict-prototypes
+CFLAGS += -Wno-missing-include-dirs
+
+# The clients and `make term` both default to the ST-LINK's virtual COM port.
+PORT_LINUX ?= /dev/ttyACM0
+
+# `make test`: only the RIOT-style script (the pytest files in tests/ are not executables).
+TESTS = $(CURDIR)/tests/01-run.py
+
+DEVELHELP ?= 0
+QUIET ?= 1
+
+include $(RIOTBASE)/Makefile.include
+
+# The firmware file, the seed's name for it: scripts ask `make info-debug-variable-BINARY`.
+override BINARY := $(ELFFILE)
