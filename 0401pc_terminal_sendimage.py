@@ -122,6 +122,15 @@ def image_line(outcome, unit_width=0) -> str:
             f"{outcome.time_unit}  round trip {outcome.round_trip_s * 1000:.1f} ms{mark}")
 
 
+def result_dict(outcome, with_probabilities) -> dict:
+    """One image's outcome for --json (the report keeps only the summary)."""
+    entry = {"index": outcome.index, "label": outcome.label, "digit": outcome.digit,
+             "time": outcome.time, "time_unit": outcome.time_unit, "error": outcome.error}
+    if with_probabilities and outcome.answered:
+        entry["probabilities"] = outcome.probabilities
+    return entry
+
+
 def main(argv=None):
     args = parse_args(argv)
     images, labels, indices, description = select_images(args)
@@ -135,7 +144,10 @@ def main(argv=None):
     printing_each = args.each or len(images) <= EACH_LINE_LIMIT
     progress = not args.no_progress and len(images) > 1
 
+    results = []
+
     def show(outcome):
+        results.append(outcome)
         if args.json:
             return
         miss = not outcome.answered or (outcome.label is not None and outcome.digit != outcome.label)
@@ -188,6 +200,8 @@ def main(argv=None):
         summary["report"] = str(write_report(STAGE, summary))
 
     if args.json:
+        summary["results"] = [result_dict(o, with_probabilities=len(results) <= EACH_LINE_LIMIT)
+                              for o in results]
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
         print(format_summary(summary))

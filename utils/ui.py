@@ -225,6 +225,7 @@ class DigitWindow(Gtk.Window):
         column.pack_start(Gtk.Label(label="the board receives (28×28)", xalign=0), False, False, 0)
         self.preview_area = Gtk.DrawingArea()
         self.preview_area.set_size_request(28 * PREVIEW_SCALE, 28 * PREVIEW_SCALE)
+        self.preview_area.set_halign(Gtk.Align.CENTER)
         self.preview_area.connect("draw", self._draw_preview)
         column.pack_start(self.preview_area, False, False, 0)
         self.digit_label = Gtk.Label()
