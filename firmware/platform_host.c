@@ -1,0 +1,71 @@
+/* The host stand-in's platform: a Linux process whose fd 0 and fd 1 are the "serial port"
+ * (the launcher connects both to a pty). Raw read()/write() on the descriptors: no stdio
+ * buffering, so a reply leaves as soon as it is written and a frame needs no newline. */
+#include "platform.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+void platform_init(void)
+{
+    /* A client that goes away must not kill us with SIGPIPE; write() reports it instead. */
+    signal(SIGPIPE, SIG_IGN);
+}
+
+int platform_read_byte(void)
+{
+    static unsigned char buffer[4096];
+    static ssize_t filled, next;
+    if (next >= filled) {
+        ssize_t n;
+        do {
+            n = read(0, buffer, sizeof buffer);
+        } while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            return -1;
+        }
+        filled = n;
+        next = 0;
+    }
+    return buffer[next++];
+}
+
+void platform_write(const void *data, size_t length)
+{
+    const char *p = data;
+    while (length > 0) {
+        ssize_t n = write(1, p, length);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return; /* the other side is gone; reading will see it and end the program */
+        }
+        p += n;
+        length -= (size_t)n;
+    }
+}
+
+uint32_t platform_timestamp(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint32_t)((uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u);
+}
+
+uint8_t platform_time_unit(void)
+{
+    return PLATFORM_TIME_US;
+}
+
+const char *platform_board_name(void)
+{
+    return "host";
+}
+
+uint32_t platform_clock_hz(void)
+{
+    return 0;
+}
