@@ -3,6 +3,7 @@
 qnnpack everywhere: per-tensor symmetric int8 weights, uint8 activations without reduce_range,
 the scheme that maps straight onto integer kernels on a Cortex-M.
 """
+import contextlib
 import copy
 import io
 import warnings
@@ -21,11 +22,21 @@ from utils.qmodel import FUSE_GROUPS as LENET5_FUSE_GROUPS
 from utils.qmodel import QMnistModel
 from utils.train import images_to_tensor, predict
 
-# PyTorch 2.14 flags eager quantization and TorchScript as deprecated on every call; they are
-# still the documented path to a TorchScript int8 file, so one notice in the docs is enough.
-warnings.filterwarnings("ignore", message=r".*(quantize_per_tensor|torch\.jit\.\w+`? is deprecated)",
-                        category=UserWarning)
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+`? is deprecated", category=FutureWarning)
+
+@contextlib.contextmanager
+def _quiet_deprecations():
+    """PyTorch 2.14 flags eager quantization and TorchScript as deprecated on every call, and
+    the tracer warns that quantized modules' scales become constants (which is what we want).
+    They are still the path to a TorchScript int8 file, so the README says it once instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*quantize_per_tensor", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+`? is deprecated",
+                                category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
 
 ENGINE = "qnnpack"
 INPUT_SHAPE = (1, 1, 28, 28)
@@ -97,7 +108,8 @@ def prepare_ptq(model: nn.Module) -> nn.Module:
     use_qnnpack()
     prepared = fused_eval(model)
     prepared.qconfig = tq.get_default_qconfig(ENGINE)
-    return tq.prepare(prepared)
+    with _quiet_deprecations():
+        return tq.prepare(prepared)
 
 
 @torch.no_grad()
@@ -120,7 +132,8 @@ def prepare_qat(model: nn.Module) -> nn.Module:
     model.train()
     model = tq.fuse_modules_qat(model, groups)
     model.qconfig = tq.get_default_qat_qconfig(ENGINE)
-    return tq.prepare_qat(model)
+    with _quiet_deprecations():
+        return tq.prepare_qat(model)
 
 
 def freeze_observers(qat_model: nn.Module):
@@ -132,7 +145,8 @@ def to_int8(prepared: nn.Module) -> nn.Module:
     """The int8 model from a calibrated (PTQ) or trained (QAT) prepared model; eval mode."""
     use_qnnpack()
     model = copy.deepcopy(prepared).eval()
-    return tq.convert(model)
+    with _quiet_deprecations():
+        return tq.convert(model)
 
 
 def observer_scales(prepared: nn.Module) -> dict:
@@ -149,7 +163,8 @@ def observer_scales(prepared: nn.Module) -> dict:
 def trace_int8(model: nn.Module) -> torch.jit.ScriptModule:
     use_qnnpack()
     model.eval()
-    return torch.jit.trace(model, torch.rand(INPUT_SHAPE))
+    with _quiet_deprecations():
+        return torch.jit.trace(model, torch.rand(INPUT_SHAPE))
 
 
 def save_scripted(model: nn.Module, path) -> torch.jit.ScriptModule:
@@ -193,7 +208,8 @@ def load_int8_model(path, made_by: str = None) -> torch.jit.ScriptModule:
     _require_file(path, made_by)
     use_qnnpack()
     try:
-        model = torch.jit.load(str(path), map_location="cpu")
+        with _quiet_deprecations():
+            model = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise StageError(f"{path} is not a readable TorchScript model ({_one_line(exc)})") from None
     model.eval()
