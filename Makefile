@@ -42,7 +42,12 @@ ifeq (,$(filter $(NATIVE_BOARDS),$(BOARD)))
   CFLAGS += -DTHREAD_STACKSIZE_MAIN=4096
 endif
 # native boards: no `stdin` module. Its reader and the firmware would both read fd 0 and take
-# bytes from each other; firmware/platform_riot.c reads fd 0 itself there.
+# bytes from each other; firmware/platform_riot.c reads fd 0 itself there. When the terminal
+# hangs up, main() returns and the process ends (RIOT's unittests do the same).
+ifneq (,$(filter $(NATIVE_BOARDS),$(BOARD)))
+  FEATURES_REQUIRED += periph_pm
+  CFLAGS += -DCONFIG_CORE_EXIT_WITH_MAIN=1
+endif
 
 # The seed's flags: RIOT builds with -Werror, and the model's include folders exist only
 # once the tar is unpacked.

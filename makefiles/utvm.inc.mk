@@ -36,8 +36,7 @@ UTVM_UNPACKED = $(UTVM_MODEL_DIR)/.utvm-unpacked
 # Both unpack, so the headers exist before the application is compiled and a missing tar
 # still stops the build.
 all: $(UTVM_UNPACKED)
-	$(QQ)"$(MAKE)" -C $(UTVM_MODEL_DIR)/codegen/host/src \
-	  -f $(UTVM_MAKEFILES)/utvm/Makefile.utvm MODULE=$(PKG_NAME)
+	$(QQ)"$(MAKE)" -C $(UTVM_MODEL_DIR)/codegen/host/src -f $(UTVM_MAKEFILES)/utvm/Makefile.utvm MODULE=$(PKG_NAME)
 
 # Without the tar, `prepare` leaves the complaint to `all`, so it is said once.
 prepare: $(if $(wildcard $(UTVM_TAR)),$(UTVM_UNPACKED))

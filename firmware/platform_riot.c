@@ -1,0 +1,103 @@
+/*
+ * RIOT's platform (firmware/platform.h) for the STM32F746G-DISCO and the native64 board.
+ *
+ * Input: on a real board the UART interrupt fills RIOT's stdin ring buffer (module `stdin`,
+ * STDIO_RX_BUFSIZE in the Makefile) and stdio_read() takes bytes from it. On native boards
+ * that module is left out: its SIGIO reader and any other reader of fd 0 take bytes from
+ * each other, and RIOT native's getchar() returns a plain `char`, so pixel 255 would read as
+ * EOF. There the firmware reads fd 0 itself through RIOT native's read wrapper.
+ * Output: stdio_write(), the board's stdio backend (UART; fd 1 on native), no printf.
+ * Time: ZTIMER_USEC, so the inference time is in microseconds on every RIOT board.
+ */
+#include "platform.h"
+
+#include <errno.h>
+
+#include "periph_conf.h"
+#include "stdio_base.h"
+#include "ztimer.h"
+
+#ifdef CPU_NATIVE
+#include <unistd.h>
+#include "native_internal.h"
+#endif
+
+#if !IS_USED(MODULE_STDIN) && !defined(CPU_NATIVE)
+#error "platform_riot.c reads stdin: add USEMODULE += stdin for this board"
+#endif
+
+#if IS_USED(MODULE_STDIN) && defined(CPU_NATIVE)
+#error "native boards: leave out the stdin module (it steals bytes from fd 0)"
+#endif
+
+void platform_init(void)
+{
+    /* RIOT's auto_init has already started stdio and ztimer before main(). */
+}
+
+static ssize_t read_some(uint8_t *buffer, size_t size)
+{
+#ifdef CPU_NATIVE
+    ssize_t n;
+    do {
+        n = _native_read(STDIN_FILENO, buffer, size);
+    } while (n < 0 && errno == EINTR);
+    return n;
+#else
+    /* blocks until at least one byte is in the ring buffer */
+    return stdio_read(buffer, size);
+#endif
+}
+
+int platform_read_byte(void)
+{
+    /* whatever has arrived, up to a small chunk: one call per chunk, not per byte */
+    static uint8_t buffer[64];
+    static size_t filled, next;
+    if (next >= filled) {
+        ssize_t n = read_some(buffer, sizeof buffer);
+        if (n <= 0) {
+            return -1; /* native: the pty hung up; main() returns and the process exits */
+        }
+        filled = (size_t)n;
+        next = 0;
+    }
+    return buffer[next++];
+}
+
+void platform_write(const void *data, size_t length)
+{
+    const uint8_t *p = data;
+    while (length > 0) {
+        ssize_t n = stdio_write(p, length);
+        if (n <= 0) {
+            return; /* nobody is listening (native: the pty is gone) */
+        }
+        p += n;
+        length -= (size_t)n;
+    }
+}
+
+uint32_t platform_timestamp(void)
+{
+    return ztimer_now(ZTIMER_USEC);
+}
+
+uint8_t platform_time_unit(void)
+{
+    return PLATFORM_TIME_US;
+}
+
+const char *platform_board_name(void)
+{
+    return RIOT_BOARD;
+}
+
+uint32_t platform_clock_hz(void)
+{
+#ifdef CPU_NATIVE
+    return 0; /* a Linux process: RIOT's nominal native clock means nothing */
+#else
+    return CLOCK_CORECLOCK;
+#endif
+}
