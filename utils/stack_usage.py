@@ -10,7 +10,7 @@ vpush, stmdb sp!, sub sp) and its direct calls (bl/blx <f>) and tail calls (b.w 
 The depth of a function is its frame plus the deepest callee at the offset of the call.
 Conservative where the code is not linear: every push and sub sp of a function counts,
 pops never give space back. Indirect calls (blx rN) cannot be followed from the binary: the
-caller names their targets (`indirect`: {function: [target name patterns]}); indirect calls
+caller names their targets (`indirect`: {caller pattern: [target patterns]}); indirect calls
 left unnamed, recursion and frames of unknown size are reported, and the bound is only
 complete without them.
 """
@@ -134,8 +134,12 @@ def worst_case(functions: dict, root: str, indirect=None) -> StackReport:
     if root not in functions:
         raise KeyError(f"{root} is not a function in this ELF")
     indirect = indirect or {}
-    targets = {caller: sorted({f for pattern in patterns for f in fnmatch.filter(functions, pattern)})
-               for caller, patterns in indirect.items()}
+    # callers and targets are fnmatch patterns: GCC's clones (.isra.0, .constprop.0) match too
+    targets = {}
+    for caller_pattern, patterns in indirect.items():
+        found = {f for pattern in patterns for f in fnmatch.filter(functions, pattern)}
+        for caller in fnmatch.filter(functions, caller_pattern):
+            targets[caller] = sorted(targets.get(caller, set()) | found)
     memo, on_path = {}, set()
     recursive, unknown = set(), set()
     reachable = set()
@@ -173,7 +177,7 @@ def worst_case(functions: dict, root: str, indirect=None) -> StackReport:
     worst, path = depth(root)
     return StackReport(
         root=root, worst_bytes=worst, path=path,
-        indirect=sorted(n for n in reachable if functions[n].indirect and n not in indirect),
+        indirect=sorted(n for n in reachable if functions[n].indirect and n not in targets),
         recursive=sorted(recursive),
         dynamic=sorted(n for n in reachable if functions[n].dynamic),
         unknown=sorted(unknown))

@@ -1,0 +1,42 @@
+"""RIOT's native64 board: the RIOT application of the top-level Makefile (`make BOARD=native64`)
+runs as a Linux process, and its stdin/stdout is the master side of a pty. A client opens the
+slave side exactly as it would open /dev/ttyACM0 on the STM32F746G-DISCO.
+
+Needs a RIOT clone (RIOTBASE, default ./RIOT); without one, build() says how to get it.
+The firmware leaves out RIOT's `stdin` module on native boards and reads fd 0 itself
+(firmware/platform_riot.c); when the pty hangs up, main() returns and the process exits.
+"""
+import os
+import subprocess
+from pathlib import Path
+
+from utils import riot
+from utils.targets import Launched, default_build_dir, die_with_parent, open_raw_pty, wait_ready
+
+NAME = riot.NATIVE64
+SIZE_TOOL = riot.SIZE_TOOLS[riot.NATIVE64]
+
+
+def build(mlf_tar, out_dir=None) -> Path:
+    out_dir = Path(out_dir) if out_dir else default_build_dir(NAME, mlf_tar)
+    return riot.build(NAME, mlf_tar, out_dir, log=out_dir / "build.log")
+
+
+def launch(elf, log_path) -> Launched:
+    master, slave, port = open_raw_pty()
+    log = open(log_path, "w")
+    try:
+        process = subprocess.Popen([str(elf)], stdin=master, stdout=master, stderr=log,
+                                   close_fds=True, preexec_fn=die_with_parent,
+                                   cwd=Path(elf).parent)
+    finally:
+        log.close()
+        # Only the firmware keeps the master: when it exits, the client's reads fail at once.
+        os.close(master)
+    launched = Launched(port=port, processes=[process], fds=[slave], log=Path(log_path))
+    try:
+        launched.info = wait_ready(slave, [process], Path(log_path))
+    except BaseException:
+        launched.stop()
+        raise
+    return launched
