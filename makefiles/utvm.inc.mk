@@ -30,7 +30,7 @@ UTVM_TAR_HINT ?= compile the model into it first
 UTVM_MODEL_DIR ?= $(BINDIR)/pkg/$(PKG_NAME)
 UTVM_UNPACKED = $(UTVM_MODEL_DIR)/.utvm-unpacked
 
-.PHONY: all prepare clean distclean
+.PHONY: all prepare clean distclean FORCE
 
 # RIOT runs `make prepare` (errors ignored) before building anything, then `make` (all).
 # Both unpack, so the headers exist before the application is compiled and a missing tar
@@ -41,16 +41,26 @@ all: $(UTVM_UNPACKED)
 # Without the tar, `prepare` leaves the complaint to `all`, so it is said once.
 prepare: $(if $(wildcard $(UTVM_TAR)),$(UTVM_UNPACKED))
 
+# The stamp holds the checksum of the tar it was unpacked from. Another tar, even an older
+# file (a different model, UTVM_TAR=...), is a different checksum: make's timestamps alone
+# would keep the previous model.
+UTVM_TAR_SUM := $(if $(wildcard $(UTVM_TAR)),$(shell cksum < $(UTVM_TAR)))
+ifneq ($(UTVM_TAR_SUM),$(shell cat $(UTVM_UNPACKED) 2>/dev/null))
+  $(UTVM_UNPACKED): FORCE
+endif
+
 # A new tar replaces the whole tree and the module's objects: files the new model no longer
-# has must not linger. `tar -m` gives the files the time of unpacking; with the tar's own
-# (older) times make would keep objects of the previous model.
+# has must not linger. `tar -m` gives the files the time of unpacking, so everything that
+# includes the model's headers is rebuilt too.
 $(UTVM_UNPACKED): $(UTVM_TAR)
 	$(Q)rm -rf $(UTVM_MODEL_DIR) $(BINDIR)/$(PKG_NAME)
 	$(Q)mkdir -p $(UTVM_MODEL_DIR)
 	$(Q)tar -xmf $< -C $(UTVM_MODEL_DIR)
 	$(Q)test -d $(UTVM_MODEL_DIR)/codegen/host/src || \
 	  { echo "$<: no codegen/host/src, not a Model Library Format tar" >&2; exit 1; }
-	$(Q)touch $@
+	$(Q)echo "$(UTVM_TAR_SUM)" > $@
+
+FORCE:
 
 $(UTVM_TAR):
 	@printf '%s\n' "$@ not found: $(UTVM_TAR_HINT)" >&2; exit 1

@@ -1,0 +1,110 @@
+"""The RIOT application on RIOT's native64 board: the firmware built by the top-level Makefile,
+a Linux process behind a pty, answers MNIST images exactly as the host library does.
+
+Needs a RIOT clone (RIOTBASE, default ./RIOT); without one these tests skip, saying so.
+"""
+import os
+import random
+import subprocess
+
+import pytest
+
+from utils import paths, protocol, riot
+from utils.data import mnist_arrays
+from utils.serial_link import Board
+
+IMAGES = 100
+
+
+def test_make_without_riot_says_in_one_line_how_to_get_it(tmp_path):
+    result = subprocess.run(["make", "-C", str(paths.ROOT), f"RIOTBASE={tmp_path / 'no-riot'}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "RIOT not found" in lines[0] and "git clone https://github.com/RIOT-OS/RIOT" in lines[0]
+
+
+@pytest.fixture(scope="session")
+def riot_base():
+    base = riot.riot_base()
+    if not riot.riot_present(base):
+        pytest.skip(f"no RIOT in {base}: set RIOTBASE or `git clone {riot.RIOT_URL} RIOT` "
+                    f"to test the RIOT builds")
+    return base
+
+
+@pytest.fixture(scope="session")
+def native64_elf(riot_base, quick_mlf_tar, tmp_path_factory):
+    from utils.targets import native64
+    return native64.build(quick_mlf_tar, tmp_path_factory.mktemp("native64"))
+
+
+@pytest.fixture(scope="module")
+def native64_board(native64_elf, tmp_path_factory):
+    from utils.targets import native64
+    launched = native64.launch(native64_elf, tmp_path_factory.mktemp("native64-run") / "run.log")
+    yield launched
+    launched.stop()
+
+
+@pytest.fixture(scope="session")
+def test_images_and_host_digits(quick_mlf_tar):
+    from utils.aot.host import HostLibrary
+    images, _ = mnist_arrays(train=False)
+    images = images[:IMAGES]
+    return images, [int(d) for d in HostLibrary(quick_mlf_tar).predict(images)]
+
+
+def test_native64_answers_100_images_like_the_host_library(native64_board,
+                                                            test_images_and_host_digits):
+    images, host_digits = test_images_and_host_digits
+    with Board(native64_board.port, timeout=30) as board:
+        info = board.info()
+        results = [board.infer(image) for image in images]
+    assert info["board"] == "native64" and info["time_unit"] == "us"
+    assert [r.digit for r in results] == host_digits
+    assert all(r.time_unit == "us" for r in results)
+    assert board.garbled == 0
+
+
+def test_native64_text_form(native64_board, test_images_and_host_digits):
+    images, host_digits = test_images_and_host_digits
+    with Board(native64_board.port, timeout=30) as board:
+        digits = [board.infer_text(image).digit for image in images[:5]]
+    assert digits == host_digits[:5]
+
+
+def test_native64_survives_garbage(native64_board, test_images_and_host_digits):
+    images, host_digits = test_images_and_host_digits
+    rng = random.Random(5)
+    frame = protocol.encode_infer(7, images[1])
+    bad_crc = frame[:-1] + bytes([frame[-1] ^ 0xFF])
+    garbage = [
+        bytes(rng.randrange(256) for _ in range(3000)),         # noise, 0xA5 and NULs included
+        frame[:300],                                             # a truncated frame ...
+        bad_crc,                                                 # ... and one with a bad CRC
+        b"1 2 300 x\n", b"abc\n", b"0 " * 900 + b"\n",           # text errors
+    ]
+    with Board(native64_board.port, timeout=30) as board:
+        for chunk in garbage:
+            board.send_raw(chunk)
+        errors = [m for m in board.read_messages(1.5) if isinstance(m, protocol.DeviceError)]
+        after = board.infer(images[0])
+        after_text = board.infer_text(images[2])
+    assert errors, "the firmware reported none of the garbage"
+    assert after.digit == host_digits[0] and after_text.digit == host_digits[2]
+    assert native64_board.alive()
+
+
+def test_native64_exits_when_the_terminal_hangs_up(native64_elf, tmp_path):
+    from utils.targets import native64
+    launched = native64.launch(native64_elf, tmp_path / "run.log")
+    process = launched.processes[0]
+    try:
+        for fd in launched.fds:
+            os.close(fd)
+        launched.fds = []
+        assert process.wait(timeout=10) == 0
+    finally:
+        launched.stop()
