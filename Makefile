@@ -49,6 +49,10 @@ ifneq (,$(filter $(NATIVE_BOARDS),$(BOARD)))
   CFLAGS += -DCONFIG_CORE_EXIT_WITH_MAIN=1
 endif
 
+# No printf_float/scanf_float (and no larger stack for them): the firmware formats no floats.
+# Scores go out as float32 bytes in binary replies and as integer per-mille in text replies,
+# and input is parsed byte by byte, never by scanf.
+
 # The seed's flags: RIOT builds with -Werror, and the model's include folders exist only
 # once the tar is unpacked.
 CFLAGS += -Wno-strict-prototypes

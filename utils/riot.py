@@ -178,3 +178,81 @@ def main_stack(elf) -> dict:
         "main_stack_not_followed": report.indirect + report.recursive + report.dynamic
         + report.unknown,
     }
+
+
+# ------------------------------------------------------------------ figures
+
+STACK_FIGURES = ("main_stack_bytes", "main_stack_worst_case_bytes", "main_stack_calls_bytes",
+                 "main_stack_deepest_chain", "main_stack_bound_complete")
+
+
+def stm32_figures(mlf_tar=None, out_dir=None) -> dict:
+    """Build for the STM32F746G-DISCO; sizes, the share of the chip, the stack bound."""
+    from utils.targets import tar_hash
+    problem = stm32_packages_problem()
+    if problem:
+        raise TargetError(problem)
+    mlf_tar = Path(mlf_tar or paths.MLF_TAR)
+    elf = build(STM32, mlf_tar, out_dir)
+    figures = {"elf": _shown(elf), "mlf_tar_sha256": tar_hash(mlf_tar),
+               "riot_commit": riot_commit(), **sizes(STM32, elf)}
+    figures.update(f746_budget(figures))
+    stack = main_stack(elf)
+    figures.update({key: stack[key] for key in STACK_FIGURES})
+    return figures
+
+
+def native64_figures(mlf_tar=None, images: int = 100, progress=None) -> dict:
+    """The native64 stand-in measured like every stand-in (utils.standin), plus the RIOT commit."""
+    from utils import standin
+    figures = standin.measure(NATIVE64, mlf_tar, images, progress=progress)
+    figures["riot_commit"] = riot_commit()
+    return figures
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(paths.ROOT)) if path.is_relative_to(paths.ROOT) else str(path)
+
+
+def main(argv=None):
+    import sys
+
+    from utils.cli import StageError
+    from utils.reports import write_report
+    from utils.serial_link import LinkError
+
+    parser = argparse.ArgumentParser(
+        description="Build the RIOT firmware for the STM32F746G-DISCO and native64, run MNIST "
+                    "test images through native64 behind a pty, write reports/firmware.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--tar", default=str(paths.MLF_TAR), help="Model Library Format tar")
+    parser.add_argument("--images", type=int, default=100,
+                        help="MNIST test images sent to native64 (0: sizes only)")
+    parser.add_argument("--boards", nargs="+", default=[STM32, NATIVE64],
+                        choices=[STM32, NATIVE64])
+    args = parser.parse_args(argv)
+    results = {}
+    try:
+        for board in args.boards:
+            if board == STM32:
+                figures = stm32_figures(args.tar)
+            else:
+                figures = native64_figures(
+                    args.tar, args.images,
+                    progress=lambda i, n: print(f"\rnative64: {i}/{n} images", end="",
+                                                file=sys.stderr, flush=True))
+                if args.images:
+                    print(file=sys.stderr)
+            path = write_report("firmware", figures, section=board)
+            for key, value in figures.items():
+                print(f"{board}.{key}: {value}")
+            results[board] = figures
+    except (TargetError, LinkError) as exc:
+        raise StageError(str(exc)) from None
+    print(f"written to {path}")
+    return results
+
+
+if __name__ == "__main__":
+    from utils.cli import run
+    run(main)
