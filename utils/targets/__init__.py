@@ -1,0 +1,268 @@
+"""What every stand-in target shares: the model library unpacked once per tar, make-like
+rebuilds, raw ptys, child processes that die with their launcher, and the ready check.
+
+A target module (host.py, qemu_m7.py, native64.py) provides:
+    NAME                     the target's name in reports and on the command line
+    SIZE_TOOL                the `size` program for its ELF
+    build(mlf_tar, out_dir=None) -> Path of the ELF (builds only what is missing or stale)
+    launch(elf, log_path) -> Launched (the process behind a pty, ready to answer)
+"""
+import ctypes
+import hashlib
+import os
+import re
+import select
+import signal
+import subprocess
+import tarfile
+import time
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils import paths, protocol
+from utils.cli import StageError
+
+FIRMWARE_DIR = paths.ROOT / "firmware"
+MAIN_SOURCE = paths.ROOT / "0301mcu_mnist.c"
+CORE_SOURCES = [MAIN_SOURCE, FIRMWARE_DIR / "protocol.c"]
+CORE_HEADERS = [FIRMWARE_DIR / "protocol.h", FIRMWARE_DIR / "platform.h"]
+
+
+class TargetError(StageError):
+    """A build or launch problem, in one line that says what to do."""
+
+
+# ------------------------------------------------------------------ the model library
+
+def tar_hash(mlf_tar) -> str:
+    return hashlib.sha256(Path(mlf_tar).read_bytes()).hexdigest()[:16]
+
+
+def require_tar(mlf_tar) -> Path:
+    mlf_tar = Path(mlf_tar)
+    if not mlf_tar.is_file():
+        raise TargetError(f"model library {mlf_tar} not found; make it with "
+                          f"`python 0201tvm_no_optim.py` (stage 0201)")
+    return mlf_tar
+
+
+def default_build_dir(target: str, mlf_tar) -> Path:
+    return paths.BUILD_DIR / target / tar_hash(mlf_tar)
+
+
+@dataclass
+class Mlf:
+    """An unpacked Model Library Format tar."""
+    root: Path
+
+    @property
+    def include_dirs(self) -> list:
+        return [self.root / "codegen" / "host" / "include", self.root / "runtime" / "include"]
+
+    @property
+    def sources(self) -> list:
+        return sorted((self.root / "codegen" / "host" / "src").glob("*.c"))
+
+    @property
+    def files(self) -> list:
+        return [p for p in self.root.rglob("*") if p.is_file()]
+
+
+def unpack_mlf(mlf_tar, into: Path) -> Mlf:
+    """Unpack the tar into `into`/mlf once (the directory is named after the tar's content)."""
+    mlf_tar = require_tar(mlf_tar)
+    root = Path(into) / "mlf"
+    stamp = root / ".tar-sha256"
+    digest = tar_hash(mlf_tar)
+    if not (stamp.is_file() and stamp.read_text() == digest):
+        tmp = Path(into) / "mlf.tmp"
+        _rmtree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            with tarfile.open(mlf_tar) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise TargetError(f"cannot unpack {mlf_tar}: {exc}; remake it with "
+                              f"`python 0201tvm_no_optim.py`") from None
+        (tmp / ".tar-sha256").write_text(digest)
+        _rmtree(root)
+        tmp.rename(root)
+    mlf = Mlf(root)
+    if not (mlf.include_dirs[0] / "tvmgen_default.h").is_file() or not mlf.sources:
+        raise TargetError(f"{mlf_tar} is no Model Library Format tar (no codegen/host/include/"
+                          f"tvmgen_default.h or codegen/host/src/*.c); remake it with stage 0201")
+    return mlf
+
+
+def _rmtree(path: Path):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ building
+
+def stale(output: Path, inputs) -> bool:
+    """True when output is missing or older than any input (make's rule)."""
+    if not output.is_file():
+        return True
+    built = output.stat().st_mtime
+    return any(Path(p).stat().st_mtime > built for p in inputs)
+
+
+def run_build(command: list, what: str, log: Path):
+    """Run a compiler; on failure, one line naming the log with the compiler's messages."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        out.write("$ " + " ".join(str(c) for c in command) + "\n")
+        out.flush()
+        try:
+            result = subprocess.run([str(c) for c in command], stdout=out, stderr=subprocess.STDOUT)
+        except FileNotFoundError:
+            raise TargetError(f"{command[0]} not found; install the Debian packages in "
+                              f"apt-packages.txt (bash setup.sh)") from None
+    if result.returncode != 0:
+        first = _first_error(log)
+        raise TargetError(f"building {what} failed ({first}); full log: {log}")
+
+
+def _first_error(log: Path) -> str:
+    for line in log.read_text(errors="replace").splitlines():
+        if "error" in line.lower() and not line.startswith("$ "):
+            return line.strip()[:200]
+    return "see the log"
+
+
+def elf_sizes(elf: Path, size_tool: str = "size") -> dict:
+    """text/data/bss bytes of an ELF as `size` (Berkeley format) counts them."""
+    try:
+        out = subprocess.run([size_tool, str(elf)], capture_output=True, text=True, check=True).stdout
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        raise TargetError(f"cannot measure {elf} with {size_tool}: {exc}") from None
+    text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
+    return {"text_bytes": text, "data_bytes": data, "bss_bytes": bss}
+
+
+# ------------------------------------------------------------------ processes and ptys
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """preexec_fn: the kernel sends SIGTERM to the child when its launcher dies, even by
+    SIGKILL, so a stand-in never outlives the process that started it."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # Ctrl-C in the launcher's terminal must reach only the launcher, which then stops us.
+    os.setpgid(0, 0)
+
+
+def open_raw_pty():
+    """(master fd, slave fd, slave path) with the slave raw: no echo, no CR/LF rewriting."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    return master, slave, os.ttyname(slave)
+
+
+def open_slave(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    return fd
+
+
+def stop_process(process: subprocess.Popen, grace: float = 3.0):
+    """SIGTERM, then SIGKILL after `grace` seconds; always reaped."""
+    if process.poll() is None:
+        try:
+            process.terminate()
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        except ProcessLookupError:
+            pass
+    else:
+        process.wait()
+
+
+@dataclass
+class Launched:
+    """A running target: its processes (stopped in order) and the pty a client opens."""
+    port: str
+    processes: list
+    fds: list = field(default_factory=list)  # kept open: a pty whose slave is never open
+    info: dict = field(default_factory=dict)  # drops output (QEMU) or reads EIO (host)
+    log: Path = None
+
+    @property
+    def pids(self) -> list:
+        return [p.pid for p in self.processes]
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.processes)
+
+    def stop(self):
+        for process in self.processes:
+            stop_process(process)
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+
+def wait_ready(fd: int, processes: list, log: Path, timeout: float = 20.0) -> dict:
+    """Ask the firmware for INFO through the pty until it answers; its fields.
+
+    The boot banner may be gone (QEMU drops output while no one has the pty open), so the
+    check is a request, not the banner."""
+    parser = protocol.ReplyParser()
+    seq = 0xFFF0
+    deadline = time.monotonic() + timeout
+    next_ask = 0.0
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise TargetError(f"the stand-in exited with status {process.returncode} before "
+                                  f"answering; its log: {log}{_log_tail(log)}")
+        if time.monotonic() >= next_ask:
+            # Ask again now and then: a request sent before the firmware ran may be lost.
+            seq += 1
+            os.write(fd, protocol.encode_info_request(seq))
+            next_ask = time.monotonic() + 2.0
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            for message in parser.feed(data):
+                if isinstance(message, protocol.Info):
+                    return message.fields
+    raise TargetError(f"the stand-in did not answer INFO within {timeout:g} s; its log: {log}"
+                      f"{_log_tail(log)}")
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        lines = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f" (last line: {lines[-1][:160]})" if lines else ""
+
+
+def wait_for_line(path: Path, pattern: str, process: subprocess.Popen, timeout: float = 10.0):
+    """The first match of `pattern` in a log file a child is writing."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file():
+            match = regex.search(path.read_text(errors="replace"))
+            if match:
+                return match
+        if process.poll() is not None:
+            raise TargetError(f"{process.args[0]} exited with status {process.returncode}; "
+                              f"its log: {path}{_log_tail(path)}")
+        time.sleep(0.05)
+    raise TargetError(f"{process.args[0]} did not print /{pattern}/ within {timeout:g} s; log: {path}")

@@ -1,0 +1,74 @@
+"""The emulated Cortex-M7: 0301mcu_mnist.c and the model library cross-compiled for QEMU's
+mps2-an500 (firmware/m7: startup, CMSDK UART0 and TIMER0, linker script), run by
+qemu-system-arm with the UART on a pty and `-icount shift=0`, so the firmware's timer counts
+instructions: the same figure on every run, whatever the host's load."""
+import subprocess
+from pathlib import Path
+
+from utils.targets import (CORE_HEADERS, CORE_SOURCES, FIRMWARE_DIR, Launched, TargetError,
+                           default_build_dir, die_with_parent, open_slave, run_build, stale,
+                           unpack_mlf, wait_for_line, wait_ready)
+
+NAME = "qemu-m7"
+SIZE_TOOL = "arm-none-eabi-size"
+CC = "arm-none-eabi-gcc"
+QEMU = "qemu-system-arm"
+M7_DIR = FIRMWARE_DIR / "m7"
+LINKER_SCRIPT = M7_DIR / "mps2_an500.ld"
+CPU_FLAGS = ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard"]
+COMMON = CPU_FLAGS + ["-std=gnu11", "-Os", "-g", "-ffunction-sections", "-fdata-sections"]
+OUR_FLAGS = COMMON + ["-Wall", "-Wextra", "-Werror"]
+LIB_FLAGS = COMMON + ["-w"]
+SOURCES = CORE_SOURCES + [M7_DIR / "platform_m7.c", M7_DIR / "startup.c"]
+LINK_FLAGS = CPU_FLAGS + ["-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections",
+                          f"-T{LINKER_SCRIPT}"]
+
+
+def qemu_command(elf) -> list:
+    return [QEMU, "-M", "mps2-an500", "-display", "none", "-monitor", "none",
+            "-serial", "pty", "-icount", "shift=0", "-kernel", str(elf)]
+
+
+def build(mlf_tar, out_dir=None) -> Path:
+    out_dir = Path(out_dir) if out_dir else default_build_dir(NAME, mlf_tar)
+    mlf = unpack_mlf(mlf_tar, out_dir)
+    elf = out_dir / "mnist_m7.elf"
+    log = out_dir / "build.log"
+    includes = [f"-I{FIRMWARE_DIR}"] + [f"-I{d}" for d in mlf.include_dirs]
+    objects = []
+    for source in SOURCES + mlf.sources:
+        ours = source in SOURCES
+        obj = out_dir / "obj" / (("" if ours else "lib_") + source.stem + ".o")
+        deps = [source] + (CORE_HEADERS if ours else []) + mlf.files
+        if stale(obj, deps):
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            run_build([CC] + (OUR_FLAGS if ours else LIB_FLAGS) + includes
+                      + ["-c", source, "-o", obj], f"{source.name} for {NAME}", log)
+        objects.append(obj)
+    if stale(elf, objects + [LINKER_SCRIPT]):
+        run_build([CC] + LINK_FLAGS + [f"-Wl,-Map={out_dir / 'mnist_m7.map'}", "-o", elf]
+                  + objects + ["-lm"], f"the {NAME} firmware", log)
+    return elf
+
+
+def launch(elf, log_path) -> Launched:
+    log_path = Path(log_path)
+    with open(log_path, "w") as log:
+        try:
+            process = subprocess.Popen(qemu_command(elf), stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, close_fds=True,
+                                       preexec_fn=die_with_parent)
+        except FileNotFoundError:
+            raise TargetError(f"{QEMU} not found; install qemu-system-arm (bash setup.sh)") from None
+    launched = Launched(port="", processes=[process], log=log_path)
+    try:
+        port = wait_for_line(log_path, r"char device redirected to (/dev/pts/\d+)", process).group(1)
+        launched.port = port
+        # Holding the slave open keeps QEMU's pty "connected": without it QEMU drops what the
+        # firmware writes until a client opens the port, and polls for it only once a second.
+        launched.fds.append(open_slave(port))
+        launched.info = wait_ready(launched.fds[0], [process], log_path)
+    except BaseException:
+        launched.stop()
+        raise
+    return launched
