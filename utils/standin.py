@@ -28,6 +28,7 @@ from utils.targets import TargetError, default_build_dir, elf_sizes, require_tar
 TARGETS = {
     "host": importlib.import_module("utils.targets.host"),
     "qemu-m7": importlib.import_module("utils.targets.qemu_m7"),
+    "native64": importlib.import_module("utils.targets.native64"),
 }
 DEFAULT_TARGET = "qemu-m7"
 REGISTRY_ENV = "TINYML_STANDIN_DIR"
