@@ -1,0 +1,108 @@
+"""firmware/protocol.c (the C side) against docs/protocol_vectors.json, and its fuzzer's short run.
+No model needed: the parser and encoders are built alone with gcc + ASan/UBSan."""
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from utils import protocol as P
+from utils.paths import ROOT
+
+VECTORS = json.loads((ROOT / "docs" / "protocol_vectors.json").read_text())
+
+
+def events(protocol_check, data: bytes) -> list:
+    out = subprocess.run([str(protocol_check), "events"], input=data.hex(), capture_output=True,
+                         text=True, check=True, timeout=30).stdout
+    return [line.split(" #")[0] for line in out.splitlines()]
+
+
+def replies(protocol_check, lines: list) -> list:
+    out = subprocess.run([str(protocol_check), "replies"], input="\n".join(lines) + "\n",
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return out.splitlines()
+
+
+@pytest.mark.parametrize("vector", VECTORS["device_streams"], ids=lambda v: v["name"])
+def test_device_stream_vectors(protocol_check, vector):
+    assert events(protocol_check, bytes.fromhex(vector["input_hex"])) == vector["events"]
+
+
+def test_request_vectors_parse(protocol_check):
+    for vector in VECTORS["requests"]:
+        got = events(protocol_check, bytes.fromhex(vector["hex"]))
+        if vector["type"] == P.MsgType.INFER:
+            assert got == [f"infer bin seq={vector['seq']} crc={vector['pixels_crc32']}"]
+        else:
+            assert got == [f"info bin seq={vector['seq']}"]
+
+
+def _floats(values):
+    return " ".join(repr(float(v)) for v in values)
+
+
+def test_reply_encoders_match_vectors(protocol_check):
+    lines, expected = [], []
+    for v in VECTORS["replies"]:
+        if "digit" in v:
+            lines.append(f"result {v['seq']} {v['digit']} {v['time_unit']} {v['time']} {_floats(v['scores'])}")
+        elif "fields" in v:
+            lines.append(f"info {v['seq']} " + " ".join(f"{k}={x}" for k, x in v["fields"].items()))
+        else:
+            lines.append(f"error {v['seq']} {v['code']} {v['message']}")
+        expected.append(v["hex"])
+    assert replies(protocol_check, lines) == expected
+
+
+def test_text_result_lines_match_vectors(protocol_check):
+    vectors = VECTORS["text_results"]
+    lines = [f"line {v['digit']} {v['time']} {v['time_unit']} {_floats(v['scores'])}" for v in vectors]
+    assert replies(protocol_check, lines) == [v["line"].rstrip("\n") for v in vectors]
+
+
+def test_error_lines_parse_back_in_python(protocol_check):
+    """The C error line and the Python parser agree on names and details."""
+    cases = [(code, f"detail for {code.wire_name}") for code in P.ErrorCode]
+    lines = replies(protocol_check, [f"errline {int(c)} {d}" for c, d in cases])
+    for (code, detail), line in zip(cases, lines):
+        assert P.parse_text_reply(line) == P.DeviceError(None, int(code), detail)
+
+
+def test_every_byte_split_gives_the_same_events(protocol_check):
+    """The parser keeps no state outside proto_parser: feeding the vectors back to back gives
+    the concatenation of their events (each vector starts at a line boundary)."""
+    streams = [v for v in VECTORS["device_streams"] if v["name"] != "white_space_cut_by_frame"]
+    data = b"".join(bytes.fromhex(v["input_hex"]) + b"\n" for v in streams)
+    expected = [e for v in streams for e in v["events"]]
+    assert events(protocol_check, data) == expected
+
+
+def test_random_damage_then_a_frame_is_always_answered(protocol_check):
+    """Any noise without a sync marker, a bad frame, a truncated frame: the next whole frame
+    still gets through."""
+    import random
+    rng = random.Random(7)
+    image = bytes(rng.randrange(256) for _ in range(784))
+    tail = P.encode_infer(4242, image)
+    chunks = []
+    for i in range(30):
+        noise = bytes(rng.choice([b for b in range(256) if b != 0xA5]) for _ in range(rng.randrange(50)))
+        frame = bytearray(P.encode_infer(i, image))
+        frame[rng.randrange(2, len(frame))] ^= 1 << rng.randrange(8)
+        chunks.append(noise + bytes(frame[:rng.randrange(2, len(frame) + 1)]))
+    for chunk in chunks:
+        got = events(protocol_check, chunk + tail)
+        assert got[-1] == f"infer bin seq=4242 crc={P.crc32(image):08x}", got
+
+
+def test_fuzzer_short_run(tmp_path):
+    if shutil.which("clang-14") is None and shutil.which("clang") is None:
+        pytest.skip("clang not installed: no libFuzzer (apt: clang, libclang-rt-14-dev)")
+    result = subprocess.run(["bash", str(ROOT / "tools" / "fuzz_protocol.sh"), "--runs", "20000",
+                             "--out", str(tmp_path / "fuzz")], capture_output=True, text=True,
+                            timeout=300)
+    if result.returncode == 3:
+        pytest.skip(f"fuzzer cannot be built here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Done 20000 runs" in result.stdout and "no crash" in result.stdout
