@@ -10,11 +10,7 @@ import subprocess
 import pytest
 
 from utils import paths, protocol, riot
-from utils.data import mnist_arrays
 from utils.serial_link import Board
-
-IMAGES = 100
-
 
 def test_make_without_riot_says_in_one_line_how_to_get_it(tmp_path):
     result = subprocess.run(["make", "-C", str(paths.ROOT), f"RIOTBASE={tmp_path / 'no-riot'}"],
@@ -35,30 +31,25 @@ def riot_base():
 
 
 @pytest.fixture(scope="session")
-def native64_elf(riot_base, quick_mlf_tar, tmp_path_factory):
-    from utils.targets import native64
-    return native64.build(quick_mlf_tar, tmp_path_factory.mktemp("native64"))
+def native64_build_dir(riot_base, tmp_path_factory):
+    return tmp_path_factory.mktemp("native64-build")
 
 
 @pytest.fixture(scope="module")
-def native64_board(native64_elf, tmp_path_factory):
-    from utils.targets import native64
-    launched = native64.launch(native64_elf, tmp_path_factory.mktemp("native64-run") / "run.log")
-    yield launched
-    launched.stop()
+def native64_board(native64_build_dir, quick_mlf_tar, tmp_path_factory):
+    """The native64 stand-in as every stand-in runs (utils.standin), on a link of its own."""
+    from utils.standin import StandIn
+    standin = StandIn("native64", quick_mlf_tar,
+                      link=tmp_path_factory.mktemp("native64-link") / "tinyml-native64",
+                      build_dir=native64_build_dir)
+    standin.start()
+    yield standin
+    standin.stop()
 
 
-@pytest.fixture(scope="session")
-def test_images_and_host_digits(quick_mlf_tar):
-    from utils.aot.host import HostLibrary
-    images, _ = mnist_arrays(train=False)
-    images = images[:IMAGES]
-    return images, [int(d) for d in HostLibrary(quick_mlf_tar).predict(images)]
-
-
-def test_native64_answers_100_images_like_the_host_library(native64_board,
-                                                            test_images_and_host_digits):
-    images, host_digits = test_images_and_host_digits
+def test_native64_answers_100_images_like_the_host_library(native64_board, mnist_test_100,
+                                                            host_digits_100):
+    images, host_digits = mnist_test_100[0], host_digits_100
     with Board(native64_board.port, timeout=30) as board:
         info = board.info()
         results = [board.infer(image) for image in images]
@@ -68,15 +59,15 @@ def test_native64_answers_100_images_like_the_host_library(native64_board,
     assert board.garbled == 0
 
 
-def test_native64_text_form(native64_board, test_images_and_host_digits):
-    images, host_digits = test_images_and_host_digits
+def test_native64_text_form(native64_board, mnist_test_100, host_digits_100):
+    images, host_digits = mnist_test_100[0], host_digits_100
     with Board(native64_board.port, timeout=30) as board:
         digits = [board.infer_text(image).digit for image in images[:5]]
     assert digits == host_digits[:5]
 
 
-def test_native64_survives_garbage(native64_board, test_images_and_host_digits):
-    images, host_digits = test_images_and_host_digits
+def test_native64_survives_garbage(native64_board, mnist_test_100, host_digits_100):
+    images, host_digits = mnist_test_100[0], host_digits_100
     rng = random.Random(5)
     frame = protocol.encode_infer(7, images[1])
     bad_crc = frame[:-1] + bytes([frame[-1] ^ 0xFF])
@@ -97,9 +88,9 @@ def test_native64_survives_garbage(native64_board, test_images_and_host_digits):
     assert native64_board.alive()
 
 
-def test_native64_exits_when_the_terminal_hangs_up(native64_elf, tmp_path):
+def test_native64_exits_when_the_terminal_hangs_up(native64_board, tmp_path):
     from utils.targets import native64
-    launched = native64.launch(native64_elf, tmp_path / "run.log")
+    launched = native64.launch(native64_board.elf, tmp_path / "run.log")
     process = launched.processes[0]
     try:
         for fd in launched.fds:
