@@ -102,6 +102,11 @@ def _rmtree(path: Path):
 
 # ------------------------------------------------------------------ building
 
+def flags_key(flags) -> str:
+    """Objects live in a folder named after their compiler flags: new flags, new objects."""
+    return hashlib.sha256(" ".join(map(str, flags)).encode()).hexdigest()[:8]
+
+
 def stale(output: Path, inputs) -> bool:
     """True when output is missing or older than any input (make's rule)."""
     if not output.is_file():

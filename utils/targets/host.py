@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from utils.targets import (CORE_HEADERS, CORE_SOURCES, FIRMWARE_DIR, Launched, default_build_dir,
-                           die_with_parent, open_raw_pty, run_build, stale, unpack_mlf, wait_ready)
+                           die_with_parent, flags_key, open_raw_pty, run_build, stale, unpack_mlf, wait_ready)
 
 NAME = "host"
 SIZE_TOOL = "size"
@@ -26,11 +26,12 @@ def build(mlf_tar, out_dir=None) -> Path:
     objects = []
     for source in SOURCES + mlf.sources:
         ours = source in SOURCES
-        obj = out_dir / "obj" / (("" if ours else "lib_") + source.stem + ".o")
+        flags = OUR_FLAGS if ours else LIB_FLAGS
+        obj = out_dir / f"obj-{flags_key(flags)}" / (("" if ours else "lib_") + source.stem + ".o")
         deps = [source] + (CORE_HEADERS if ours else []) + mlf.files
         if stale(obj, deps):
             obj.parent.mkdir(parents=True, exist_ok=True)
-            run_build([CC] + (OUR_FLAGS if ours else LIB_FLAGS) + includes
+            run_build([CC] + flags + includes
                       + ["-c", source, "-o", obj], f"{source.name} for {NAME}", log)
         objects.append(obj)
     if stale(elf, objects):

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from utils.targets import (CORE_HEADERS, CORE_SOURCES, FIRMWARE_DIR, Launched, TargetError,
-                           default_build_dir, die_with_parent, open_slave, run_build, stale,
+                           default_build_dir, die_with_parent, flags_key, open_slave, run_build, stale,
                            unpack_mlf, wait_for_line, wait_ready)
 
 NAME = "qemu-m7"
@@ -16,7 +16,10 @@ QEMU = "qemu-system-arm"
 M7_DIR = FIRMWARE_DIR / "m7"
 LINKER_SCRIPT = M7_DIR / "mps2_an500.ld"
 CPU_FLAGS = ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard"]
-COMMON = CPU_FLAGS + ["-std=gnu11", "-Os", "-g", "-ffunction-sections", "-fdata-sections"]
+# -ffp-contract=off: no fused multiply-adds, so the M7's float results are the host's bit for
+# bit (x86-64 gcc has no FMA without -march); GCC would otherwise fuse a*b+c into VFMA here.
+COMMON = CPU_FLAGS + ["-std=gnu11", "-Os", "-g", "-ffp-contract=off", "-ffunction-sections",
+                      "-fdata-sections"]
 OUR_FLAGS = COMMON + ["-Wall", "-Wextra", "-Werror"]
 LIB_FLAGS = COMMON + ["-w"]
 SOURCES = CORE_SOURCES + [M7_DIR / "platform_m7.c", M7_DIR / "startup.c"]
@@ -38,11 +41,12 @@ def build(mlf_tar, out_dir=None) -> Path:
     objects = []
     for source in SOURCES + mlf.sources:
         ours = source in SOURCES
-        obj = out_dir / "obj" / (("" if ours else "lib_") + source.stem + ".o")
+        flags = OUR_FLAGS if ours else LIB_FLAGS
+        obj = out_dir / f"obj-{flags_key(flags)}" / (("" if ours else "lib_") + source.stem + ".o")
         deps = [source] + (CORE_HEADERS if ours else []) + mlf.files
         if stale(obj, deps):
             obj.parent.mkdir(parents=True, exist_ok=True)
-            run_build([CC] + (OUR_FLAGS if ours else LIB_FLAGS) + includes
+            run_build([CC] + flags + includes
                       + ["-c", source, "-o", obj], f"{source.name} for {NAME}", log)
         objects.append(obj)
     if stale(elf, objects + [LINKER_SCRIPT]):
