@@ -99,3 +99,15 @@ def test_native64_exits_when_the_terminal_hangs_up(native64_board, tmp_path):
         assert process.wait(timeout=10) == 0
     finally:
         launched.stop()
+
+
+def test_make_test_passes_on_native64(native64_board, quick_mlf_tar, riot_base):
+    """`make BOARD=native64 test`: RIOT's testrunner runs tests/01-run.py against `make term`."""
+    pytest.importorskip("pexpect", reason="RIOT's testrunner needs pexpect")
+    result = subprocess.run(
+        ["make", "-C", str(paths.ROOT), "BOARD=native64", f"RIOTBASE={riot_base}",
+         f"UTVM_TAR={quick_mlf_tar}", f"BINDIRBASE={native64_board.build_dir}", "test"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MNIST_TEST_IMAGES": "5", "TESTRUNNER_START_DELAY": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "binary frames: 5 images" in result.stdout and "[SUCCESS]" in result.stdout
