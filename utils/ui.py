@@ -556,6 +556,7 @@ class DigitWindow(Gtk.Window):
         self.trace({"event": "layout",
                     **{name: self.widget_box(widget) for name, widget in (
                         ("canvas", self.canvas), ("send", self.send_button),
+                        ("port", self.port_entry), ("connect", self.connect_button),
                         ("clear", self.clear_button), ("random", self.random_button),
                         ("digit", self.digit_label))}})
         return False
