@@ -13,7 +13,7 @@ from utils.cli import run
 from utils.model import MnistModel
 from utils.quantize import save_state
 from utils.reports import model_hash, write_report
-from utils.train import mnist_loader, plot_history, setup_torch, train_float
+from utils.train import mnist_loader, plot_history, setup_torch, train_adadelta
 
 STAGE = "0101mnist"
 QUICK_TRAIN_IMAGES = 5000
@@ -54,7 +54,7 @@ def main(argv=None):
     test_loader = mnist_loader(False, args.test_batch_size, test_limit, args.seed)
 
     model = MnistModel()
-    history = train_float(model, train_loader, test_loader, args.epochs, args.lr, args.gamma)
+    history = train_adadelta(model, train_loader, test_loader, args.epochs, args.lr, args.gamma)
     save_state(model, args.out)
     # paths.REPORTS_DIR is read now, not at import, so tests' temporary reports dir applies.
     plot = plot_history(history, args.plot or paths.REPORTS_DIR / f"{STAGE}_curves.png",

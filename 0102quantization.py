@@ -21,7 +21,7 @@ from utils.qmodel import QMnistModel
 from utils.quantize import (calibrate, check_round_trip, load_fp32_model, prepare_ptq,
                             save_scripted, save_state, to_int8)
 from utils.reports import model_hash, write_report
-from utils.train import mnist_loader, predict, setup_torch, train_float
+from utils.train import mnist_loader, predict, setup_torch, train_onecycle
 
 STAGE = "0102quantization"
 QUICK_TRAIN_IMAGES = 5000
@@ -51,7 +51,7 @@ def parse_args(argv):
                              "mnist, weights/qmnist_lenet5_fp32.pth for lenet5)")
     parser.add_argument("--train-epochs", type=int, default=0,
                         help="lenet5 only: first train the float network for this many epochs "
-                             "and save it to --weights")
+                             "(0103's float recipe) and save it to --weights")
     parser.add_argument("--out-dir", type=Path, default=paths.WEIGHTS_DIR,
                         help="where the int8 state_dict and TorchScript go")
     parser.add_argument("--seed", type=int, default=1)
@@ -83,7 +83,7 @@ def main(argv=None):
     model = network()
     seconds_per_epoch = None
     if args.train_epochs:
-        history = train_float(model, train_loader, test_loader, args.train_epochs)
+        history = train_onecycle(model, train_loader, test_loader, args.train_epochs)
         seconds_per_epoch = round(history.seconds_per_epoch, 2)
         save_state(model, args.weights)
     else:

@@ -9,15 +9,13 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from utils import paths
 from utils.cli import run
 from utils.qmodel import QMnistModel
 from utils.quantize import (check_round_trip, freeze_observers, prepare_qat, save_scripted,
                             save_state, to_int8)
 from utils.reports import model_hash, write_report
-from utils.train import evaluate, fit, mnist_loader, setup_torch, train_float
+from utils.train import evaluate, fine_tune_cosine, mnist_loader, setup_torch, train_onecycle
 
 STAGE = "0103mnist_QAT"
 QUICK_TRAIN_IMAGES = 20000
@@ -27,16 +25,17 @@ QUICK_TEST_IMAGES = 2000
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=8, help="float training epochs")
+    parser.add_argument("--epochs", type=int, default=10, help="float training epochs")
     parser.add_argument("--qat-epochs", type=int, default=3, help="QAT fine-tuning epochs")
     parser.add_argument("--freeze-after", type=int, default=2,
                         help="QAT epochs after which the quantization ranges stop moving")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--test-batch-size", type=int, default=1000)
-    parser.add_argument("--lr", type=float, default=1.0, help="Adadelta learning rate (float)")
-    parser.add_argument("--gamma", type=float, default=0.7, help="StepLR decay per epoch")
-    parser.add_argument("--qat-lr", type=float, default=0.05,
-                        help="Adadelta learning rate of the QAT fine-tuning")
+    parser.add_argument("--lr", type=float, default=0.05,
+                        help="peak learning rate of the float training (SGD, one-cycle)")
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--qat-lr", type=float, default=0.002,
+                        help="initial learning rate of the QAT fine-tuning (SGD, cosine to 0)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
                         help=f"tests: {QUICK_TRAIN_IMAGES} training images, "
@@ -66,21 +65,19 @@ def main(argv=None):
     test_loader = mnist_loader(False, args.test_batch_size, test_limit, args.seed)
 
     model = QMnistModel()
-    float_history = train_float(model, train_loader, test_loader, args.epochs, args.lr,
-                                args.gamma)
+    float_history = train_onecycle(model, train_loader, test_loader, args.epochs, args.lr,
+                                   args.weight_decay)
     fp32_accuracy = float_history.test_accuracy[-1]
     save_state(model, args.fp32_out)
 
     qat_model = prepare_qat(model)
-    optimizer = torch.optim.Adadelta(qat_model.parameters(), lr=args.qat_lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=args.gamma)
 
     def freeze(qat, epoch):
         if epoch == args.freeze_after:
             freeze_observers(qat)
 
-    qat_history = fit(qat_model, train_loader, test_loader, optimizer, args.qat_epochs,
-                      scheduler, name="qat", after_epoch=freeze)
+    qat_history = fine_tune_cosine(qat_model, train_loader, test_loader, args.qat_epochs,
+                                   args.qat_lr, args.weight_decay, after_epoch=freeze)
 
     int8_model = to_int8(qat_model)
     _, int8_accuracy = evaluate(int8_model, test_loader)

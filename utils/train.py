@@ -55,8 +55,9 @@ def mnist_loader(train: bool, batch_size: int, limit: int = None, seed: int = 0)
                       generator=generator if train else None)
 
 
-def train_epoch(model, loader, optimizer, desc="train") -> float:
-    """One pass over loader; returns the mean training loss. tqdm shows the running loss."""
+def train_epoch(model, loader, optimizer, desc="train", batch_scheduler=None) -> float:
+    """One pass over loader; returns the mean training loss. tqdm shows the running loss.
+    `batch_scheduler` steps after every batch (one-cycle and cosine schedules)."""
     model.train()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=1.0)
@@ -65,6 +66,8 @@ def train_epoch(model, loader, optimizer, desc="train") -> float:
         loss = F.nll_loss(model(x), y)
         loss.backward()
         optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         total += loss.item() * len(y)
         count += len(y)
         bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
@@ -104,13 +107,15 @@ class History:
 
 
 def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
-        name="train", history=None, after_epoch=None) -> History:
+        name="train", history=None, after_epoch=None, batch_scheduler=None) -> History:
     """Train for `epochs`, evaluating after each; the time of an epoch excludes evaluation.
+    `scheduler` steps once per epoch, `batch_scheduler` once per batch.
     `after_epoch(model, epoch)` runs before the evaluation (QAT freezes observers there)."""
     history = history or History()
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        train_loss = train_epoch(model, train_loader, optimizer, desc=f"{name} {epoch}/{epochs}")
+        train_loss = train_epoch(model, train_loader, optimizer, f"{name} {epoch}/{epochs}",
+                                 batch_scheduler)
         history.epoch_seconds.append(time.perf_counter() - start)
         if scheduler is not None:
             scheduler.step()
@@ -126,12 +131,40 @@ def fit(model, train_loader, test_loader, optimizer, epochs, scheduler=None,
     return history
 
 
-def train_float(model, train_loader, test_loader, epochs, lr=1.0, gamma=0.7,
-                name="fp32") -> History:
+def train_adadelta(model, train_loader, test_loader, epochs, lr=1.0, gamma=0.7,
+                   name="fp32") -> History:
     """The float recipe of PyTorch's examples/mnist: Adadelta, learning rate x gamma per epoch."""
     optimizer = torch.optim.Adadelta(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=gamma)
     return fit(model, train_loader, test_loader, optimizer, epochs, scheduler, name=name)
+
+
+def sgd(model, lr, weight_decay=5e-4):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                           weight_decay=weight_decay)
+
+
+def train_onecycle(model, train_loader, test_loader, epochs, max_lr=0.05, weight_decay=5e-4,
+                   name="fp32") -> History:
+    """LeNet-5's float recipe: Nesterov SGD with a one-cycle learning rate and weight decay.
+    LeNet-5 overfits MNIST under the example's Adadelta schedule and stalls near 99.1 %;
+    this recipe reaches about 99.3 % in 10 epochs (measured), margin for the int8 goal.
+    A peak of 0.1 sometimes stalls a fresh LeNet-5 at chance level (seen with seed 1)."""
+    optimizer = sgd(model, max_lr, weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr,
+                                                   total_steps=epochs * len(train_loader))
+    return fit(model, train_loader, test_loader, optimizer, epochs, name=name,
+               batch_scheduler=schedule)
+
+
+def fine_tune_cosine(model, train_loader, test_loader, epochs, lr, weight_decay=5e-4,
+                     name="qat", after_epoch=None) -> History:
+    """Short fine-tuning (QAT): Nesterov SGD, learning rate from lr down to 0 on a cosine."""
+    optimizer = sgd(model, lr, weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
+                                                          T_max=epochs * len(train_loader))
+    return fit(model, train_loader, test_loader, optimizer, epochs, name=name,
+               after_epoch=after_epoch, batch_scheduler=schedule)
 
 
 def plot_history(history: History, path, title: str):
