@@ -3,6 +3,7 @@
 Fault cases: a wrong port, a silent board, the stand-in killed mid-run, garbage injected both
 ways (into the device's input, and into its replies through a damaging relay pty).
 """
+import json
 import re
 import signal
 import subprocess
@@ -152,7 +153,7 @@ def test_standin_killed_mid_run(standin_factory):
     stderr = stderr.decode(errors="replace")
     assert proc.returncode == 1, stderr[-2000:]
     assert "Traceback" not in stderr
-    summary = __import__("json").loads(out)
+    summary = json.loads(out)
     assert summary["answered"] >= 300
     assert summary["images"] == summary["answered"] + summary["unanswered"]
     assert summary["images"] + summary["not_sent"] == 10000

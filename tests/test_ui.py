@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_client_support import UI
+from tests.test_client_support import UI, SilentPort
 from utils.paths import ROOT
 from utils.serial_link import Board
 
@@ -189,7 +189,8 @@ def test_draw_send_and_the_label_shows_the_answer(display, host_port, tmp_path):
 def test_random_image_standin_killed_reconnect_and_wrong_port(display, standin_factory):
     standin = standin_factory("host")
     port = standin.port
-    ui = UIProcess(display, "--port", port).start()
+    silent = None
+    ui = UIProcess(display, "--port", port, "--timeout", 3).start()
     try:
         ui.wait_for("connected")
         ui.click(ui.layout["random"])
@@ -213,8 +214,19 @@ def test_random_image_standin_killed_reconnect_and_wrong_port(display, standin_f
         ui.type_port("/dev/no-such-board")
         error = ui.wait_for("error")
         assert "/dev/no-such-board" in error["message"] and "ports that exist" in error["message"]
+
+        # a silent board: the window stays responsive while the link waits, then says so
+        silent = SilentPort()
+        ui.type_port(silent.port)
+        ui.click(ui.layout["random"])
+        shown = ui.wait_for("test_image")
+        error = ui.wait_for("error")
+        assert ui.seen.index(shown) < ui.seen.index(error)
+        assert silent.port in error["message"] and "115200" in error["message"]
     finally:
         rc = ui.stop()
+        if silent is not None:
+            silent.close()
     assert rc == 0
     assert "Traceback" not in ui.proc.stderr.read()
 

@@ -396,6 +396,7 @@ class DigitWindow(Gtk.Window):
                                    else "test image")
         self.canvas.queue_draw()
         self.preview_area.queue_draw()
+        self.trace({"event": "test_image", "index": index, "label": label})
 
     def _on_send(self):
         if self.busy:

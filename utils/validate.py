@@ -239,6 +239,11 @@ def validate(board, images, labels=None, *, indices=None, host_model=None, host_
                 run.record(outcome)
                 run.stopped = f"board gone after {_answered(run)} answered images: {exc}"
                 break
+            except LinkError as exc:  # any other link failure: the link is not usable
+                outcome.error = f"link_error: {exc}"
+                run.record(outcome)
+                run.stopped = f"link failed after {_answered(run)} answered images: {exc}"
+                break
             except KeyboardInterrupt:
                 outcome.error = "interrupted"
                 run.record(outcome)
