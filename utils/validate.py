@@ -70,6 +70,8 @@ def percentile(values, q):
 
 def host_predictions(images, host_model):
     """The host PyTorch int8 model's digits for uint8 images; host_model is a path or a model."""
+    # torch's C++ side warns on stderr that quantized tensors are deprecated; not our news
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     from utils.quantize import load_int8_model, predict_int8
     import torch
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -395,7 +397,7 @@ def format_summary(summary: dict) -> str:
                      f"{len(s['device_errors'])} device error replies (resynchronised)")
     if s["stopped"]:
         lines.append(f"stopped early: {s['stopped']}")
-    if s["accuracy"] is not None:
+    if s["accuracy"] is not None and s["answered"] > 1:
         lines.append("confusion matrix (rows: label, columns: device's digit)")
         lines.append(confusion_text(s["confusion"]))
     return "\n".join(lines)
