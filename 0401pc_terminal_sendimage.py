@@ -59,6 +59,8 @@ def parse_args(argv):
     out.add_argument("--each", action="store_true",
                      help=f"print a line for every image (default: every image for runs of "
                           f"up to {EACH_LINE_LIMIT}, else only misses)")
+    out.add_argument("--quiet", action="store_true",
+                     help="no per-image lines, only the summary (errors still show)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.quick and args.count is None and not args.all:
@@ -148,7 +150,7 @@ def main(argv=None):
 
     def show(outcome):
         results.append(outcome)
-        if args.json:
+        if args.json or args.quiet:
             return
         miss = not outcome.answered or (outcome.label is not None and outcome.digit != outcome.label)
         if printing_each or miss:
