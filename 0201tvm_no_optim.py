@@ -1,0 +1,65 @@
+"""Stage 0201: compile the model with Apache TVM 0.27 into a standalone C library with
+microTVM's AOT API (tvmgen_default_run), packed in Model Library Format — and prove it
+bit-exact with PyTorch on the MNIST test set.
+
+int8 TorchScript (0103 / 0102) → Relax (our lowering of the converted modules) → TIR kernels
+with an MCU schedule (no workspace) → C, plus our AOT glue on one static arena → MLF tar.
+fp32 state_dicts of MnistModel / QMnistModel go through torch.export and TVM's frontend.
+
+The stage then compiles the tar's C with the host gcc, runs the test images through it and
+compares with PyTorch (int8: uint8 logits identical on every image; fp32: |diff| <= 1e-4;
+both: same digit), cross-compiles it for the Cortex-M7 (sizes, `nm -u`), and writes
+reports/0201tvm_no_optim.json. The tar is put in place only when all of that passes.
+"""
+import argparse
+import os
+import time
+from pathlib import Path
+
+from utils import paths
+from utils.cli import StageError, run
+
+STAGE = "0201tvm_no_optim"
+QUICK_IMAGES = 1000
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", type=Path, default=paths.QAT_MODEL,
+                        help="int8 TorchScript, or fp32 state_dict/TorchScript of MnistModel or QMnistModel")
+    parser.add_argument("--kind", choices=["auto", "int8", "fp32"], default="auto",
+                        help="what --model must be (auto: whatever it is)")
+    parser.add_argument("--out", type=Path, default=paths.MLF_TAR, help="the Model Library Format tar to write")
+    parser.add_argument("--images", type=int, default=10000,
+                        help="MNIST test images to verify on (all 10 000 by default)")
+    parser.add_argument("--build-dir", type=Path, default=None,
+                        help="where host builds are cached (default build/host-lib)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the image subset when --images < 10000")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"tests: verify on {QUICK_IMAGES} images unless --images says otherwise")
+    args = parser.parse_args(argv)
+    if args.quick and args.images == parser.get_default("images"):
+        args.images = QUICK_IMAGES
+    if not 1 <= args.images <= 10000:
+        parser.error("--images must be between 1 and 10000")
+    return args
+
+
+def main(argv=None):
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    args = parse_args(argv)
+    from utils.aot.stage import compile_and_verify
+    figures = compile_and_verify(args.model, args.kind, args.out, args.images, args.seed,
+                                 args.build_dir, quick=args.quick, started=started)
+    figures["load_average_at_start"] = round(load_before, 2)
+    figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    from utils.reports import write_report
+    report = write_report(STAGE, figures)
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

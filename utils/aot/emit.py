@@ -1,0 +1,376 @@
+"""The AOT glue: turn the memory-planned Relax `main` into plain C calls on one static arena.
+
+TVM 0.27 has no AOT executor and no unpacked-API pass any more: `exec_mode="compiled"` still
+needs the VM runtime. But after StaticPlanBlockMemory, `main` is a straight line of
+  storage = alloc_storage(bytes)          → a fixed offset in one static arena
+  t = alloc_tensor(storage, offset, ...)  → arena + storage offset + offset
+  kernel(args..., out)                    → one packed call with stack-built DLTensors
+  constants                               → `static const` arrays (int8 weights stay int8)
+  out = builtin.alloc_tensor(...)         → the caller's output buffer
+so walking it is all an AOT executor does. The result is `tvmgen_default_run`, the API of
+microTVM's AOT executor that the firmware calls.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+from tvm import relax
+from tvm.ir.expr import Constant
+
+from utils.cli import StageError
+
+PREFIX = "tvmgen_default_"
+ARENA_ALIGN = 16
+# DLDataTypeCode: kDLInt = 0, kDLUInt = 1, kDLFloat = 2
+DL_TYPES = {"int8": (0, 8), "int16": (0, 16), "int32": (0, 32), "int64": (0, 64),
+            "uint8": (1, 8), "uint16": (1, 16), "float32": (2, 32)}
+C_TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
+           "uint8": "uint8_t", "uint16": "uint16_t", "float32": "float"}
+
+
+@dataclass
+class Tensor:
+    """A tensor the glue passes to a kernel: where its bytes live, its shape and dtype."""
+    name: str
+    shape: tuple
+    dtype: str
+    place: str                 # "arena", "input", "output", "constant"
+    storage: object = None     # the Storage it sits in (arena tensors)
+    offset: int = 0            # byte offset inside the storage
+    constant_index: int = -1
+
+    @property
+    def nbytes(self):
+        return int(np.prod(self.shape)) * DL_TYPES[self.dtype][1] // 8
+
+
+@dataclass
+class Storage:
+    name: str
+    nbytes: int
+    first_use: int = None
+    last_use: int = None
+    arena_offset: int = None
+
+
+@dataclass
+class KernelCall:
+    kernel: str
+    args: list
+
+
+@dataclass
+class Plan:
+    """Everything the glue needs: the calls in order, the arena, the constants."""
+    calls: list
+    storages: list
+    constants: list            # numpy arrays, in first-use order
+    input: Tensor
+    output: Tensor
+    output_copy_from: Tensor = None   # when the result is not written in place by a kernel
+    arena_bytes: int = 0
+    kernels: list = field(default_factory=list)
+
+
+def _dtype(expr):
+    return str(expr.value) if hasattr(expr, "value") else str(expr)
+
+
+def _shape(shape_expr):
+    try:
+        return tuple(int(d) for d in shape_expr.values)
+    except TypeError:
+        raise StageError(f"symbolic shape {shape_expr} in main; 0201 compiles static shapes only")
+
+
+def _tensor_type(var):
+    ty = var.ty
+    return tuple(int(d) for d in ty.shape.values), str(ty.dtype)
+
+
+def plan_main(mod):
+    """Walk the lowered `main` into a Plan; anything but the patterns above is a StageError."""
+    main = mod["main"]
+    if len(main.params) != 1:
+        raise StageError(f"the model takes {len(main.params)} inputs; the firmware API has one (input0)")
+    in_shape, in_dtype = _tensor_type(main.params[0])
+    input_tensor = Tensor("input0", in_shape, in_dtype, "input")
+    values = {main.params[0]: input_tensor}
+    storages, calls, constants = [], [], []
+
+    def tensor_of(expr, kernel):
+        if isinstance(expr, Constant) and hasattr(expr.value, "numpy"):
+            data = expr.value.numpy()
+            for i, known in enumerate(constants):
+                if known is data or (known.dtype == data.dtype and known.shape == data.shape
+                                     and np.array_equal(known, data)):
+                    index = i
+                    break
+            else:
+                constants.append(data)
+                index = len(constants) - 1
+            return Tensor(f"constant_{index}", tuple(data.shape), str(data.dtype), "constant",
+                          constant_index=index)
+        if expr in values:
+            return values[expr]
+        raise StageError(f"kernel {kernel} takes a {type(expr).__name__}; 0201 passes tensors only")
+
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            var, value = binding.var, binding.value
+            if isinstance(value, relax.Var):
+                values[var] = values[value]
+                continue
+            if isinstance(value, relax.Tuple):
+                values[var] = [values.get(field) for field in value.fields]
+                continue
+            if isinstance(value, relax.TupleGetItem):
+                values[var] = values[value.tuple_value][value.index]
+                continue
+            if not isinstance(value, relax.Call):
+                raise StageError(f"unexpected {type(value).__name__} in main after memory planning")
+            op = value.op
+            if isinstance(op, relax.GlobalVar):
+                index = len(calls)
+                args = [tensor_of(a, op.name_hint) for a in value.args]
+                for t in args:
+                    if t.storage is not None:
+                        t.storage.first_use = index if t.storage.first_use is None else t.storage.first_use
+                        t.storage.last_use = index
+                calls.append(KernelCall(op.name_hint, args))
+                continue
+            name = getattr(op, "name", str(op))
+            if name == "relax.memory.alloc_storage":
+                nbytes = _shape(value.args[0])[0]
+                storage = Storage(var.name, nbytes)
+                storages.append(storage)
+                values[var] = storage
+            elif name == "relax.memory.alloc_tensor":
+                storage = values[value.args[0]]
+                shape, dtype = _shape(value.args[2]), _dtype(value.args[3])
+                values[var] = Tensor(var.name, shape, dtype, "arena", storage, int(value.args[1].value))
+            elif name == "relax.builtin.alloc_tensor":
+                shape, dtype = _shape(value.args[0]), _dtype(value.args[1])
+                values[var] = Tensor(var.name, shape, dtype, "output")
+            elif name in ("relax.memory.kill_tensor", "relax.memory.kill_storage"):
+                continue
+            else:
+                raise StageError(f"op {name} left in main after lowering; 0201 cannot run it without "
+                                 f"the TVM runtime")
+
+    result = main.body.body
+    if isinstance(result, relax.Tuple):
+        result = [values.get(field) for field in result.fields]
+    else:
+        result = values.get(result)
+    if isinstance(result, list) and len(result) == 1:
+        result = result[0]  # torch.export returns a 1-tuple
+    if not isinstance(result, Tensor):
+        raise StageError("main does not return one tensor; the firmware API has one output")
+    output = Tensor("output", result.shape, result.dtype, "output")
+    unplanned = [t for t in values.values() if isinstance(t, Tensor) and t.place == "output" and t is not result]
+    if unplanned:
+        raise StageError(f"tensors {', '.join(t.name for t in unplanned)} are allocated at run time; "
+                         f"0201 needs every intermediate in the static arena")
+    plan = Plan(calls, storages, constants, input_tensor, output)
+    if result.place == "output":
+        for call in calls:
+            call.args = [output if a is result else a for a in call.args]
+    else:
+        plan.output_copy_from = result
+        if result.storage is not None:
+            result.storage.last_use = len(calls)
+    plan.arena_bytes = _place_storages(storages)
+    plan.kernels = sorted({c.kernel for c in calls})
+    return plan
+
+
+def _align(n):
+    return (n + ARENA_ALIGN - 1) // ARENA_ALIGN * ARENA_ALIGN
+
+
+def _place_storages(storages):
+    """First-fit offsets, largest first; storages whose lifetimes overlap never share bytes."""
+    placed = []
+    for storage in sorted(storages, key=lambda s: -s.nbytes):
+        if storage.first_use is None:
+            storage.first_use = storage.last_use = -1
+        offset = 0
+        for other in sorted(placed, key=lambda s: s.arena_offset):
+            overlap_in_time = not (storage.last_use < other.first_use or other.last_use < storage.first_use)
+            if overlap_in_time and offset + storage.nbytes > other.arena_offset \
+                    and other.arena_offset + other.nbytes > offset:
+                offset = _align(other.arena_offset + other.nbytes)
+        storage.arena_offset = offset
+        placed.append(storage)
+    return _align(max((s.arena_offset + s.nbytes for s in storages), default=0))
+
+
+# ----------------------------------------------------------------------------- C text
+
+def _c_values(array):
+    flat = array.reshape(-1)
+    if array.dtype == np.float32:
+        if not np.all(np.isfinite(flat)):
+            raise StageError("a float constant is not finite")
+        # 9 significant digits round-trip every float32
+        items = [f"{float(v):.8e}f" for v in flat]
+    else:
+        items = [str(int(v)) for v in flat]
+    per_line = 16
+    lines = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
+    return "  " + ",\n  ".join(lines)
+
+
+def _tensor_expr(t, plan):
+    code, bits = DL_TYPES[t.dtype]
+    if t.place == "arena":
+        data = f"{PREFIX}arena + {t.storage.arena_offset + t.offset}"
+    elif t.place == "input":
+        data = "inputs->input0"
+    elif t.place == "output":
+        data = "outputs->output"
+    else:
+        data = f"(void*){PREFIX}{t.name}"
+    return f"tensor({data}, {code}, {bits}, {len(t.shape)}, {PREFIX}shape_{_shape_id(t.shape, plan)})"
+
+
+def _shape_id(shape, plan):
+    shapes = plan._shapes
+    if shape not in shapes:
+        shapes.append(shape)
+    return shapes.index(shape)
+
+
+def glue_source(plan, banner, tap=None):
+    """default_lib0.c: constants, arena, shapes and tvmgen_default_run.
+
+    `tap` (a Tensor of the plan) is copied to `tvmgen_default_debug_tap` when the file is
+    compiled with -DTVMGEN_DEFAULT_DEBUG_TAP: the host harness uses it to read the uint8
+    logits; firmware builds never define it.
+    """
+    plan._shapes = []
+    body = []
+    for i, call in enumerate(plan.calls):
+        tensors = ",\n      ".join(_tensor_expr(t, plan) for t in call.args)
+        body.append(f"  {{  /* {i}: {call.kernel}({', '.join(t.name for t in call.args)}) */\n"
+                    f"    DLTensor args[{len(call.args)}] = {{\n      {tensors}}};\n"
+                    f"    int32_t rc = call_kernel(__tvm_ffi_{call.kernel}, args, {len(call.args)});\n"
+                    f"    if (rc != 0) return rc;\n  }}")
+        if tap is not None and any(a is tap for a in call.args[-1:]):
+            body.append(f"#ifdef TVMGEN_DEFAULT_DEBUG_TAP\n"
+                        f"  memcpy({PREFIX}debug_tap, {PREFIX}arena + {tap.storage.arena_offset + tap.offset}, "
+                        f"sizeof({PREFIX}debug_tap));\n#endif")
+    if plan.output_copy_from is not None:
+        src = plan.output_copy_from
+        if src.place == "input":
+            body.append(f"  memcpy(outputs->output, inputs->input0, {src.nbytes});")
+        else:
+            body.append(f"  memcpy(outputs->output, {PREFIX}arena + {src.storage.arena_offset + src.offset}, "
+                        f"{src.nbytes});")
+
+    out = [f"/* {line} */" for line in banner]
+    out += ["#include <stddef.h>", "#include <stdint.h>", "#include <string.h>", "",
+            '#include "tvm/ffi/c_api.h"', '#include "tvmgen_default.h"', ""]
+    out.append("typedef int32_t (*kernel_fn)(void* self, void* args, int32_t num_args, void* result);")
+    for kernel in plan.kernels:
+        out.append(f"int32_t __tvm_ffi_{kernel}(void* self, void* args, int32_t num_args, void* result);")
+    out.append("")
+    for i, array in enumerate(plan.constants):
+        out.append(f"/* constant_{i}: {array.dtype} {list(array.shape)} */")
+        out.append(f"static const {C_TYPES[str(array.dtype)]} {PREFIX}constant_{i}[{array.size}] = {{\n"
+                   f"{_c_values(array)}\n}};")
+    out.append("")
+    out.append(f"/* One static arena for every intermediate tensor: {plan.arena_bytes} bytes. */")
+    out.append(f"static _Alignas({ARENA_ALIGN}) uint8_t {PREFIX}arena[{max(plan.arena_bytes, 1)}];")
+    if tap is not None:
+        out.append(f"\n#ifdef TVMGEN_DEFAULT_DEBUG_TAP\n/* host harness only: a copy of the {tap.dtype} "
+                   f"{list(tap.shape)} tensor the last kernel reads */\n"
+                   f"static {C_TYPES[tap.dtype]} {PREFIX}debug_tap[{int(np.prod(tap.shape))}];\n"
+                   f"const void* {PREFIX}debug_tap_ptr(void);\n"
+                   f"const void* {PREFIX}debug_tap_ptr(void) {{ return {PREFIX}debug_tap; }}\n#endif")
+    run = "\n".join(body)
+    shapes = "\n".join(f"static const int64_t {PREFIX}shape_{i}[{max(len(s), 1)}] = "
+                       f"{{{', '.join(str(d) for d in s) or '1'}}};" for i, s in enumerate(plan._shapes))
+    out.append("")
+    out.append(shapes)
+    out.append('''
+static DLTensor tensor(void* data, uint8_t code, uint8_t bits, int32_t ndim, const int64_t* shape) {
+  DLTensor t;
+  t.data = data;
+  t.device.device_type = kDLCPU;
+  t.device.device_id = 0;
+  t.ndim = ndim;
+  t.dtype.code = code;
+  t.dtype.bits = bits;
+  t.dtype.lanes = 1;
+  t.shape = (int64_t*)shape;  /* the kernels only read it */
+  t.strides = NULL;           /* compact row-major */
+  t.byte_offset = 0;
+  return t;
+}
+
+/* The kernels use TVM's packed calling convention: an array of TVMFFIAny holding DLTensor*. */
+static int32_t call_kernel(kernel_fn kernel, DLTensor* tensors, int32_t count) {
+  TVMFFIAny args[%(max_args)d];
+  TVMFFIAny result;
+  for (int32_t i = 0; i < count; ++i) {
+    args[i].type_index = kTVMFFIDLTensorPtr;
+    args[i].zero_padding = 0;
+    args[i].v_ptr = &tensors[i];
+  }
+  result.type_index = kTVMFFINone;
+  result.zero_padding = 0;
+  result.v_int64 = 0;
+  return kernel(NULL, args, count, &result);
+}
+
+int32_t tvmgen_default_run(struct tvmgen_default_inputs* inputs, struct tvmgen_default_outputs* outputs) {
+  if (inputs == NULL || outputs == NULL || inputs->input0 == NULL || outputs->output == NULL) {
+    return -1;
+  }
+%(run)s
+  return 0;
+}
+''' % {"max_args": max((len(c.args) for c in plan.calls), default=1), "run": run})
+    return "\n".join(out)
+
+
+def header_source(plan, model_hash, banner):
+    """tvmgen_default.h: the microTVM AOT API the firmware includes."""
+    lines = ["#ifndef TVMGEN_DEFAULT_H_", "#define TVMGEN_DEFAULT_H_", ""]
+    lines += [f"/* {line} */" for line in banner]
+    lines += ["", "#include <stdint.h>", "", "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
+              f"/* input0: {plan.input.dtype} {list(plan.input.shape)}, pixel / 255 */",
+              f"#define TVMGEN_DEFAULT_INPUT0_SIZE {plan.input.nbytes}",
+              f"/* output: {plan.output.dtype} {list(plan.output.shape)}, log-probabilities */",
+              f"#define TVMGEN_DEFAULT_OUTPUT_SIZE {plan.output.nbytes}",
+              "/* the static arena inside the library (no allocation at run time) */",
+              f"#define TVMGEN_DEFAULT_WORKSPACE_SIZE {plan.arena_bytes}",
+              "/* utils.reports.model_hash of the source model file */",
+              f'#define TVMGEN_DEFAULT_MODEL_HASH "{model_hash}"', "",
+              "struct tvmgen_default_inputs {", "  void* input0;", "};", "",
+              "struct tvmgen_default_outputs {", "  void* output;", "};", "",
+              "/* Runs the model once; returns 0, non-zero on failure. Not reentrant (one arena). */",
+              "int32_t tvmgen_default_run(struct tvmgen_default_inputs* inputs, "
+              "struct tvmgen_default_outputs* outputs);", "",
+              "#ifdef __cplusplus", "}", "#endif", "", "#endif  /* TVMGEN_DEFAULT_H_ */", ""]
+    return "\n".join(lines)
+
+
+KERNEL_PREAMBLE = """/* Kernels generated by TVM's C codegen, used as they come. Their packed-call prologue
+   reads fields it never uses and takes parameters it ignores, hence the pragmas. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wunused-variable"
+#pragma GCC diagnostic ignored "-Wunused-but-set-variable"
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#endif
+"""
+
+
+def kernel_source(source, banner):
+    """default_lib1.c: TVM's kernels minus the module entry function the VM would call."""
+    marker = "// CodegenC: NOTE: Auto-generated entry function"
+    if marker in source:
+        source = source[:source.index(marker)].rstrip() + "\n"
+    head = "\n".join(f"/* {line} */" for line in banner)
+    return f"{head}\n{KERNEL_PREAMBLE}{source}"

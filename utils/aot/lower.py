@@ -1,0 +1,196 @@
+"""Relax → fused, scheduled TIR kernels + a memory-planned `main`, ready for C.
+
+The pipeline is the one that proved itself on TVM 0.27 (the VM's own pipeline stops short of
+code generation here; we take `main` after StaticPlanBlockMemory and write the AOT glue
+ourselves, see emit.py):
+
+    DecomposeOpsForInference → LegalizeOps → AnnotateTIROpPattern → FoldConstant → FuseOps
+    → FuseTIR → MCU schedule → DeadCodeElimination → ToNonDataflow → RemovePurityChecking
+    → CallTIRRewrite → StaticPlanBlockMemory → AttachGlobalSymbol
+
+The MCU schedule is what makes the library fit: left alone, each fused kernel keeps its
+intermediates (padded input, int32 accumulator, each epilogue step) as full-size buffers that
+TIR lowering turns into TVMBackendAllocWorkspace calls (40 KB for the int8 LeNet-5, and a
+runtime we do not ship). The rule inlines every elementwise step (padding, casts,
+requantization) and moves what remains under the innermost common spatial loop of the last
+block, so each intermediate shrinks to a scalar on the stack.
+"""
+import math
+import re
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax, s_tir, tirx
+from tvm.s_tir import dlight
+
+from utils.cli import StageError
+
+TARGET = "c"
+
+
+def _leading_spatial(info):
+    kinds = info.dom_kind()
+    return len(kinds) - len(kinds.lstrip("S"))
+
+
+# Intermediates up to this many elements stay whole: TIR lowering puts them on the stack.
+# (log_softmax's row max and row sum are one element each; nesting them under the output
+# loop would recompute them for every output.)
+SMALL_INTERMEDIATE = 16
+REDUCE_ITER = 2  # IterVar.CommReduce
+
+
+def _written_elements(sch, block_rv):
+    elements = 1
+    for dim in sch.get(block_rv).writes[0].source.shape:
+        elements *= int(dim)
+    return elements
+
+
+@dlight.ScheduleRule.from_callable("McuNoWorkspace")
+def mcu_no_workspace(func, target, tunable):
+    """Inline the elementwise blocks; nest the rest under the last block's spatial loops."""
+    if not isinstance(func, tirx.PrimFunc):
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = dlight.normalize_prim_func(sch)
+    if blocks is None:
+        return None
+    blocks = dlight.try_inline(sch, blocks)
+    large = [b for b in blocks[:-1] if _written_elements(sch, b.block_rv) > SMALL_INTERMEDIATE]
+    if large:
+        depth = min(_leading_spatial(b) for b in large + blocks[-1:])
+        if depth == 0:
+            return None
+        loop = sch.get_loops(blocks[-1].block_rv)[depth - 1]
+        for block in reversed(large):
+            sch.compute_at(block.block_rv, loop, preserve_unit_loops=True)
+    for block in blocks:
+        _hoist_reduction_init(sch, block.block_rv)
+    return sch
+
+
+def _hoist_reduction_init(sch, block_rv):
+    """Zero the accumulator before the reduction loops instead of testing `k == 0` inside
+    them: faster, and gcc can see the accumulator is initialized (-Wmaybe-uninitialized)."""
+    reduce_iters = [iv for iv in sch.get(block_rv).iter_vars if int(iv.iter_type) == REDUCE_ITER]
+    if not reduce_iters:
+        return
+    loops = sch.get_loops(block_rv)
+    sch.decompose_reduction(block_rv, loops[len(loops) - len(reduce_iters)])
+
+
+def _schedule_pass():
+    return dlight.ApplyDefaultSchedule(mcu_no_workspace)
+
+
+def lower(mod):
+    """Lower a Relax module to (scheduled IRModule of PrimFuncs + planned Relax main)."""
+    target = tvm.target.Target(TARGET)
+    passes = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        _schedule_pass(),
+        relax.transform.DeadCodeElimination(),
+        relax.transform.ToNonDataflow(),
+        relax.transform.RemovePurityChecking(),
+        relax.transform.CallTIRRewrite(),
+        relax.transform.StaticPlanBlockMemory(),
+        relax.transform.AttachGlobalSymbol(),
+    ])
+    with target, tvm.transform.PassContext(opt_level=3):
+        lowered = passes(mod)
+    return lowered
+
+
+def prim_funcs(mod):
+    """The TIR kernels of a lowered module, as their own IRModule."""
+    funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    if not funcs:
+        raise StageError("lowering produced no kernels")
+    return tvm.IRModule(funcs)
+
+
+def build_c(kernels):
+    """C source of the kernels, without runtime asserts (the glue passes exact shapes)."""
+    kernels, exact_literals = _mark_float_immediates(kernels)
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        built = tvm.tirx.build(kernels, target=TARGET)
+    source = _restore_float_immediates(built.inspect_source(), exact_literals)
+    if "TVMBackendAllocWorkspace" in source:
+        needing = [name for name in _kernel_names(kernels)
+                   if "TVMBackendAllocWorkspace" in _function_body(source, name)]
+        raise StageError(f"kernels {', '.join(needing) or '?'} still need a workspace after the MCU "
+                         f"schedule; 0201 ships no allocator")
+    return source
+
+
+# TVM's C codegen prints float immediates with 7 significant digits ("1.099392e-03f"), which
+# is not enough for float32: requantization factors come out one ulp off and 254.99998f (an
+# input scale's inverse) prints as 255. So before codegen every float32 immediate is swapped
+# for a unique placeholder that prints exactly, and afterwards the placeholder text is
+# replaced by the true value with 9 significant digits (enough to round-trip any float32).
+_FLOAT_LITERAL = re.compile(r"(?<![\w.])(\d\.\d{6}e[+-]\d{2,3})f")
+_PLACEHOLDER_BASE = 7.0e33  # far from any weight, scale or bound a model uses
+
+
+def _mark_float_immediates(kernels):
+    values = []
+
+    def collect(imm):
+        dtype = str(imm.ty)
+        if dtype != "float32":
+            raise StageError(f"{dtype} immediate {imm.value} in a kernel; 0201 emits float32 only")
+        if math.isfinite(imm.value) and imm.value not in values:
+            values.append(imm.value)
+
+    tvm_ffi.structural_walk(kernels, (tirx.FloatImm, collect))
+    placeholders = {value: float(np.float32(_PLACEHOLDER_BASE * (1 + (i + 1) * 1e-6)))
+                    for i, value in enumerate(values)}
+
+    def swap(imm, _mutator):
+        if not math.isfinite(imm.value):
+            return imm
+        return tirx.FloatImm("float32", placeholders[imm.value])
+
+    marked = tvm_ffi.structural_mutate(kernels, (tirx.FloatImm, swap))
+    exact = {f"{abs(p):.6e}": f"{abs(float(np.float32(v))):.8e}" for v, p in placeholders.items()}
+    # the sign stays outside the matched literal, so a placeholder carries |value|
+    signs = {f"{abs(p):.6e}": math.copysign(1.0, v) for v, p in placeholders.items()}
+    return marked, (exact, signs)
+
+
+def _restore_float_immediates(source, exact_literals):
+    exact, signs = exact_literals
+    unknown = []
+
+    def replace(match):
+        text = match.group(1)
+        if text not in exact:
+            unknown.append(text)
+            return match.group(0)
+        if signs[text] < 0:
+            return f"(-{exact[text]}f)"
+        return f"{exact[text]}f"
+
+    # the placeholder's own sign (codegen may print "-7.000001e+33f" for a negated use) stays
+    source = _FLOAT_LITERAL.sub(replace, source)
+    if unknown:
+        raise StageError(f"float literals {', '.join(sorted(set(unknown)))} in the generated C are not "
+                         f"model constants (folded by TVM?); refusing to emit an inexact library")
+    return source
+
+
+def _kernel_names(kernels):
+    return [gv.name_hint for gv in kernels.get_global_vars()]
+
+
+def _function_body(source, name):
+    start = source.find(f"__tvm_ffi_{name}(")
+    end = source.find("\n}\n", start)
+    return source[start:end] if start >= 0 else ""

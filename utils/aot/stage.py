@@ -1,0 +1,114 @@
+"""What 0201tvm_no_optim.py does, as a function tests and the pipeline can call."""
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from utils.cli import StageError
+
+
+def _say(text):
+    print(text, flush=True)
+
+
+def test_images(count, seed):
+    from utils.data import mnist_arrays
+    from utils.train import subset_indices
+    images, labels = mnist_arrays(False)
+    index = subset_indices(len(images), count if count < len(images) else None, seed)
+    return images[index], labels[index]
+
+
+def reference(source, compiled, images):
+    """PyTorch's log-probabilities (and uint8 logits for int8) on float32 pixel/255."""
+    from utils.aot.model_file import images_to_input
+    x = images_to_input(images)
+    if source.kind == "int8":
+        from utils.aot.int8 import torch_int8_reference
+        return torch_int8_reference(source.module, compiled.layers, x)
+    from utils.aot.fp32 import torch_fp32_reference
+    return torch_fp32_reference(source.module, x), None
+
+
+def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=False, started=None):
+    """Compile `model` to the MLF tar `out`, verify it, measure it; returns the figures.
+    The tar reaches `out` only if verification passes (a failed one is kept beside it)."""
+    from utils.aot import verify
+    from utils.aot.compiler import compile_model
+    from utils.aot.host import HostLibrary
+    from utils.aot.model_file import load_model
+
+    started = started or time.perf_counter()
+    out = Path(out)
+    source = load_model(model, kind)
+    _say(f"model {source.path} ({source.network}, hash {source.model_hash})")
+
+    candidate = out.with_name(out.stem + ".candidate.tar")
+    t0 = time.perf_counter()
+    compiled = compile_model(source, candidate)
+    meta = compiled.metadata
+    compile_seconds = time.perf_counter() - t0
+    _say(f"compiled {len(meta['calls'])} kernel calls in {compile_seconds:.1f} s: arena {meta['arena_bytes']} B, "
+         f"constants {meta['constant_bytes']} B")
+
+    t1 = time.perf_counter()
+    lib = HostLibrary(candidate, build_dir=build_dir)
+    test_x, test_y = test_images(images, seed)
+    if source.kind == "int8":
+        lib_out, lib_logits = lib.run_with_logits(test_x)
+    else:
+        lib_out, lib_logits = lib.run(test_x), None
+    ref_out, ref_logits = reference(source, compiled, test_x)
+    figures = verify.compare(source.kind, lib_out, ref_out, lib_logits, ref_logits)
+    figures["library_accuracy"] = float(np.mean(lib_out.argmax(1) == test_y))
+    verify_seconds = time.perf_counter() - t1
+
+    arm = verify.measure_arm(candidate)
+    host_warnings = [line for line in lib.warnings.splitlines() if "warning:" in line]
+    bad_symbols = verify.disallowed(arm["arm_undefined_symbols"])
+    figures.update({
+        "kind": source.kind,
+        "model": str(source.path),
+        "model_hash": source.model_hash,
+        "tar": str(out),
+        "arena_bytes": meta["arena_bytes"],
+        "constant_bytes": meta["constant_bytes"],
+        "kernels": len(meta["kernels"]),
+        "tvm_version": meta["tvm_version"],
+        "compile_seconds": round(compile_seconds, 2),
+        "verify_seconds": round(verify_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "quick": bool(quick),
+        "warnings": host_warnings + arm["arm_warnings"],
+        **{k: v for k, v in arm.items() if k != "arm_warnings"},
+    })
+    _print_figures(source.kind, figures)
+
+    problems = verify.failures(source.kind, figures)
+    if bad_symbols:
+        problems.append(f"the library needs {', '.join(bad_symbols)} (nm -u): not standalone")
+    if problems:
+        failed = out.with_name(out.stem + ".failed.tar")
+        shutil.move(str(candidate), failed)
+        raise StageError(f"VERIFICATION FAILED for {source.path}: {'; '.join(problems)} "
+                         f"(library kept as {failed})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    candidate.replace(out)
+    _say(f"wrote {out} ({out.stat().st_size} bytes)")
+    return figures
+
+
+def _print_figures(kind, f):
+    _say(f"verified on {f['images_checked']} MNIST test images against PyTorch:")
+    if kind == "int8":
+        _say(f"  uint8 logits identical      {f['int8_exact_fraction']:.2%}")
+    _say(f"  argmax agreement            {f['argmax_agreement']:.2%}")
+    _say(f"  max |log-prob difference|   {f['max_abs_diff']:.3g}")
+    _say(f"  library accuracy            {f['library_accuracy']:.2%}")
+    _say(f"Cortex-M7 -Os library objects: text {f['arm_text_bytes']} B, data {f['arm_data_bytes']} B, "
+         f"bss {f['arm_bss_bytes']} B (flash {f['arm_flash_bytes']} B = {f['arm_flash_bytes'] / 1024:.1f} KiB)")
+    _say(f"  undefined symbols (nm -u): {' '.join(f['arm_undefined_symbols']) or 'none'}")
+    if f["warnings"]:
+        _say("  COMPILER WARNINGS:\n    " + "\n    ".join(f["warnings"]))
+    _say(f"seconds: compile {f['compile_seconds']}, verify {f['verify_seconds']}, total {f['total_seconds']}")

@@ -1,0 +1,117 @@
+"""Check a compiled model library against PyTorch and measure it for the Cortex-M7.
+
+- host: the tar's C compiled with gcc (HostLibrary) on the MNIST test images, compared with
+  PyTorch on the same float32 pixel/255 inputs: int8 → the uint8 logits identical on every
+  image and the same digit; fp32 → max |difference| <= 1e-4 and the same digit.
+- Cortex-M7: the library's objects cross-compiled with arm-none-eabi-gcc -Os, their
+  text/data/bss (arm-none-eabi-size), and `nm -u`: nothing but libm/libc basics.
+"""
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from utils.cli import StageError
+from utils.aot import mlf
+
+FP32_TOLERANCE = 1e-4
+ARM_GCC = "arm-none-eabi-gcc"
+ARM_SIZE = "arm-none-eabi-size"
+ARM_NM = "arm-none-eabi-nm"
+ARM_CFLAGS = ["-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard", "-Os",
+              "-std=gnu11", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]
+# What a library that needs no runtime may still call: libm, libc's memory functions and
+# the compiler's own helpers (libgcc: __aeabi_*, soft division...).
+ALLOWED_UNDEFINED = re.compile(r"^(expf|logf|nearbyintf|roundf|floorf|ceilf|fabsf|sqrtf|tanhf|powf|"
+                               r"erff|exp|log|memcpy|memset|memmove|__aeabi_\w+|__\w+di\d|__\w+si\d)$")
+
+
+def compare(kind, lib_out, ref_out, lib_logits=None, ref_logits=None) -> dict:
+    figures = {
+        "images_checked": int(len(ref_out)),
+        "argmax_agreement": float(np.mean(lib_out.argmax(1) == ref_out.argmax(1))),
+        "max_abs_diff": float(np.max(np.abs(lib_out.astype(np.float64) - ref_out))),
+    }
+    if kind == "int8":
+        figures["int8_exact_fraction"] = float(np.mean(np.all(lib_logits == ref_logits, axis=1)))
+    return figures
+
+
+def failures(kind, figures) -> list:
+    problems = []
+    if figures["argmax_agreement"] < 1.0:
+        problems.append(f"argmax agreement {figures['argmax_agreement']:.4%} < 100 %")
+    if kind == "int8" and figures["int8_exact_fraction"] < 1.0:
+        problems.append(f"uint8 logits identical on {figures['int8_exact_fraction']:.4%} of images < 100 %")
+    if kind == "fp32" and figures["max_abs_diff"] > FP32_TOLERANCE:
+        problems.append(f"max abs diff {figures['max_abs_diff']:.3g} > {FP32_TOLERANCE}")
+    return problems
+
+
+def _need(tool):
+    if shutil.which(tool) is None:
+        raise StageError(f"{tool} not found; install gcc-arm-none-eabi and libnewlib-arm-none-eabi "
+                         f"(apt, see apt-packages.txt)")
+
+
+def cross_compile(mlf_dir: Path, out_dir: Path):
+    """Compile each library source for the Cortex-M7; returns (objects, compiler warnings)."""
+    _need(ARM_GCC)
+    mlf_dir, out_dir = Path(mlf_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cflags = mlf.read_metadata(mlf_dir).get("cflags", [])
+    objects, warnings = [], []
+    for source in sorted((mlf_dir / mlf.SRC).glob("*.c")):
+        obj = out_dir / (source.stem + ".o")
+        cmd = ([ARM_GCC] + ARM_CFLAGS + list(cflags) + [f"-I{mlf_dir / mlf.INCLUDE}",
+               f"-I{mlf_dir / mlf.RUNTIME_INCLUDE}", "-c", str(source), "-o", str(obj)])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip())
+            raise StageError(f"{ARM_GCC} failed on {source.name}: {first}")
+        warnings += [line for line in proc.stderr.splitlines() if "warning:" in line]
+        objects.append(obj)
+    return objects, warnings
+
+
+def object_sizes(objects) -> dict:
+    """Summed text/data/bss of the objects (Berkeley format of arm-none-eabi-size)."""
+    _need(ARM_SIZE)
+    proc = subprocess.run([ARM_SIZE, "-B"] + [str(o) for o in objects], capture_output=True, text=True,
+                          check=True)
+    text = data = bss = 0
+    for line in proc.stdout.splitlines()[1:]:
+        fields = line.split()
+        text, data, bss = text + int(fields[0]), data + int(fields[1]), bss + int(fields[2])
+    return {"arm_text_bytes": text, "arm_data_bytes": data, "arm_bss_bytes": bss,
+            "arm_flash_bytes": text + data}
+
+
+def undefined_symbols(objects, nm=ARM_NM) -> list:
+    """What the library's objects need from outside it (`nm -u` minus what they define)."""
+    def symbols(flag):
+        proc = subprocess.run([nm, flag] + [str(o) for o in objects], capture_output=True, text=True,
+                              check=True)
+        return {line.split()[-1] for line in proc.stdout.splitlines()
+                if line.strip() and not line.endswith(":") and len(line.split()) >= 2}
+    return sorted(symbols("-u") - symbols("--defined-only"))
+
+
+def disallowed(symbols) -> list:
+    return [s for s in symbols if not ALLOWED_UNDEFINED.match(s)]
+
+
+def measure_arm(mlf_tar_or_dir) -> dict:
+    """Cross-compile the library alone; sizes, undefined symbols and warnings."""
+    with tempfile.TemporaryDirectory(prefix="mlf-arm-") as tmp:
+        tmp = Path(tmp)
+        source = Path(mlf_tar_or_dir)
+        mlf_dir = source if source.is_dir() else mlf.unpack(source, tmp / "mlf")
+        objects, warnings = cross_compile(mlf_dir, tmp / "obj")
+        figures = object_sizes(objects)
+        figures["arm_undefined_symbols"] = undefined_symbols(objects)
+        figures["arm_warnings"] = warnings
+    return figures
