@@ -100,6 +100,48 @@ class LogSoftmax:
     dim: int
 
 
+@dataclass
+class FloatScalarOps:
+    """Float elementwise steps with scalar constants before the QuantStub, e.g. MnistModel's
+    Normalize ((x - mean) / std), computed in float32 as torch does."""
+    ops: list                   # [("sub" | "add" | "mul" | "div", value), ...]
+
+
+SCALAR_OPS = {"aten::sub": "sub", "aten::add": "add", "aten::mul": "mul", "aten::div": "div"}
+
+
+def _float_scalar_ops(module):
+    """The ops of a submodule made only of tensor-scalar arithmetic, else None."""
+    graph = module.graph
+    current = list(graph.inputs())[1].debugName() if len(list(graph.inputs())) == 2 else None
+    ops = []
+    for node in graph.nodes():
+        kind = node.kind()
+        if kind == "prim::Constant":
+            continue
+        args = list(node.inputs())
+        if kind not in SCALAR_OPS or args[0].debugName() != current:
+            return None
+        if args[1].node().kind() != "prim::Constant":
+            return None
+        value = args[1].toIValue()
+        if hasattr(value, "dim"):  # the tracer keeps a Python scalar as a 0-d tensor
+            if value.dim() != 0 or value.is_complex():
+                return None
+            value = value.item()
+        if not isinstance(value, (int, float)):
+            return None
+        if kind in ("aten::sub", "aten::add") and _constant_value(args[2]) != 1:
+            return None  # alpha != 1
+        if kind == "aten::div" and len(args) > 2 and _constant_value(args[2]) is not None:
+            return None  # rounding_mode
+        ops.append((SCALAR_OPS[kind], float(value)))
+        current = node.output().debugName()
+    if not ops or graph.return_node().input().debugName() != current:
+        return None
+    return ops
+
+
 def _requant_multiplier(w_scale, in_scale, out_scale):
     # qnnpack: (float(w_scale) * float(in_scale)) * (1.0f / float(out_scale)); dividing by out_scale
     # instead differs in the last bit and flips ~1 in 10^4 outputs
@@ -184,7 +226,8 @@ class _Parser:
 
     def fail(self, what):
         raise StageError(f"unsupported {what} in the int8 model; 0201 lowers quantized Conv2d/ConvReLU2d, "
-                         f"Linear/LinearReLU, MaxPool2d, ReLU, flatten, Quantize/DeQuantize and log_softmax")
+                         f"Linear/LinearReLU, MaxPool2d, ReLU, flatten, Quantize/DeQuantize, log_softmax "
+                         f"and float scalar arithmetic before the QuantStub")
 
     def need_quantized(self, name):
         if self.qparams is None:
@@ -287,6 +330,8 @@ class _Parser:
         elif kind == "Flatten":
             args = _graph_constants(module, "aten::flatten")
             layer = Flatten(*(args or (1, -1)))
+        elif self.qparams is None and not self.layers and _float_scalar_ops(module):
+            layer = FloatScalarOps(_float_scalar_ops(module))
         else:
             self.fail(f"module {name} ({kind})")
         self.layers.append(layer)
@@ -455,7 +500,12 @@ def _max_pool(x, layer):
 def golden_int8(layers, x, stop_after=None):
     """Run the layers on float32 input x in numpy; `stop_after` returns an intermediate."""
     for index, layer in enumerate(layers):
-        if isinstance(layer, Quantize):
+        if isinstance(layer, FloatScalarOps):
+            x = x.astype(F32)
+            for op, value in layer.ops:
+                x = {"sub": np.subtract, "add": np.add, "mul": np.multiply,
+                     "div": np.divide}[op](x, F32(value)).astype(F32)
+        elif isinstance(layer, Quantize):
             q = np.rint(x.astype(F32) * layer.inv_scale) + F32(layer.zero_point)
             x = np.clip(q, 0, 255).astype(np.uint8)
         elif isinstance(layer, QConv2d):
@@ -523,7 +573,12 @@ def int8_to_relax(layers, input_shape):
         with bb.dataflow():
             x = x_in
             for layer in layers:
-                if isinstance(layer, Quantize):
+                if isinstance(layer, FloatScalarOps):
+                    for op, value in layer.ops:
+                        fn = {"sub": relax.op.subtract, "add": relax.op.add, "mul": relax.op.multiply,
+                              "div": relax.op.divide}[op]
+                        x = bb.emit(fn(x, const(value, "float32")))
+                elif isinstance(layer, Quantize):
                     x = bb.emit(relax.op.multiply(x, const(layer.inv_scale, "float32")))
                     x = bb.emit(relax.op.round(x))
                     x = add_zero_point(x, layer.zero_point)

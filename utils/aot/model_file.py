@@ -30,6 +30,7 @@ def quiet_torch():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor")
+        warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated")
         yield
 
 
@@ -43,8 +44,12 @@ class SourceModel:
 
 
 def made_by(path) -> str:
+    """How to (re)make this file, e.g. "`python3 0103mnist_QAT.py`"."""
     from utils.quantize import MADE_BY
-    return MADE_BY.get(Path(path).name, "0103mnist_QAT.py (int8) or 0101mnist.py (fp32)")
+    stage = MADE_BY.get(Path(path).name)
+    if stage:
+        return f"`python3 {stage}`"
+    return "`python3 0103mnist_QAT.py` (int8) or `python3 0101mnist.py` (fp32)"
 
 
 def _one_line(exc) -> str:
@@ -72,8 +77,8 @@ def _eager_network(state, path):
     from utils.qmodel import QMnistModel
     if any(isinstance(v, torch.Tensor) and v.is_quantized for v in state.values()) \
             or any(k.endswith(("_packed_params", ".scale", ".zero_point")) for k in state):
-        raise StageError(f"{path} is an int8 state_dict; compile the traced TorchScript that "
-                         f"{made_by(path)} saves beside it (*_scripted_int8.pth)")
+        raise StageError(f"{path} is an int8 state_dict; compile the traced TorchScript "
+                         f"(*_scripted_int8.pth) that {made_by(path)} saves beside it")
     for network in (QMnistModel, MnistModel):
         model = network()
         expected = model.state_dict()
@@ -91,7 +96,7 @@ def load_model(path, kind="auto") -> SourceModel:
     from utils.quantize import use_qnnpack
     path = Path(path)
     if not path.is_file():
-        raise StageError(f"model file {path} not found; make it with `python3 {made_by(path)}`")
+        raise StageError(f"model file {path} not found; make it with {made_by(path)}")
     use_qnnpack()  # the int8 reference is qnnpack's arithmetic, the one the C mirrors
     if _is_torchscript(path):
         try:
@@ -99,7 +104,7 @@ def load_model(path, kind="auto") -> SourceModel:
                 module = torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:
             raise StageError(f"{path} is not a readable TorchScript model ({_one_line(exc)}); "
-                             f"remake it with `python3 {made_by(path)}`") from None
+                             f"remake it with {made_by(path)}") from None
         if _is_quantized_script(module):
             found = SourceModel(path, "int8", model_hash(path), module, f"TorchScript int8 {module.original_name}")
         else:
@@ -107,17 +112,22 @@ def load_model(path, kind="auto") -> SourceModel:
             eager, network = _eager_network(state, path)
             found = SourceModel(path, "fp32", model_hash(path), eager, f"TorchScript fp32 {network}")
     else:
+        if not zipfile.is_zipfile(path):
+            raise StageError(f"{path} is not a PyTorch model file (corrupt or truncated?); "
+                             f"remake it with {made_by(path)}")
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            with quiet_torch():
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise StageError(f"{path} is neither TorchScript nor a readable state_dict ({_one_line(exc)}); "
-                             f"remake it with `python3 {made_by(path)}`") from None
+            reason = "pickled Python objects, not tensors" if "weights_only" in str(exc) else _one_line(exc)
+            raise StageError(f"{path} is neither TorchScript nor a state_dict ({reason}); "
+                             f"remake it with {made_by(path)}") from None
         for key in ("state_dict", "model_state_dict"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
         if not isinstance(state, dict):
             raise StageError(f"{path} holds a {type(state).__name__}, not a state_dict or TorchScript; "
-                             f"remake it with `python3 {made_by(path)}`")
+                         f"remake it with {made_by(path)}")
         eager, network = _eager_network(state, path)
         found = SourceModel(path, "fp32", model_hash(path), eager, f"state_dict fp32 {network}")
     if kind not in ("auto", found.kind):

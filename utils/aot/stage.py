@@ -7,6 +7,8 @@ import numpy as np
 
 from utils.cli import StageError
 
+F746_FLASH_BYTES = 1024 * 1024
+
 
 def _say(text):
     print(text, flush=True)
@@ -109,6 +111,8 @@ def _print_figures(kind, f):
     _say(f"Cortex-M7 -Os library objects: text {f['arm_text_bytes']} B, data {f['arm_data_bytes']} B, "
          f"bss {f['arm_bss_bytes']} B (flash {f['arm_flash_bytes']} B = {f['arm_flash_bytes'] / 1024:.1f} KiB)")
     _say(f"  undefined symbols (nm -u): {' '.join(f['arm_undefined_symbols']) or 'none'}")
+    if f["arm_flash_bytes"] > F746_FLASH_BYTES:
+        _say(f"  note: more than the STM32F746's {F746_FLASH_BYTES // 1024} KiB of flash, host and emulator only")
     if f["warnings"]:
         _say("  COMPILER WARNINGS:\n    " + "\n    ".join(f["warnings"]))
     _say(f"seconds: compile {f['compile_seconds']}, verify {f['verify_seconds']}, total {f['total_seconds']}")
