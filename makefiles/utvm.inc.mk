@@ -40,6 +40,7 @@ all: $(UTVM_UNPACKED)
 
 # Without the tar, `prepare` leaves the complaint to `all`, so it is said once.
 prepare: $(if $(wildcard $(UTVM_TAR)),$(UTVM_UNPACKED))
+	@:
 
 # The stamp holds the checksum of the tar it was unpacked from. Another tar, even an older
 # file (a different model, UTVM_TAR=...), is a different checksum: make's timestamps alone

@@ -140,17 +140,26 @@ def f746_budget(figures: dict) -> dict:
 #   *ztimer*, platform_timestamp
 #                  ztimer_now() calls the clock's backend: periph_timer on this board
 #   auto_init      calls every function registered with AUTO_INIT(f) (XFA entry auto_init_xfa_f)
+#   _vsnprintf & co  mpaland printf (RIOT's printf on this board) writes through an out
+#                  callback; printf only runs on failure paths (asserts with DEVELHELP=1)
+#   call_kernel    the model's AOT glue (utils/aot) calls each kernel through its TVM FFI
+#                  wrapper, __tvm_ffi_<kernel>
+PRINTF_OUT = ["_out_char", "_out_null", "_out_buffer", "_out_fct"]
 ZTIMER_OPS = ["_ztimer_periph_timer_now", "_ztimer_periph_timer_set", "_ztimer_periph_timer_cancel"]
 MAIN_THREAD_INDIRECT = {
     "emit*": ["on_request"],
     "*ztimer*": ZTIMER_OPS,
     "platform_timestamp": ZTIMER_OPS,
+    "call_kernel*": ["__tvm_ffi_*"],
+    "_vsnprintf*": PRINTF_OUT,
+    "_out_rev*": PRINTF_OUT,
+    "_ntoa*": PRINTF_OUT,
 }
 # What the thread's stack holds besides the call chain (Cortex-M7 with FPU, RIOT's
 # cpu/cortexm_common/thread_arch.c): an interrupt pushes the extended exception frame onto
 # the thread's stack (26 words + 1 alignment word = 108 B); a context switch then saves
 # r4-r11 and lr (36 B) and, as the thread uses the FPU, s16-s31 (64 B); thread_create()
-# places the thread_t control block at the top of the stack (< 64 B on this configuration).
+# places the thread_t control block at the top of the stack (36 B here; 64 B counted).
 THREAD_OVERHEAD_BYTES = 108 + 36 + 64 + 64
 
 
