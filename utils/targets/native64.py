@@ -7,14 +7,39 @@ The firmware leaves out RIOT's `stdin` module on native boards and reads fd 0 it
 (firmware/platform_riot.c); when the pty hangs up, main() returns and the process exits.
 """
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 from utils import riot
-from utils.targets import Launched, default_build_dir, die_with_parent, open_raw_pty, wait_ready
+from utils.targets import (PR_SET_PDEATHSIG, Launched, _libc, default_build_dir, open_raw_pty,
+                           wait_ready)
 
 NAME = riot.NATIVE64
 SIZE_TOOL = riot.SIZE_TOOLS[riot.NATIVE64]
+
+
+# RIOT native blocks SIGTERM (it keeps signals for its emulated interrupts) and shuts down
+# cleanly on SIGINT, its Ctrl-C; so SIGINT is how it is stopped, and how it dies with its
+# launcher.
+STOP_SIGNAL = signal.SIGINT
+
+
+def _die_with_parent():
+    _libc.prctl(PR_SET_PDEATHSIG, STOP_SIGNAL, 0, 0, 0)
+    os.setpgid(0, 0)
+
+
+class RiotNativeLaunched(Launched):
+    def stop(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(STOP_SIGNAL)
+                try:
+                    process.wait(3)
+                except subprocess.TimeoutExpired:
+                    pass
+        super().stop()
 
 
 def build(mlf_tar, out_dir=None) -> Path:
@@ -27,13 +52,13 @@ def launch(elf, log_path) -> Launched:
     log = open(log_path, "w")
     try:
         process = subprocess.Popen([str(elf)], stdin=master, stdout=master, stderr=log,
-                                   close_fds=True, preexec_fn=die_with_parent,
+                                   close_fds=True, preexec_fn=_die_with_parent,
                                    cwd=Path(elf).parent)
     finally:
         log.close()
         # Only the firmware keeps the master: when it exits, the client's reads fail at once.
         os.close(master)
-    launched = Launched(port=port, processes=[process], fds=[slave], log=Path(log_path))
+    launched = RiotNativeLaunched(port=port, processes=[process], fds=[slave], log=Path(log_path))
     try:
         launched.info = wait_ready(slave, [process], Path(log_path))
     except BaseException:
