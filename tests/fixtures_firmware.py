@@ -7,7 +7,8 @@
                                  the test may kill; stopped after the test.
     protocol_check               firmware/test/protocol_check.c built with gcc + ASan/UBSan.
     mnist_test_100               the first 100 MNIST test images (uint8) and labels.
-    host_digits_100              the host library's digits for them (HostLibrary of quick_mlf_tar).
+    host_digits_100              the host library's digits for them (HostLibrary of quick_mlf_tar);
+    host_scores_100              and its float32 log-probabilities [100, 10].
 """
 import shutil
 import subprocess
@@ -83,6 +84,12 @@ def mnist_test_100():
     from utils.data import mnist_arrays
     images, labels = mnist_arrays(train=False)
     return images[:100].copy(), labels[:100].copy()
+
+
+@pytest.fixture(scope="session")
+def host_scores_100(quick_mlf_tar, mnist_test_100):
+    from utils.aot.host import HostLibrary
+    return HostLibrary(quick_mlf_tar).run(mnist_test_100[0])
 
 
 @pytest.fixture(scope="session")

@@ -283,15 +283,13 @@ def main(argv=None):
     if args.check is not None:
         from utils.reports import write_report
         from utils.serial_link import LinkError
-        try:
-            figures = measure(args.target, args.tar, args.check, link=args.link,
-                              build_dir=args.build_dir,
-                              progress=lambda i, n: print(f"\r{args.target}: {i}/{n} images",
-                                                          end="", file=sys.stderr, flush=True))
-        except LinkError as exc:
-            raise StageError(str(exc)) from None
-        if args.check:
-            print(file=sys.stderr)
+        from tqdm import tqdm
+        with tqdm(total=args.check, desc=f"{args.target}", unit="image", disable=not args.check) as bar:
+            try:
+                figures = measure(args.target, args.tar, args.check, link=args.link,
+                                  build_dir=args.build_dir, progress=lambda i, n: bar.update(1))
+            except LinkError as exc:
+                raise StageError(str(exc)) from None
         path = write_report("firmware", figures, section=args.target)
         for key, value in figures.items():
             print(f"{args.target}.{key}: {value}")
