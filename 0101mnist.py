@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Train MnistModel (the CNN of PyTorch's examples/mnist) in fp32 on MNIST.
 
-Adadelta with a per-epoch StepLR as in the example. The (mean, std) normalization lives inside
-the model, so the saved weights take plain pixel/255 input. Saves the state_dict, a PNG of the
+Default recipe: Nesterov SGD with a one-cycle learning rate (the LeNet-5 recipe of 0103); the
+example's Adadelta + StepLR(0.7) recipe stalls near 99.1 % (measured: 99.08 % after 6 epochs)
+and is kept as --recipe adadelta. The (mean, std) normalization lives inside the model, so the
+saved weights take plain pixel/255 input. Saves the state_dict, a PNG of the
 loss and accuracy curves (reports/0101mnist_curves.png) and reports/0101mnist.json.
 """
 import argparse
@@ -13,7 +15,8 @@ from utils.cli import run
 from utils.model import MnistModel
 from utils.quantize import save_state
 from utils.reports import model_hash, write_report
-from utils.train import mnist_loader, plot_history, setup_torch, train_adadelta
+from utils.train import (mnist_loader, plot_history, setup_torch, train_adadelta,
+                         train_onecycle)
 
 STAGE = "0101mnist"
 QUICK_TRAIN_IMAGES = 5000
@@ -23,11 +26,16 @@ QUICK_TEST_IMAGES = 1000
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--test-batch-size", type=int, default=1000)
-    parser.add_argument("--lr", type=float, default=1.0, help="Adadelta learning rate")
-    parser.add_argument("--gamma", type=float, default=0.7, help="StepLR decay per epoch")
+    parser.add_argument("--recipe", choices=["onecycle", "adadelta"], default="onecycle",
+                        help="onecycle: SGD, peak --lr; adadelta: the example's Adadelta, "
+                             "--lr x --gamma per epoch")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: 0.05 onecycle, 1.0 adadelta)")
+    parser.add_argument("--gamma", type=float, default=0.7, help="adadelta: decay per epoch")
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="onecycle")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
                         help=f"tests: {QUICK_TRAIN_IMAGES} training images, "
@@ -42,6 +50,8 @@ def parse_args(argv):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.quick:
         args.epochs = 1
+    if args.lr is None:
+        args.lr = 0.05 if args.recipe == "onecycle" else 1.0
     return args
 
 
@@ -54,7 +64,12 @@ def main(argv=None):
     test_loader = mnist_loader(False, args.test_batch_size, test_limit, args.seed)
 
     model = MnistModel()
-    history = train_adadelta(model, train_loader, test_loader, args.epochs, args.lr, args.gamma)
+    if args.recipe == "onecycle":
+        history = train_onecycle(model, train_loader, test_loader, args.epochs, args.lr,
+                                 args.weight_decay)
+    else:
+        history = train_adadelta(model, train_loader, test_loader, args.epochs, args.lr,
+                                 args.gamma)
     save_state(model, args.out)
     # paths.REPORTS_DIR is read now, not at import, so tests' temporary reports dir applies.
     plot = plot_history(history, args.plot or paths.REPORTS_DIR / f"{STAGE}_curves.png",
@@ -65,6 +80,7 @@ def main(argv=None):
         "test_accuracy": round(history.test_accuracy[-1], 2),
         "test_accuracy_per_epoch": [round(a, 2) for a in history.test_accuracy],
         "epochs": args.epochs,
+        "recipe": args.recipe,
         "seconds_per_epoch": round(history.seconds_per_epoch, 2),
         "train_images": len(train_loader.dataset),
         "test_images": len(test_loader.dataset),
