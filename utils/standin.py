@@ -280,6 +280,8 @@ def main(argv=None):
 
     # SIGTERM ends the program like Ctrl-C: through the finally below, stopping the stand-in.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A shell starts background jobs (`... &`) with SIGINT ignored; `kill -INT` must still stop us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.check is not None:
         from utils.reports import write_report
         from utils.serial_link import LinkError
