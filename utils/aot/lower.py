@@ -133,40 +133,45 @@ def build_c(kernels):
 # TVM's C codegen prints float immediates with 7 significant digits ("1.099392e-03f"), which
 # is not enough for float32: requantization factors come out one ulp off and 254.99998f (an
 # input scale's inverse) prints as 255. So before codegen every float32 immediate is swapped
-# for a unique placeholder that prints exactly, and afterwards the placeholder text is
-# replaced by the true value with 9 significant digits (enough to round-trip any float32).
+# for a placeholder whose 7-digit text is unique, and afterwards that text is replaced by the
+# true value with 9 significant digits (enough to round-trip any float32). Placeholders keep
+# the sign and the order of the values they stand for, so anything TVM might decide by
+# comparing constants comes out the same; a placeholder TVM folded into a new number would be
+# an unknown literal, which is refused.
 _FLOAT_LITERAL = re.compile(r"(?<![\w.])(\d\.\d{6}e[+-]\d{2,3})f")
-_PLACEHOLDER_BASE = 7.0e33  # far from any weight, scale or bound a model uses
+_NEGATIVE_BASE = 7.0e33  # magnitudes far from any weight, scale or bound a model uses
+_POSITIVE_BASE = 8.0e33
 
 
 def _mark_float_immediates(kernels):
-    values = []
+    values = set()
 
     def collect(imm):
         dtype = str(imm.ty)
         if dtype != "float32":
             raise StageError(f"{dtype} immediate {imm.value} in a kernel; 0201 emits float32 only")
-        if math.isfinite(imm.value) and imm.value not in values:
-            values.append(imm.value)
+        if math.isfinite(imm.value):
+            values.add(float(np.float32(imm.value)))
 
     tvm_ffi.structural_walk(kernels, (tirx.FloatImm, collect))
-    placeholders = {value: float(np.float32(_PLACEHOLDER_BASE * (1 + (i + 1) * 1e-6)))
-                    for i, value in enumerate(values)}
+    negative = sorted((v for v in values if math.copysign(1.0, v) < 0), reverse=True)  # -0.0 first
+    positive = sorted(v for v in values if math.copysign(1.0, v) > 0)
+    placeholders = {v: -float(np.float32(_NEGATIVE_BASE * (1 + (i + 1) * 1e-6))) for i, v in enumerate(negative)}
+    placeholders.update({v: float(np.float32(_POSITIVE_BASE * (1 + (i + 1) * 1e-6)))
+                         for i, v in enumerate(positive)})
 
     def swap(imm, _mutator):
         if not math.isfinite(imm.value):
             return imm
-        return tirx.FloatImm("float32", placeholders[imm.value])
+        return tirx.FloatImm("float32", placeholders[float(np.float32(imm.value))])
 
     marked = tvm_ffi.structural_mutate(kernels, (tirx.FloatImm, swap))
-    exact = {f"{abs(p):.6e}": f"{abs(float(np.float32(v))):.8e}" for v, p in placeholders.items()}
-    # the sign stays outside the matched literal, so a placeholder carries |value|
-    signs = {f"{abs(p):.6e}": math.copysign(1.0, v) for v, p in placeholders.items()}
-    return marked, (exact, signs)
+    # the codegen prints the sign in front of the digits, so the text maps to |value|
+    exact = {f"{abs(p):.6e}": f"{abs(v):.8e}" for v, p in placeholders.items()}
+    return marked, exact
 
 
-def _restore_float_immediates(source, exact_literals):
-    exact, signs = exact_literals
+def _restore_float_immediates(source, exact):
     unknown = []
 
     def replace(match):
@@ -174,11 +179,8 @@ def _restore_float_immediates(source, exact_literals):
         if text not in exact:
             unknown.append(text)
             return match.group(0)
-        if signs[text] < 0:
-            return f"(-{exact[text]}f)"
         return f"{exact[text]}f"
 
-    # the placeholder's own sign (codegen may print "-7.000001e+33f" for a negated use) stays
     source = _FLOAT_LITERAL.sub(replace, source)
     if unknown:
         raise StageError(f"float literals {', '.join(sorted(set(unknown)))} in the generated C are not "
