@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from utils import paths
-from utils.cli import StageError, run
+from utils.cli import run
 
 STAGE = "0201tvm_no_optim"
 QUICK_IMAGES = 1000

@@ -2,13 +2,16 @@
 
 No TVM frontend reads torch's quantized modules, so this module mirrors what the converted
 modules compute (their packed weights, scales and zero points under the qnnpack engine), not
-the float `forward` they came from. Three parts:
+the float `forward` they came from. Four parts:
 
 - `parse_int8(script_module)`: walk the traced top-level graph and turn each call into a
-  layer record (`Quantize`, `QConv2d`, `QLinear`, `MaxPool2d`, `Flatten`, `QRelu`,
-  `Dequantize`, `LogSoftmax`). Anything else is a StageError naming the module or op.
+  layer record (`FloatScalarOps` before the QuantStub, `Quantize`, `QConv2d`, `QLinear`,
+  `MaxPool2d`, `Flatten`, `QRelu`, `Dequantize`, `LogSoftmax`). Anything else is a
+  StageError naming the module or op.
 - `golden_int8(layers, x)`: the same arithmetic in plain numpy, the readable reference.
 - `int8_to_relax(layers, input_shape)`: the same arithmetic as Relax ops.
+- `torch_int8_reference(model, layers, x)`: PyTorch itself, stepped through the model's
+  submodules so the uint8 logits can be compared, not only the log-probabilities.
 
 The arithmetic that matches qnnpack bit for bit:
   quantize    q = clip(rint(x * (1/s)) + zp, 0, 255), all float32, rint = round half to even
@@ -165,13 +168,9 @@ PASS_THROUGH = {"Identity", "Dropout"}
 QUINT8_SCALAR_TYPE = 13  # c10::ScalarType::QUInt8, how a traced graph spells torch.quint8
 
 
-def _module_path(module):
-    """'torch.ao.nn.intrinsic.quantized.modules.conv_relu.ConvReLU2d' from the script type."""
-    return str(module._c._type().qualified_name()).replace("__torch__.", "").replace(".___torch_mangle_", ".m")
-
-
 def _is_quantized_module(module):
-    return ".quantized." in _module_path(module) or ".intrinsic.quantized." in _module_path(module)
+    """A module of torch.ao.nn.quantized / torch.ao.nn.intrinsic.quantized (by its script type)."""
+    return ".quantized." in str(module._c._type().qualified_name())
 
 
 def _per_tensor_weight(weight, layer):
