@@ -21,6 +21,8 @@ def test_make_without_riot_says_in_one_line_how_to_get_it(tmp_path):
     assert "RIOT not found" in lines[0] and "git clone https://github.com/RIOT-OS/RIOT" in lines[0]
 
 
+# Every RIOT test asks for riot_base first: pytest sets up session fixtures (the quick model,
+# its tar, the host digits) before module ones, and without RIOT none of them is needed.
 @pytest.fixture(scope="session")
 def riot_base():
     base = riot.riot_base()
@@ -47,8 +49,8 @@ def native64_board(native64_build_dir, quick_mlf_tar, tmp_path_factory):
     standin.stop()
 
 
-def test_native64_answers_100_images_like_the_host_library(native64_board, mnist_test_100,
-                                                            host_digits_100):
+def test_native64_answers_100_images_like_the_host_library(riot_base, native64_board,
+                                                            mnist_test_100, host_digits_100):
     images, host_digits = mnist_test_100[0], host_digits_100
     with Board(native64_board.port, timeout=30) as board:
         info = board.info()
@@ -59,14 +61,14 @@ def test_native64_answers_100_images_like_the_host_library(native64_board, mnist
     assert board.garbled == 0
 
 
-def test_native64_text_form(native64_board, mnist_test_100, host_digits_100):
+def test_native64_text_form(riot_base, native64_board, mnist_test_100, host_digits_100):
     images, host_digits = mnist_test_100[0], host_digits_100
     with Board(native64_board.port, timeout=30) as board:
         digits = [board.infer_text(image).digit for image in images[:5]]
     assert digits == host_digits[:5]
 
 
-def test_native64_survives_garbage(native64_board, mnist_test_100, host_digits_100):
+def test_native64_survives_garbage(riot_base, native64_board, mnist_test_100, host_digits_100):
     images, host_digits = mnist_test_100[0], host_digits_100
     rng = random.Random(5)
     frame = protocol.encode_infer(7, images[1])
@@ -88,7 +90,7 @@ def test_native64_survives_garbage(native64_board, mnist_test_100, host_digits_1
     assert native64_board.alive()
 
 
-def test_native64_exits_when_the_terminal_hangs_up(native64_board, tmp_path):
+def test_native64_exits_when_the_terminal_hangs_up(riot_base, native64_board, tmp_path):
     from utils.targets import native64
     launched = native64.launch(native64_board.elf, tmp_path / "run.log")
     process = launched.processes[0]
@@ -101,7 +103,7 @@ def test_native64_exits_when_the_terminal_hangs_up(native64_board, tmp_path):
         launched.stop()
 
 
-def test_make_test_passes_on_native64(native64_board, quick_mlf_tar, riot_base):
+def test_make_test_passes_on_native64(riot_base, native64_board, quick_mlf_tar):
     """`make BOARD=native64 test`: RIOT's testrunner runs tests/01-run.py against `make term`."""
     pytest.importorskip("pexpect", reason="RIOT's testrunner needs pexpect")
     result = subprocess.run(

@@ -12,7 +12,7 @@ import pytest
 from utils import paths, riot
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def riot_base():
     base = riot.riot_base()
     if not riot.riot_present(base):
@@ -29,7 +29,7 @@ def stm32_elf(riot_base, quick_mlf_tar, tmp_path_factory):
     return riot.build(riot.STM32, quick_mlf_tar, tmp_path_factory.mktemp("stm32"))
 
 
-def test_stm32_firmware_links_and_fits_the_f746(stm32_elf):
+def test_stm32_firmware_links_and_fits_the_f746(riot_base, stm32_elf):
     figures = riot.sizes(riot.STM32, stm32_elf)
     budget = riot.f746_budget(figures)
     assert figures["text_bytes"] > 0 and budget["flash_used_bytes"] > figures["text_bytes"] - 1
@@ -42,7 +42,7 @@ def test_stm32_firmware_links_and_fits_the_f746(stm32_elf):
         assert needed in symbols
 
 
-def test_stm32_main_stack_covers_the_worst_case(stm32_elf):
+def test_stm32_main_stack_covers_the_worst_case(riot_base, stm32_elf):
     stack = riot.main_stack(stm32_elf)
     assert stack["main_stack_bound_complete"], stack["main_stack_not_followed"]
     assert stack["main_stack_worst_case_bytes"] <= stack["main_stack_bytes"], stack
