@@ -4,7 +4,7 @@
 #   make flash                   flash it with OpenOCD through the board's ST-LINK
 #   make term                    open the serial console (PORT, default /dev/ttyACM0)
 #   make test                    run tests/01-run.py against the flashed board
-#   make BOARD=native64 ...      the same firmware as a Linux process (all of the above)
+#   make BOARD=native64 all term the same firmware as a Linux process (`all test` to check it)
 #
 # RIOT is not vendored: clone it into ./RIOT (git-ignored) or point RIOTBASE at a clone.
 # The model comes from pkg/mnistCNN/mnistCNN.tar, written by 0201tvm_no_optim.py.
