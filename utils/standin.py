@@ -5,7 +5,7 @@
     python -m utils.standin --target host --check 100   # figures into reports/firmware.json
 
 The port is a stable link (default /tmp/tinyml-<target>) to the pty; open it like
-/dev/ttyACM0 (pyserial, picocom, screen). Everything started is stopped by its own PID on
+/dev/ttyACM0 (pyserial, `python -m serial.tools.miniterm`, picocom, screen). Everything started is stopped by its own PID on
 exit, Ctrl-C or SIGTERM, and dies with the launcher even if the launcher is killed.
 A new target is a module in utils/targets/ and one line in TARGETS.
 """
@@ -307,8 +307,8 @@ def main(argv=None):
         info = " ".join(f"{k}={v}" for k, v in standin.info.items())
         print(f"{args.target} stand-in running: {info}", file=sys.stderr)
         print(f"  elf {standin.elf}, pty {standin.pty}, pids {standin.pids}", file=sys.stderr)
-        print(f"  talk to it: picocom -b 115200 {port}   or   python 0401pc_terminal_sendimage.py "
-              f"--port {port}", file=sys.stderr)
+        print(f"  talk to it: python -m serial.tools.miniterm {port} 115200 (type `info`, Enter)"
+              f"   or   python 0401pc_terminal_sendimage.py --port {port}", file=sys.stderr)
         print("  Ctrl-C stops it", file=sys.stderr)
         print(port, flush=True)
         while standin.alive():
