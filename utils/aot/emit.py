@@ -20,9 +20,9 @@ from utils.cli import StageError
 
 PREFIX = "tvmgen_default_"
 ARENA_ALIGN = 16
-# DLDataTypeCode: kDLInt = 0, kDLUInt = 1, kDLFloat = 2
-DL_TYPES = {"int8": (0, 8), "int16": (0, 16), "int32": (0, 32), "int64": (0, 64),
-            "uint8": (1, 8), "uint16": (1, 16), "float32": (2, 32)}
+# dtype → (dlpack's DLDataTypeCode, bits)
+DL_TYPES = {"int8": ("kDLInt", 8), "int16": ("kDLInt", 16), "int32": ("kDLInt", 32), "int64": ("kDLInt", 64),
+            "uint8": ("kDLUInt", 8), "uint16": ("kDLUInt", 16), "float32": ("kDLFloat", 32)}
 C_TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
            "uint8": "uint8_t", "uint16": "uint16_t", "float32": "float"}
 
