@@ -223,6 +223,7 @@ def validate(board, images, labels=None, *, indices=None, host_model=None, host_
                    dynamic_ncols=True, leave=True)
     timeouts_in_a_row = 0
     last_timeout = None
+    labelled = correct = 0  # for the progress bar's running accuracy
     try:
         for position in range(count):
             outcome = Outcome(index=int(indices[position]),
@@ -274,10 +275,11 @@ def validate(board, images, labels=None, *, indices=None, host_model=None, host_
                 on_result(outcome)
             if bar is not None:
                 bar.update(1)
-                if position % 50 == 0 or position == count - 1:
-                    summary_acc = _running_accuracy(run)
-                    if summary_acc is not None:
-                        bar.set_postfix(acc=f"{summary_acc:.4f}", refresh=False)
+                if outcome.answered and outcome.label is not None:
+                    labelled += 1
+                    correct += outcome.digit == outcome.label
+                if labelled and (position % 50 == 0 or position == count - 1):
+                    bar.set_postfix(acc=f"{correct / labelled:.4f}", refresh=False)
             if timeouts_in_a_row >= MAX_CONSECUTIVE_TIMEOUTS:
                 run.stopped = (f"board stopped answering ({timeouts_in_a_row} timeouts in a row) "
                                f"after {_answered(run)} answered images: {last_timeout}")
@@ -309,13 +311,6 @@ def validate(board, images, labels=None, *, indices=None, host_model=None, host_
 
 def _answered(run) -> int:
     return sum(o.answered for o in run.outcomes)
-
-
-def _running_accuracy(run):
-    labelled = [o for o in run.outcomes[-2000:] if o.answered and o.label is not None]
-    if not labelled:
-        return None
-    return sum(o.digit == o.label for o in labelled) / len(labelled)
 
 
 # ---------------------------------------------------------------- presentation
