@@ -234,8 +234,6 @@ class DigitWindow(Gtk.Window):
         self.digit_label.set_markup(self._digit_markup(None))
         self.digit_label.set_size_request(140, 110)
         column.pack_start(self.digit_label, False, False, 0)
-        self.time_label = Gtk.Label(label="", xalign=0.5)
-        column.pack_start(self.time_label, False, False, 0)
 
         right = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
         middle.pack_start(right, False, False, 0)
@@ -244,6 +242,8 @@ class DigitWindow(Gtk.Window):
         self.chart.set_size_request(CHART_W, CHART_H)
         self.chart.connect("draw", self._draw_chart)
         right.pack_start(self.chart, False, False, 0)
+        self.time_label = Gtk.Label(label="", xalign=0)
+        right.pack_start(self.time_label, False, False, 4)
 
         buttons = Gtk.Box(spacing=6)
         outer.pack_start(buttons, False, False, 0)
@@ -307,7 +307,7 @@ class DigitWindow(Gtk.Window):
         self.connected = True
         self.connect_button.set_label("Reconnect")
         model = info.get("model", "?")
-        self._set_state(f"connected: {port}, board {info.get('board', '?')}, model {model}", GREEN)
+        self._set_state(f"{port} · board {info.get('board', '?')} · model {model}", GREEN)
         self._set_status("")
         self.trace({"event": "connected", "port": port, "info": info})
 
@@ -330,8 +330,8 @@ class DigitWindow(Gtk.Window):
         label = self.sent_label
         color = "#000000" if label is None else (GREEN if label == result.digit else RED)
         self.digit_label.set_markup(self._digit_markup(result.digit, color))
-        self.time_label.set_text(f"device {format_device_time(result.time, result.time_unit)}\n"
-                                 f"round trip {round_trip * 1000:.1f} ms")
+        self.time_label.set_text(f"device time {format_device_time(result.time, result.time_unit)}"
+                                 f"\nround trip {round_trip * 1000:.1f} ms")
         verdict = "" if label is None else (" — right" if label == result.digit else
                                             f" — wrong, the label is {label}")
         self._set_status(f"the board says {result.digit}{verdict}")
