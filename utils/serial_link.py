@@ -6,6 +6,7 @@ device says. Every failure is a LinkError subclass whose message is one line a u
 """
 import collections
 import os
+import termios
 import time
 
 import serial
@@ -151,7 +152,8 @@ class Board:
         except serial.SerialTimeoutException:
             raise BoardTimeout(f"no progress writing to {self.port} at {self.baud} baud "
                                f"for {self.timeout:g} s; is the board running?") from None
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
+            # termios.error: tcdrain on a pty whose other end has just closed
             raise BoardGone(f"{self.port} went away while writing: {_one_line(exc)}") from None
 
     def read_messages(self, duration: float) -> list:
