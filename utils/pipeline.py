@@ -1,0 +1,138 @@
+"""The main job: the whole pipeline end to end on a stand-in board, one summary at the end.
+
+    python3 -m utils.pipeline            # QAT → TVM → firmware → qemu-m7 → 10 000 images
+    python3 -m utils.pipeline --quick    # the same path on small budgets, in about 2 minutes
+
+Each step is the stage's own command line, run as a child process, so the pipeline proves
+the commands a user types. Figures come back through reports/*.json. The quick variant keeps
+its models, tar and reports under build/quick/ so it never overwrites the real ones.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from utils import paths
+from utils.cli import StageError, run
+
+PY = sys.executable
+
+
+def _step(title, argv, env):
+    print(f"\n=== {title}: {' '.join(str(a) for a in argv)}", flush=True)
+    started = time.monotonic()
+    result = subprocess.run([PY, *map(str, argv)], cwd=paths.ROOT, env=env)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise StageError(f"step '{title}' failed (exit {result.returncode}); its output is above")
+    print(f"=== {title}: done in {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def _load(reports_dir: Path, stage: str) -> dict:
+    path = reports_dir / f"{stage}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _pct(value):
+    """A fraction in [0, 1] (0201, 0401, firmware reports) as a percentage."""
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def _points(value):
+    """Stage 01 reports already give accuracy in percent."""
+    return "n/a" if value is None else f"{value:.2f} %"
+
+
+def summary_lines(reports_dir: Path, target: str, seconds: dict) -> list:
+    qat = _load(reports_dir, "0103mnist_QAT")
+    aot = _load(reports_dir, "0201tvm_no_optim")
+    fw = _load(reports_dir, "firmware").get(target, {})
+    val = _load(reports_dir, "0401pc_terminal_sendimage")
+    lines = [
+        f"model            {aot.get('model_hash', qat.get('model_hash', '?'))}"
+        f"{'  (quick)' if qat.get('quick') else ''}",
+        f"QAT LeNet-5      fp32 {_points(qat.get('fp32_accuracy'))}   int8 {_points(qat.get('int8_accuracy'))}"
+        f"   ({qat.get('epochs', '?')} epochs, {qat.get('seconds_per_epoch', 0):.1f} s/epoch)",
+        f"TVM library      flash {aot.get('arm_text_bytes', 0) + aot.get('arm_data_bytes', 0)} B"
+        f" (text+data, Cortex-M7 -Os)   arena {aot.get('arena_bytes')} B"
+        f"   constants {aot.get('constant_bytes')} B",
+        f"                 host check: {aot.get('images_checked')} images, argmax agreement "
+        f"{_pct(aot.get('argmax_agreement'))}, int8 exact {_pct(aot.get('int8_exact_fraction'))}",
+        f"firmware {target:<8}text {fw.get('text_bytes')} B  data {fw.get('data_bytes')} B"
+        f"  bss {fw.get('bss_bytes')} B",
+        f"on the device    {fw.get('instructions_per_inference', fw.get('device_time_median'))}"
+        f" {'instructions' if 'instructions_per_inference' in fw else fw.get('time_unit', '')}"
+        f" per inference (median of {fw.get('images')} images)",
+        f"validation       {val.get('answered')} of {val.get('images')} images answered,"
+        f" accuracy {_pct(val.get('accuracy'))}, agreement with host int8 model"
+        f" {_pct(val.get('agreement_with_host'))}, {val.get('images_per_second', 0):.1f} images/s",
+        "time             " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
+    ]
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small budgets everywhere; outputs under build/quick/")
+    parser.add_argument("--target", default="qemu-m7",
+                        help="stand-in board to validate on (qemu-m7, host, native64)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="test images to validate (default: all 10 000; 300 with --quick)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="run QAT even when the int8 model already exists")
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ)
+    if args.quick:
+        out = paths.BUILD_DIR / "quick"
+        weights, tar, reports = out / "qmnist_lenet5_scripted_int8.pth", out / "mnistCNN.tar", out / "reports"
+        env["TINYML_REPORTS_DIR"] = str(reports)
+    else:
+        weights, tar, reports = paths.QAT_MODEL, paths.MLF_TAR, paths.REPORTS_DIR
+    images = args.images or (300 if args.quick else 10000)
+    quick = ["--quick"] if args.quick else []
+
+    from utils.data import fetch, check
+    fetch()
+    check()
+    seconds = {}
+    started = time.monotonic()
+    if args.retrain or args.quick or not weights.is_file():
+        seconds["QAT"] = _step("QAT (0103)", ["0103mnist_QAT.py", "--out", weights, *quick], env)
+    else:
+        print(f"\n=== QAT (0103): {weights} exists, reused (--retrain trains again)")
+    seconds["compile"] = _step("TVM compile + verify (0201)",
+                               ["0201tvm_no_optim.py", "--model", weights, "--out", tar, *quick], env)
+    seconds["firmware"] = _step(f"firmware build + figures on {args.target}",
+                                ["-m", "utils.standin", "--target", args.target, "--tar", tar,
+                                 "--check", "20"], env)
+
+    from utils.standin import StandIn
+    print(f"\n=== start the {args.target} stand-in", flush=True)
+    with StandIn(args.target, tar, link=paths.BUILD_DIR / f"pipeline-{args.target}.pty") as board:
+        print(f"    port {board.port} ({board.pty})", flush=True)
+        seconds["validate"] = _step(
+            f"validate {images} images on {args.target} (0401)",
+            ["0401pc_terminal_sendimage.py", "--port", board.port, "--count", images,
+             "--host-model", weights, "--timeout", "30", "--quiet"], env)
+    print(f"=== {args.target} stand-in stopped", flush=True)
+    seconds["total"] = time.monotonic() - started
+
+    lines = summary_lines(reports, args.target, seconds)
+    print("\n==== summary " + "=" * 60)
+    print("\n".join(lines))
+    from utils.reports import write_report
+    os.environ["TINYML_REPORTS_DIR"] = str(reports)
+    paths.REPORTS_DIR = reports
+    write_report("pipeline", {"target": args.target, "images": images, "quick": args.quick,
+                              "seconds": {k: round(v, 1) for k, v in seconds.items()}})
+
+
+if __name__ == "__main__":
+    run(main)
