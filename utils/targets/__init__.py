@@ -138,6 +138,32 @@ def _first_error(log: Path) -> str:
     return "see the log"
 
 
+def compile_and_link(name: str, cc: str, our_sources: list, our_flags: list, lib_flags: list,
+                     mlf_tar, out_dir: Path, elf_name: str, link_flags=(), link_deps=()) -> Path:
+    """Build a stand-in's ELF from our firmware sources and the model library, recompiling
+    only what is stale. Objects live under a folder named by their flags, so a change of
+    flags rebuilds them."""
+    mlf = unpack_mlf(mlf_tar, out_dir)
+    elf = out_dir / elf_name
+    log = out_dir / "build.log"
+    includes = [f"-I{FIRMWARE_DIR}"] + [f"-I{d}" for d in mlf.include_dirs]
+    objects = []
+    for source in our_sources + mlf.sources:
+        ours = source in our_sources
+        flags = our_flags if ours else lib_flags
+        obj = out_dir / f"obj-{flags_key(flags)}" / (("" if ours else "lib_") + source.stem + ".o")
+        deps = [source] + (CORE_HEADERS if ours else []) + mlf.files
+        if stale(obj, deps):
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            run_build([cc] + flags + includes + ["-c", source, "-o", obj],
+                      f"{source.name} for {name}", log)
+        objects.append(obj)
+    if stale(elf, objects + list(link_deps)):
+        run_build([cc] + list(link_flags) + ["-o", elf] + objects + ["-lm"],
+                  f"the {name} firmware", log)
+    return elf
+
+
 def elf_sizes(elf: Path, size_tool: str = "size") -> dict:
     """text/data/bss bytes of an ELF as `size` (Berkeley format) counts them."""
     try:
@@ -255,6 +281,29 @@ def _log_tail(log: Path) -> str:
     except OSError:
         return ""
     return f" (last line: {lines[-1][:160]})" if lines else ""
+
+
+def launch_on_pty(command: list, log_path, preexec_fn=die_with_parent, cwd=None,
+                  launched_class=None) -> "Launched":
+    """Run a firmware process whose stdin/stdout is the master side of a raw pty; return once
+    it answers INFO. A client opens the slave side as it would open /dev/ttyACM0."""
+    master, slave, port = open_raw_pty()
+    log = open(log_path, "w")
+    try:
+        process = subprocess.Popen([str(c) for c in command], stdin=master, stdout=master,
+                                   stderr=log, close_fds=True, preexec_fn=preexec_fn, cwd=cwd)
+    finally:
+        log.close()
+        # Only the firmware keeps the master: when it exits, the client's reads fail at once.
+        os.close(master)
+    launched = (launched_class or Launched)(port=port, processes=[process], fds=[slave],
+                                            log=Path(log_path))
+    try:
+        launched.info = wait_ready(slave, [process], Path(log_path))
+    except BaseException:
+        launched.stop()
+        raise
+    return launched
 
 
 def wait_for_line(path: Path, pattern: str, process: subprocess.Popen, timeout: float = 10.0):

@@ -12,8 +12,7 @@ import subprocess
 from pathlib import Path
 
 from utils import riot
-from utils.targets import (PR_SET_PDEATHSIG, Launched, _libc, default_build_dir, open_raw_pty,
-                           wait_ready)
+from utils.targets import (PR_SET_PDEATHSIG, Launched, _libc, default_build_dir, launch_on_pty)
 
 NAME = riot.NATIVE64
 SIZE_TOOL = riot.SIZE_TOOLS[riot.NATIVE64]
@@ -48,20 +47,5 @@ def build(mlf_tar, out_dir=None) -> Path:
 
 
 def launch(elf, log_path) -> Launched:
-    master, slave, port = open_raw_pty()
-    log = open(log_path, "w")
-    try:
-        process = subprocess.Popen([str(elf)], stdin=master, stdout=master, stderr=log,
-                                   close_fds=True, preexec_fn=_die_with_parent,
-                                   cwd=Path(elf).parent)
-    finally:
-        log.close()
-        # Only the firmware keeps the master: when it exits, the client's reads fail at once.
-        os.close(master)
-    launched = RiotNativeLaunched(port=port, processes=[process], fds=[slave], log=Path(log_path))
-    try:
-        launched.info = wait_ready(slave, [process], Path(log_path))
-    except BaseException:
-        launched.stop()
-        raise
-    return launched
+    return launch_on_pty([elf], log_path, preexec_fn=_die_with_parent, cwd=Path(elf).parent,
+                         launched_class=RiotNativeLaunched)

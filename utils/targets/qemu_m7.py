@@ -5,9 +5,9 @@ instructions: the same figure on every run, whatever the host's load."""
 import subprocess
 from pathlib import Path
 
-from utils.targets import (CORE_HEADERS, CORE_SOURCES, FIRMWARE_DIR, Launched, TargetError,
-                           default_build_dir, die_with_parent, flags_key, open_slave, run_build, stale,
-                           unpack_mlf, wait_for_line, wait_ready)
+from utils.targets import (CORE_SOURCES, FIRMWARE_DIR, Launched, TargetError, compile_and_link,
+                           default_build_dir, die_with_parent, open_slave, wait_for_line,
+                           wait_ready)
 
 NAME = "qemu-m7"
 SIZE_TOOL = "arm-none-eabi-size"
@@ -36,25 +36,9 @@ def qemu_command(elf) -> list:
 
 def build(mlf_tar, out_dir=None) -> Path:
     out_dir = Path(out_dir) if out_dir else default_build_dir(NAME, mlf_tar)
-    mlf = unpack_mlf(mlf_tar, out_dir)
-    elf = out_dir / "mnist_m7.elf"
-    log = out_dir / "build.log"
-    includes = [f"-I{FIRMWARE_DIR}"] + [f"-I{d}" for d in mlf.include_dirs]
-    objects = []
-    for source in SOURCES + mlf.sources:
-        ours = source in SOURCES
-        flags = OUR_FLAGS if ours else LIB_FLAGS
-        obj = out_dir / f"obj-{flags_key(flags)}" / (("" if ours else "lib_") + source.stem + ".o")
-        deps = [source] + (CORE_HEADERS if ours else []) + mlf.files
-        if stale(obj, deps):
-            obj.parent.mkdir(parents=True, exist_ok=True)
-            run_build([CC] + flags + includes
-                      + ["-c", source, "-o", obj], f"{source.name} for {NAME}", log)
-        objects.append(obj)
-    if stale(elf, objects + [LINKER_SCRIPT]):
-        run_build([CC] + LINK_FLAGS + [f"-Wl,-Map={out_dir / 'mnist_m7.map'}", "-o", elf]
-                  + objects + ["-lm"], f"the {NAME} firmware", log)
-    return elf
+    link_flags = LINK_FLAGS + [f"-Wl,-Map={out_dir / 'mnist_m7.map'}"]
+    return compile_and_link(NAME, CC, SOURCES, OUR_FLAGS, LIB_FLAGS, mlf_tar, out_dir,
+                            "mnist_m7.elf", link_flags, link_deps=[LINKER_SCRIPT])
 
 
 def launch(elf, log_path) -> Launched:
