@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures_models",
     "tests.fixtures_compiler",
     "tests.fixtures_firmware",
+    "tests.fixtures_riot",
 ]

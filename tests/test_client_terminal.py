@@ -127,6 +127,19 @@ def test_silent_board_times_out_naming_port_and_baud():
         silent.close()
 
 
+def _read_progress_until(proc, answered: int) -> bytearray:
+    """0401's stderr up to the moment its progress bar shows `answered` images (or it ends)."""
+    stderr = bytearray()
+    while True:
+        chunk = proc.stderr.read1(4096)
+        if not chunk:
+            return stderr
+        stderr += chunk
+        counts = re.findall(rb"(\d+)/10000", stderr)
+        if counts and int(counts[-1]) >= answered:
+            return stderr
+
+
 def test_standin_killed_mid_run(standin_factory):
     """The board vanishes: a clear error, the answered count, the summary, a clean exit."""
     standin = standin_factory("host")
@@ -135,17 +148,9 @@ def test_standin_killed_mid_run(standin_factory):
         proc = subprocess.Popen([sys.executable, str(TERMINAL), "--port", port, "--all", "--json",
                                  "--no-host"], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        stderr = bytearray()
         # kill the stand-in once the progress bar shows a few hundred answers
-        while True:
-            chunk = proc.stderr.read1(4096)
-            if not chunk:
-                break
-            stderr += chunk
-            counts = re.findall(rb"(\d+)/10000", stderr)
-            if counts and int(counts[-1]) >= 300:
-                standin.stop()
-                break
+        stderr = _read_progress_until(proc, 300)
+        standin.stop()
         out, rest = proc.communicate(timeout=60)
         stderr += rest
     finally:
@@ -203,16 +208,8 @@ def test_ctrl_c_prints_the_summary_so_far(host_port):
     proc = subprocess.Popen([sys.executable, str(TERMINAL), "--port", host_port, "--all",
                              "--no-host"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    stderr = bytearray()
-    while True:
-        chunk = proc.stderr.read1(4096)
-        if not chunk:
-            break
-        stderr += chunk
-        counts = re.findall(rb"(\d+)/10000", stderr)
-        if counts and int(counts[-1]) >= 100:
-            proc.send_signal(signal.SIGINT)
-            break
+    stderr = _read_progress_until(proc, 100)
+    proc.send_signal(signal.SIGINT)
     out, rest = proc.communicate(timeout=60)
     out = out.decode()
     assert proc.returncode == 130

@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
-from utils import paths, protocol, riot
+from utils import paths, protocol
 from utils.serial_link import Board
+
 
 def test_make_without_riot_says_in_one_line_how_to_get_it(tmp_path):
     result = subprocess.run(["make", "-C", str(paths.ROOT), f"RIOTBASE={tmp_path / 'no-riot'}"],
@@ -19,17 +20,6 @@ def test_make_without_riot_says_in_one_line_how_to_get_it(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "RIOT not found" in lines[0] and "git clone https://github.com/RIOT-OS/RIOT" in lines[0]
-
-
-# Every RIOT test asks for riot_base first: pytest sets up session fixtures (the quick model,
-# its tar, the host digits) before module ones, and without RIOT none of them is needed.
-@pytest.fixture(scope="session")
-def riot_base():
-    base = riot.riot_base()
-    if not riot.riot_present(base):
-        pytest.skip(f"no RIOT in {base}: set RIOTBASE or `git clone {riot.RIOT_URL} RIOT` "
-                    f"to test the RIOT builds")
-    return base
 
 
 @pytest.fixture(scope="session")

@@ -12,15 +12,6 @@ import pytest
 from utils import paths, riot
 
 
-@pytest.fixture(scope="session")
-def riot_base():
-    base = riot.riot_base()
-    if not riot.riot_present(base):
-        pytest.skip(f"no RIOT in {base}: set RIOTBASE or `git clone {riot.RIOT_URL} RIOT` "
-                    f"to test the RIOT builds")
-    return base
-
-
 @pytest.fixture(scope="module")
 def stm32_elf(riot_base, quick_mlf_tar, tmp_path_factory):
     problem = riot.stm32_packages_problem(riot_base)
