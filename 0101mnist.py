@@ -15,8 +15,7 @@ from utils.cli import run
 from utils.model import MnistModel
 from utils.quantize import save_state
 from utils.reports import model_hash, write_report
-from utils.train import (mnist_loader, plot_history, setup_torch, train_adadelta,
-                         train_onecycle)
+from utils.train import plot_history, stage_loaders, train_adadelta, train_onecycle
 
 STAGE = "0101mnist"
 QUICK_TRAIN_IMAGES = 5000
@@ -57,11 +56,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    setup_torch(args.seed)
-    train_limit = QUICK_TRAIN_IMAGES if args.quick else None
-    test_limit = QUICK_TEST_IMAGES if args.quick else None
-    train_loader = mnist_loader(True, args.batch_size, train_limit, args.seed)
-    test_loader = mnist_loader(False, args.test_batch_size, test_limit, args.seed)
+    train_loader, test_loader = stage_loaders(args, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
 
     model = MnistModel()
     if args.recipe == "onecycle":

@@ -21,7 +21,7 @@ from utils.qmodel import QMnistModel
 from utils.quantize import (calibrate, check_round_trip, load_fp32_model, prepare_ptq,
                             save_scripted, save_state, to_int8)
 from utils.reports import model_hash, write_report
-from utils.train import mnist_loader, predict, setup_torch, train_onecycle
+from utils.train import predict, stage_loaders, train_onecycle
 
 STAGE = "0102quantization"
 QUICK_TRAIN_IMAGES = 5000
@@ -74,11 +74,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     network, _, state_name, scripted_name, made_by = MODELS[args.model]
-    setup_torch(args.seed)
-    train_limit = QUICK_TRAIN_IMAGES if args.quick else None
-    test_limit = QUICK_TEST_IMAGES if args.quick else None
-    train_loader = mnist_loader(True, args.batch_size, train_limit, args.seed)
-    test_loader = mnist_loader(False, args.test_batch_size, test_limit, args.seed)
+    train_loader, test_loader = stage_loaders(args, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
 
     model = network()
     seconds_per_epoch = None

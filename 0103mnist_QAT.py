@@ -6,7 +6,6 @@ utils.qmodel.FUSE_GROUPS says), converts to int8, traces it with a [1,1,28,28] i
 it; then reloads the file and checks it gives the eager int8 model's outputs bit for bit.
 """
 import argparse
-import time
 from pathlib import Path
 
 from utils import paths
@@ -15,7 +14,7 @@ from utils.qmodel import QMnistModel
 from utils.quantize import (check_round_trip, freeze_observers, prepare_qat, save_scripted,
                             save_state, to_int8)
 from utils.reports import model_hash, write_report
-from utils.train import evaluate, fine_tune_cosine, mnist_loader, setup_torch, train_onecycle
+from utils.train import evaluate, fine_tune_cosine, stage_loaders, train_onecycle
 
 STAGE = "0103mnist_QAT"
 QUICK_TRAIN_IMAGES = 20000
@@ -58,11 +57,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    setup_torch(args.seed)
-    train_limit = QUICK_TRAIN_IMAGES if args.quick else None
-    test_limit = QUICK_TEST_IMAGES if args.quick else None
-    train_loader = mnist_loader(True, args.batch_size, train_limit, args.seed)
-    test_loader = mnist_loader(False, args.test_batch_size, test_limit, args.seed)
+    train_loader, test_loader = stage_loaders(args, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
 
     model = QMnistModel()
     float_history = train_onecycle(model, train_loader, test_loader, args.epochs, args.lr,

@@ -189,3 +189,13 @@ def plot_history(history: History, path, title: str):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def stage_loaders(args, quick_train_images: int, quick_test_images: int):
+    """A stage's (train, test) loaders after seeding: all of MNIST, or fixed subsets with --quick.
+    `args` carries seed, quick, batch_size and test_batch_size, as every stage's argparse does."""
+    setup_torch(args.seed)
+    train_limit = quick_train_images if args.quick else None
+    test_limit = quick_test_images if args.quick else None
+    return (mnist_loader(True, args.batch_size, train_limit, args.seed),
+            mnist_loader(False, args.test_batch_size, test_limit, args.seed))
