@@ -17,6 +17,7 @@ from pathlib import Path
 
 from utils import paths
 from utils.cli import StageError, run
+from utils.standin import DEFAULT_TARGET, TARGETS, StandIn
 
 PY = sys.executable
 
@@ -80,13 +81,15 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="small budgets everywhere; outputs under build/quick/")
-    parser.add_argument("--target", default="qemu-m7",
-                        help="stand-in board to validate on (qemu-m7, host, native64)")
+    parser.add_argument("--target", default=DEFAULT_TARGET, choices=sorted(TARGETS),
+                        help="stand-in board to validate on")
     parser.add_argument("--images", type=int, default=None,
                         help="test images to validate (default: all 10 000; 300 with --quick)")
     parser.add_argument("--retrain", action="store_true",
                         help="run QAT even when the int8 model already exists")
     args = parser.parse_args(argv)
+    if args.images is not None and not 1 <= args.images <= 10000:
+        parser.error("--images must be between 1 and 10000")
 
     env = dict(os.environ)
     if args.quick:
@@ -95,7 +98,7 @@ def main(argv=None):
         env["TINYML_REPORTS_DIR"] = str(reports)
     else:
         weights, tar, reports = paths.QAT_MODEL, paths.MLF_TAR, paths.REPORTS_DIR
-    images = args.images or (300 if args.quick else 10000)
+    images = args.images if args.images is not None else (300 if args.quick else 10000)
     quick = ["--quick"] if args.quick else []
 
     from utils.data import fetch, check
@@ -111,9 +114,8 @@ def main(argv=None):
                                ["0201tvm_no_optim.py", "--model", weights, "--out", tar, *quick], env)
     seconds["firmware"] = _step(f"firmware build + figures on {args.target}",
                                 ["-m", "utils.standin", "--target", args.target, "--tar", tar,
-                                 "--check", "20"], env)
+                                 "--check", "100"], env)
 
-    from utils.standin import StandIn
     print(f"\n=== start the {args.target} stand-in", flush=True)
     with StandIn(args.target, tar, link=paths.BUILD_DIR / f"pipeline-{args.target}.pty") as board:
         print(f"    port {board.port} ({board.pty})", flush=True)
