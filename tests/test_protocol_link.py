@@ -45,15 +45,20 @@ def test_board_gone_when_the_other_side_closes(pty_pair):
             board.info()
 
 
+def _read_request_seq(master: int, like: bytes) -> int:
+    """Read one whole request, as long as `like`, from the device side; return its seq."""
+    request = b""
+    while len(request) < len(like):
+        request += os.read(master, 1024)
+    return int.from_bytes(request[3:5], "little")
+
+
 def test_replies_matched_by_seq_and_noise_counted(pty_pair):
     """A hand-written responder: noise and an unrelated reply first, then the matching one."""
     master, port = pty_pair
 
     def respond():
-        request = b""
-        while len(request) < 11:
-            request += os.read(master, 64)
-        seq = int.from_bytes(request[3:5], "little")
+        seq = _read_request_seq(master, P.encode_info_request(0))
         os.write(master, b"\x01\x02junk\n" + P.encode_info_reply(seq + 1, {"board": "other"})
                  + P.encode_info_reply(seq, {"board": "me"}))
 
@@ -69,10 +74,7 @@ def test_device_error_reply_raises(pty_pair):
     master, port = pty_pair
 
     def respond():
-        request = b""
-        while len(request) < 795:
-            request += os.read(master, 1024)
-        seq = int.from_bytes(request[3:5], "little")
+        seq = _read_request_seq(master, P.encode_infer(0, bytes(P.PIXELS)))
         os.write(master, P.encode_error(seq, P.ErrorCode.INFERENCE_FAILED, "run returned -1"))
 
     thread = threading.Thread(target=respond)
