@@ -15,7 +15,6 @@ import importlib
 import json
 import os
 import signal
-import statistics
 import sys
 import time
 import weakref
@@ -213,6 +212,7 @@ def measure(target: str, mlf_tar=None, images: int = 100, link=None, build_dir=N
     pty: the figures of reports/firmware.json for that target."""
     from utils import serial_link
     from utils.data import mnist_arrays
+    from utils.validate import validate
 
     mlf_tar = Path(mlf_tar) if mlf_tar else paths.MLF_TAR
     standin = StandIn(target, mlf_tar, link=link, build_dir=build_dir)
@@ -225,37 +225,40 @@ def measure(target: str, mlf_tar=None, images: int = 100, link=None, build_dir=N
     from utils.aot.host import HostLibrary
     test_images, test_labels = mnist_arrays(train=False)
     test_images, test_labels = test_images[:images], test_labels[:images]
-    host_digits = [int(d) for d in HostLibrary(mlf_tar).predict(test_images)]
-    digits, times, units = [], [], set()
-    with standin:
-        with serial_link.Board(standin.port, timeout=30) as board:
-            figures["model"] = standin.info.get("model")
-            start = time.monotonic()
-            for i, image in enumerate(test_images):
-                result = board.infer(image)
-                digits.append(result.digit)
-                times.append(result.time)
-                units.add(result.time_unit)
-                if progress:
-                    progress(i + 1, len(test_images))
-            seconds = time.monotonic() - start
-            figures["garbled_bytes"] = board.garbled
-    matches = sum(d == h for d, h in zip(digits, host_digits))
-    (unit,) = units
+    host_digits = HostLibrary(mlf_tar).predict(test_images)
+    answered = 0
+
+    def count(_outcome):
+        nonlocal answered
+        answered += 1
+        if progress:
+            progress(answered, len(test_images))
+
+    with standin, serial_link.Board(standin.port, timeout=30) as board:
+        summary = validate(board, test_images, test_labels, host_digits=host_digits,
+                           progress=False, on_result=count)
+    missing = summary["unanswered"] + summary["not_sent"]
+    if missing:
+        # figures over fewer images than asked would not be the figures asked for
+        raise serial_link.LinkError(f"{target}: {missing} of {len(test_images)} images unanswered "
+                                    f"({summary['stopped'] or summary['unanswered_reasons']})")
+    unit, median = summary["device_time_unit"], summary["device_time_median"]
     figures.update({
-        "images": len(digits),
-        "predictions_match_host": matches / len(digits),
-        "accuracy": float(sum(d == int(l) for d, l in zip(digits, test_labels)) / len(digits)),
-        "images_per_second": round(len(digits) / seconds, 1),
+        "model": summary["model"],
+        "garbled_bytes": summary["garbled_bytes"],
+        "images": summary["answered"],
+        "predictions_match_host": summary["agreement_with_host"],
+        "accuracy": summary["accuracy"],
+        "images_per_second": round(summary["images_per_second"], 1),
         "time_unit": unit,
-        "device_time_median": statistics.median(times),
+        "device_time_median": median,
     })
     if unit == "instructions":
-        figures["instructions_per_inference"] = int(statistics.median(times))
-        figures["instructions_min"] = min(times)
-        figures["instructions_max"] = max(times)
+        figures["instructions_per_inference"] = int(median)
+        figures["instructions_min"] = summary["device_time_min"]
+        figures["instructions_max"] = summary["device_time_max"]
     elif unit == "us":
-        figures["device_us_median"] = statistics.median(times)
+        figures["device_us_median"] = median
     return figures
 
 

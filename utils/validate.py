@@ -12,7 +12,7 @@ Summary keys (also the keys of reports/0401pc_terminal_sendimage.json):
   agreement_with_host  device digits equal to the host PyTorch int8 model's, over the answered
   host_accuracy      the host int8 model's accuracy on the same answered images
   confusion          10×10 counts, rows = label, columns = device digit
-  device_time_min/median/p99 + device_time_unit  the device's own measurement of the inference
+  device_time_min/median/p99/max + device_time_unit  the device's own measurement of the inference
                      (us, cycles or instructions: whatever the firmware reports)
   device_us_median   the median in microseconds: the device time when its unit is us, cycles
                      converted with the board's clock_hz when that is known, else None (QEMU
@@ -150,6 +150,7 @@ class Validation:
             "device_time_min": min(times) if times else None,
             "device_time_median": device_median,
             "device_time_p99": percentile(times, 99),
+            "device_time_max": max(times) if times else None,
             "device_us_median": self._to_us(device_median, unit),
             "round_trip_ms": percentile(round_trips, 50),
             "round_trip_ms_p99": percentile(round_trips, 99),
