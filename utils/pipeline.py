@@ -8,7 +8,6 @@ the commands a user types. Figures come back through reports/*.json. The quick v
 its models, tar and reports under build/quick/ so it never overwrites the real ones.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from utils import paths
 from utils.cli import StageError, run
+from utils.reports import read_report, write_report
 from utils.standin import DEFAULT_TARGET, TARGETS, StandIn
 
 PY = sys.executable
@@ -33,11 +33,6 @@ def _step(title, argv, env):
     return seconds
 
 
-def _load(reports_dir: Path, stage: str) -> dict:
-    path = reports_dir / f"{stage}.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _pct(value):
     """A fraction in [0, 1] (0201, 0401, firmware reports) as a percentage."""
     return "n/a" if value is None else f"{100 * value:.2f} %"
@@ -49,10 +44,10 @@ def _points(value):
 
 
 def summary_lines(reports_dir: Path, target: str, seconds: dict) -> list:
-    qat = _load(reports_dir, "0103mnist_QAT")
-    aot = _load(reports_dir, "0201tvm_no_optim")
-    fw = _load(reports_dir, "firmware").get(target, {})
-    val = _load(reports_dir, "0401pc_terminal_sendimage")
+    qat = read_report("0103mnist_QAT", reports_dir)
+    aot = read_report("0201tvm_no_optim", reports_dir)
+    fw = read_report("firmware", reports_dir).get(target, {})
+    val = read_report("0401pc_terminal_sendimage", reports_dir)
     lines = [
         f"model            {aot.get('model_hash', qat.get('model_hash', '?'))}"
         f"{'  (quick)' if qat.get('quick') else ''}",
@@ -129,11 +124,9 @@ def main(argv=None):
     lines = summary_lines(reports, args.target, seconds)
     print("\n==== summary " + "=" * 60)
     print("\n".join(lines))
-    from utils.reports import write_report
-    os.environ["TINYML_REPORTS_DIR"] = str(reports)
-    paths.REPORTS_DIR = reports
     write_report("pipeline", {"target": args.target, "images": images, "quick": args.quick,
-                              "seconds": {k: round(v, 1) for k, v in seconds.items()}})
+                              "seconds": {k: round(v, 1) for k, v in seconds.items()}},
+                 reports_dir=reports)
 
 
 if __name__ == "__main__":

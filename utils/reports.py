@@ -13,12 +13,12 @@ def model_hash(path) -> str:
     return digest[:16]
 
 
-def report_path(stage: str) -> Path:
-    return paths.REPORTS_DIR / f"{stage}.json"
+def report_path(stage: str, reports_dir=None) -> Path:
+    return Path(reports_dir or paths.REPORTS_DIR) / f"{stage}.json"
 
 
-def read_report(stage: str) -> dict:
-    path = report_path(stage)
+def read_report(stage: str, reports_dir=None) -> dict:
+    path = report_path(stage, reports_dir)
     if not path.is_file():
         return {}
     try:
@@ -27,11 +27,11 @@ def read_report(stage: str) -> dict:
         return {}
 
 
-def write_report(stage: str, figures: dict, section: str = None) -> Path:
+def write_report(stage: str, figures: dict, section: str = None, reports_dir=None) -> Path:
     """Merge figures into reports/<stage>.json (under `section` when given, e.g. a target name)."""
-    path = report_path(stage)
+    path = report_path(stage, reports_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = read_report(stage)
+    report = read_report(stage, reports_dir)
     if section is None:
         report.update(figures)
     else:
