@@ -3,14 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-missing=$(xargs -a apt-packages.txt dpkg-query -W -f='${Status} ${Package}\n' 2>/dev/null \
-          | awk '$3 != "installed" {print $4}'; \
-          for p in $(cat apt-packages.txt); do dpkg-query -W "$p" >/dev/null 2>&1 || echo "$p"; done)
+missing=""
+for package in $(cat apt-packages.txt); do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
+        || missing="$missing $package"
+done
 if [ -n "$missing" ]; then
-    echo "setup: installing Debian packages: $(echo $missing | tr '\n' ' ')"
+    echo "setup: installing Debian packages:$missing"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $(sort -u <<<"$missing") >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
 pip_log=$(mktemp)
