@@ -81,12 +81,16 @@ def _hoist_reduction_init(sch, block_rv):
     sch.decompose_reduction(block_rv, loops[len(loops) - len(reduce_iters)])
 
 
-def _schedule_pass():
+def _schedule_pass(optim=False):
+    if optim:
+        from utils.aot.optim.schedule import optim_schedule_rules
+        return dlight.ApplyDefaultSchedule(*optim_schedule_rules(), mcu_no_workspace)
     return dlight.ApplyDefaultSchedule(mcu_no_workspace)
 
 
-def lower(mod):
-    """Lower a Relax module to (scheduled IRModule of PrimFuncs + planned Relax main)."""
+def lower(mod, optim=False):
+    """Lower a Relax module to (scheduled IRModule of PrimFuncs + planned Relax main).
+    PrimFuncs that come already scheduled (attr tir.is_scheduled) are left as they are."""
     target = tvm.target.Target(TARGET)
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
@@ -95,7 +99,7 @@ def lower(mod):
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
-        _schedule_pass(),
+        _schedule_pass(optim),
         relax.transform.DeadCodeElimination(),
         relax.transform.ToNonDataflow(),
         relax.transform.RemovePurityChecking(),
