@@ -12,3 +12,5 @@ MLF_TAR = ROOT / "pkg" / "mnistCNN" / "mnistCNN.tar"
 FP32_MODEL = WEIGHTS_DIR / "mnist_cnn.pth"
 PTQ_MODEL = WEIGHTS_DIR / "mnist_cnn_quant.pth"
 QAT_MODEL = WEIGHTS_DIR / "qmnist_lenet5_scripted_int8.pth"
+# the float LeNet-5 that 0103 trains before QAT (the fp32 variant of the benchmark)
+LENET5_FP32_MODEL = WEIGHTS_DIR / "qmnist_lenet5_fp32.pth"

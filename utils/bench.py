@@ -1,0 +1,558 @@
+"""The benchmark of issue 7: each model library variant on the emulated Cortex-M7, measured.
+
+For each variant (fp32 / int8, 0201's no_optim / 0202's optim) and each gcc opt level:
+
+    compile_model(optim=...) → MLF tar → arm-none-eabi-gcc (bench/bench_m7.c + firmware/m7
+    startup, UART and timer + the library + the test images as a C array) → ELF
+    → qemu-system-arm -M mps2-an500 with the TCG plugin bench/insn_count_plugin.c, which
+      counts the instructions between bench_marker_start() and bench_marker_stop(), exactly
+    → UART lines: timer count, stack peak, output float bits (and the int8 tap)
+    → compared with the same tar on the host (utils.aot.host.HostLibrary)
+
+Instructions counted on an emulator stand in for cycles on the board: QEMU executes each
+instruction in one step and models no pipeline, caches or flash wait states.
+The int8 uint8 logits come from a second build with -DTVMGEN_DEFAULT_DEBUG_TAP; counts, flash
+and stack come from the build without it, the library exactly as the firmware links it.
+"""
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils import paths
+from utils.cli import StageError
+from utils.reports import read_report, write_report
+from utils.targets import TargetError, compile_and_link, die_with_parent, flags_key, stop_process
+from utils.targets import qemu_m7
+
+STAGE = "bench"
+BENCH_SRC = paths.ROOT / "bench"
+PLUGIN_SOURCE = BENCH_SRC / "insn_count_plugin.c"
+HARNESS_SOURCE = BENCH_SRC / "bench_m7.c"
+DOCS_CHART = paths.ROOT / "docs" / "img" / "bench.png"
+DEFAULT_BUILD_DIR = paths.BUILD_DIR / "bench"
+
+# variant name → (model kind, optim)
+VARIANTS = {
+    "fp32_no_optim": ("fp32", False),
+    "fp32_optim": ("fp32", True),
+    "int8_no_optim": ("int8", False),
+    "int8_optim": ("int8", True),
+}
+OPT_LEVELS = ("-Os", "-O2")
+NM = "arm-none-eabi-nm"
+QEMU_TIMEOUT = 120.0
+TIMER_RESOLUTION = 40  # instructions per TIMER0 tick under -icount shift=0 (platform_m7.c)
+EMPTY_PASS = 0xFFFFFFFF
+
+
+def _say(text):
+    print(text, flush=True)
+
+
+def _one_line(exc) -> str:
+    lines = str(exc).strip().splitlines()
+    text = next((line.strip() for line in lines if line.strip()), "")
+    return f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------ the model's MACs
+
+def count_macs(relax_mod) -> int:
+    """Multiply-accumulates of the conv2d / matmul / linear calls in a Relax module's main."""
+    total = 0
+    for block in relax_mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            name = getattr(getattr(value, "op", None), "name", "")
+            if name not in ("relax.nn.conv2d", "relax.matmul", "relax.linear"):
+                continue
+            out = [int(d) for d in binding.var.ty.shape.values]
+            lhs = [int(d) for d in value.args[0].ty.shape.values]
+            rhs = [int(d) for d in value.args[1].ty.shape.values]
+            if name == "relax.nn.conv2d":
+                if value.attrs.kernel_layout != "OIHW":
+                    raise StageError(f"MAC count: conv2d kernel layout {value.attrs.kernel_layout}, "
+                                     f"expected OIHW")
+                total += int(np.prod(out)) * rhs[1] * rhs[2] * rhs[3]
+            else:
+                total += int(np.prod(out)) * lhs[-1]
+    return total
+
+
+def model_macs(source) -> int:
+    """MACs of one inference of the model (from 0201's Relax module: it has the plain ops)."""
+    from utils.aot.compiler import to_relax
+    return count_macs(to_relax(source, optim=False)[0])
+
+
+# ------------------------------------------------------------------ building
+
+def build_plugin(build_dir: Path) -> Path:
+    """The counter plugin, compiled with the host gcc (rebuilt when its source changes)."""
+    from utils.targets import run_build, stale
+    plugin = Path(build_dir) / "libinsn_count.so"
+    if stale(plugin, [PLUGIN_SOURCE]):
+        run_build(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o", plugin,
+                   PLUGIN_SOURCE], "the instruction-count plugin", Path(build_dir) / "build.log")
+    return plugin
+
+
+def write_images_c(images: np.ndarray, path: Path):
+    """bench_images.c: the test images as `const uint8_t bench_images[N][784]` (rewritten only
+    when they change, so builds stay cached)."""
+    images = np.asarray(images, np.uint8).reshape(-1, 784)
+    rows = ",\n".join("  {" + ",".join(map(str, image)) + "}" for image in images)
+    text = ("/* MNIST test images for bench/bench_m7.c, written by utils/bench.py */\n"
+            "#include <stdint.h>\n"
+            f"const uint32_t bench_image_count = {len(images)};\n"
+            f"const uint8_t bench_images[{len(images)}][784] = {{\n{rows}\n}};\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def _with_opt(flags, opt):
+    return [opt if f == "-Os" else f for f in flags]
+
+
+@dataclass
+class Build:
+    elf: Path
+    library_objects: list
+
+
+def build_elf(tar: Path, out_dir: Path, opt: str, images_c: Path, tap: bool) -> Build:
+    """The bench ELF for QEMU mps2-an500: harness and platform at -Os (qemu_m7's flags), the
+    library at `opt`; with `tap` both see -DTVMGEN_DEFAULT_DEBUG_TAP."""
+    from utils.aot.compiler import DEBUG_TAP_DEFINE
+    defines = [f"-D{DEBUG_TAP_DEFINE}"] if tap else []
+    our_flags = qemu_m7.OUR_FLAGS + defines
+    lib_flags = _with_opt(qemu_m7.LIB_FLAGS, opt) + defines
+    sources = [HARNESS_SOURCE, qemu_m7.M7_DIR / "platform_m7.c", qemu_m7.M7_DIR / "startup.c", images_c]
+    link_flags = qemu_m7.LINK_FLAGS + [f"-Wl,-Map={out_dir / 'bench_m7.map'}"]
+    elf = compile_and_link("bench", qemu_m7.CC, sources, our_flags, lib_flags, tar, out_dir,
+                           "bench_m7.elf", link_flags, link_deps=[qemu_m7.LINKER_SCRIPT])
+    objects = sorted((out_dir / f"obj-{flags_key(lib_flags)}").glob("lib_*.o"))
+    return Build(elf, objects)
+
+
+def marker_addresses(elf: Path) -> tuple:
+    try:
+        out = subprocess.run([NM, str(elf)], capture_output=True, text=True, check=True).stdout
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        raise TargetError(f"cannot read the symbols of {elf} with {NM}: {exc}") from None
+    symbols = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) == 3:
+            symbols[fields[2]] = int(fields[0], 16) & ~1
+    try:
+        start, stop = symbols["bench_marker_start"], symbols["bench_marker_stop"]
+    except KeyError:
+        raise TargetError(f"{elf} has no bench_marker_start/bench_marker_stop") from None
+    if start == stop:
+        raise TargetError(f"{elf}: the two markers share one address (merged by the compiler)")
+    return start, stop
+
+
+# ------------------------------------------------------------------ running on QEMU
+
+@dataclass
+class Pass:
+    index: int
+    rc: int
+    timer: int                 # instructions by TIMER0 (-icount shift=0), ±40
+    stack: int                 # bytes of stack used below the caller's SP
+    output: np.ndarray = None  # float32 [10]
+    tap: np.ndarray = None     # float32 [10] (tap builds)
+    count: int = None          # instructions between the markers (plugin)
+
+
+def qemu_command(elf: Path, plugin: Path, start: int, stop: int, uart: Path, plugin_log: Path) -> list:
+    return [qemu_m7.QEMU, "-M", "mps2-an500", "-display", "none", "-monitor", "none",
+            "-serial", f"file:{uart}", "-icount", "shift=0",
+            "-semihosting-config", "enable=on,target=native",
+            "-plugin", f"{plugin},start={start:#x},stop={stop:#x}", "-d", "plugin", "-D", str(plugin_log),
+            "-kernel", str(elf)]
+
+
+def run_on_qemu(elf: Path, plugin: Path, timeout: float = QEMU_TIMEOUT) -> list:
+    """Run the bench ELF once; its passes (empty pass first), each with the plugin's count.
+    QEMU ends itself (semihosting exit); if not within `timeout`, it is stopped by its PID."""
+    out_dir = elf.parent
+    uart, plugin_log, qemu_log = out_dir / "uart.txt", out_dir / "plugin.log", out_dir / "qemu.log"
+    for path in (uart, plugin_log):
+        path.unlink(missing_ok=True)
+    start, stop = marker_addresses(elf)
+    command = qemu_command(elf, plugin, start, stop, uart, plugin_log)
+    with open(qemu_log, "w") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, close_fds=True,
+                                       preexec_fn=die_with_parent)
+        except FileNotFoundError:
+            raise TargetError(f"{qemu_m7.QEMU} not found; install qemu-system-arm (bash setup.sh)") from None
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        stop_process(process)
+    text = uart.read_text(errors="replace") if uart.is_file() else ""
+    if "END" not in text.split():
+        tail = qemu_log.read_text(errors="replace").strip().splitlines()[-1:]
+        raise TargetError(f"the bench on QEMU did not finish (status {process.returncode}, "
+                          f"{len(text.splitlines())} UART lines); logs: {uart}, {qemu_log}"
+                          f"{' (' + tail[0][:160] + ')' if tail else ''}")
+    passes = parse_uart(text)
+    counts = parse_plugin_log(plugin_log.read_text(errors="replace") if plugin_log.is_file() else "")
+    if len(counts) != len(passes):
+        raise TargetError(f"the plugin counted {len(counts)} passes, the harness ran {len(passes)}; "
+                          f"logs: {plugin_log}, {uart}")
+    for p, count in zip(passes, counts):
+        p.count = count
+    return passes
+
+
+def _floats(words) -> np.ndarray:
+    return np.array([int(w, 16) for w in words], dtype=np.uint32).view(np.float32)
+
+
+def parse_uart(text: str) -> list:
+    passes = []
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields or fields[0] != "PASS":
+            continue
+        index, rc, timer, stack = (int(f, 16) for f in fields[1:5])
+        values = fields[5:]
+        p = Pass(index, rc if rc < 2**31 else rc - 2**32, timer, stack)
+        if index != EMPTY_PASS:
+            if len(values) not in (10, 20):
+                raise TargetError(f"garbled bench line on the UART: {line[:120]}")
+            p.output = _floats(values[:10])
+            if len(values) == 20:
+                p.tap = _floats(values[10:])
+        passes.append(p)
+    if not passes or passes[0].index != EMPTY_PASS:
+        raise TargetError("the bench printed no empty pass first")
+    return passes
+
+
+def parse_plugin_log(text: str) -> list:
+    counts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "insn_count":
+            if int(fields[1]) != len(counts):
+                raise TargetError(f"plugin passes out of order: {line}")
+            counts.append(int(fields[2]))
+    return counts
+
+
+# ------------------------------------------------------------------ comparing with the host
+
+def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Units in the last place between float32 arrays (0 = the same bits)."""
+    def ordered(x):
+        bits = np.ascontiguousarray(x, np.float32).view(np.int32).astype(np.int64)
+        return np.where(bits < 0, -(bits + 2**31), bits)
+    return np.abs(ordered(a) - ordered(b))
+
+
+def compare_outputs(kind, device_out, host_out, device_logits=None, host_logits=None) -> dict:
+    same_bits = np.array_equal(np.ascontiguousarray(device_out, np.float32).view(np.uint32),
+                               np.ascontiguousarray(host_out, np.float32).view(np.uint32))
+    figures = {
+        "logprobs_bitwise_identical": bool(same_bits),
+        "logprobs_max_ulp": int(ulp_distance(device_out, host_out).max()),
+        "max_abs_diff": float(np.max(np.abs(device_out.astype(np.float64) - host_out))),
+        "argmax_agreement": float(np.mean(device_out.argmax(1) == host_out.argmax(1))),
+    }
+    if kind == "int8":
+        identical = np.all(device_logits == host_logits, axis=1)
+        figures["uint8_logits_identical_fraction"] = float(identical.mean())
+        figures["bit_exact"] = bool(identical.all())
+    else:
+        figures["bit_exact"] = bool(same_bits)
+    return figures
+
+
+# ------------------------------------------------------------------ one variant
+
+def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_out, host_logits, n_images):
+    """Build and run one opt level of one variant; its figures."""
+    from utils.aot.compiler import uint8_logits_from_tap
+    from utils.aot.verify import object_sizes
+    level_dir = build_dir / opt.lstrip("-")
+    build = build_elf(tar, level_dir / "fw", opt, images_c, tap=False)
+    passes = run_on_qemu(build.elf, plugin)
+    empty, runs = passes[0], passes[1:]
+    images, repeat = runs[:n_images], runs[n_images:]
+    if len(images) != n_images or len(repeat) != 1 or any(p.rc != 0 for p in runs):
+        raise StageError(f"the bench ran {len(images)} of {n_images} images, return codes "
+                         f"{sorted({p.rc for p in runs})}; UART log {build.elf.parent / 'uart.txt'}")
+    counts = [p.count - empty.count for p in images]
+    timers = [p.timer - empty.timer for p in images]
+    device_out = np.stack([p.output for p in images])
+    device_logits = None
+    tap_out_same = None
+    if kind == "int8":
+        tap_build = build_elf(tar, level_dir / "tap", opt, images_c, tap=True)
+        tap_passes = run_on_qemu(tap_build.elf, plugin)[1:n_images + 1]
+        device_logits = uint8_logits_from_tap(np.stack([p.tap for p in tap_passes]), metadata)
+        tap_out_same = bool(np.array_equal(np.stack([p.output for p in tap_passes]).view(np.uint32),
+                                           device_out.view(np.uint32)))
+    sizes = object_sizes(build.library_objects)
+    stack = max(p.stack for p in images)
+    figures = {
+        "opt_level": opt,
+        "instructions_per_inference": int(round(statistics.median(counts))),
+        "instructions_min": int(min(counts)),
+        "instructions_max": int(max(counts)),
+        "instructions_per_image": counts,
+        "marker_overhead_instructions": int(empty.count),
+        "repeat_identical": bool(repeat[0].count == images[0].count),
+        "timer_instructions_per_image": timers,
+        "timer_minus_plugin_max_abs": int(max(abs(t - c) for t, c in zip(timers, counts))),
+        "flash_bytes": sizes["arm_flash_bytes"],
+        "text_bytes": sizes["arm_text_bytes"],
+        "data_bytes": sizes["arm_data_bytes"],
+        "bss_bytes": sizes["arm_bss_bytes"],
+        "stack_peak_bytes": int(stack),
+        "ram_bytes": int(metadata["arena_bytes"] + stack),
+        **compare_outputs(kind, device_out, host_out, device_logits, host_logits),
+    }
+    if tap_out_same is not None:
+        figures["tap_build_outputs_identical"] = tap_out_same
+    return figures
+
+
+def measure_variant(name, model_path, images, opt_levels, build_dir, plugin, macs_cache) -> dict:
+    """Compile, run and compare one variant; raises on any failure (the caller makes it a row)."""
+    from utils.aot.compiler import compile_model
+    from utils.aot.host import HostLibrary
+    from utils.aot.model_file import load_model
+    kind, optim = VARIANTS[name]
+    variant_dir = build_dir / name
+    variant_dir.mkdir(parents=True, exist_ok=True)
+    source = load_model(model_path, kind)
+    t0 = time.perf_counter()
+    compiled = compile_model(source, variant_dir / "mnistCNN.tar", optim=optim)
+    compile_seconds = time.perf_counter() - t0
+    metadata = compiled.metadata
+    if metadata.get("optim") is not bool(optim):
+        raise StageError(f"compile_model(optim={optim}) made a library whose metadata says optim="
+                         f"{metadata.get('optim')}")
+    _say(f"  compiled in {compile_seconds:.1f} s: arena {metadata['arena_bytes']} B, "
+         f"{len(metadata['calls'])} kernel calls")
+    if source.path not in macs_cache:
+        macs_cache[source.path] = model_macs(source)
+    macs = macs_cache[source.path]
+
+    host = HostLibrary(compiled.tar, build_dir=build_dir / "host-lib")
+    if kind == "int8":
+        host_out, host_logits = host.run_with_logits(images)
+    else:
+        host_out, host_logits = host.run(images), None
+    images_c = write_images_c(images, build_dir / "bench_images.c")
+
+    levels = {}
+    for opt in opt_levels:
+        _say(f"  {opt}: building and running {len(images)} images (+ an empty pass and a repeat) "
+             f"on QEMU mps2-an500")
+        figures = measure_level(compiled.tar, metadata, kind, opt, images_c, variant_dir, plugin,
+                                host_out, host_logits, len(images))
+        levels[opt] = figures
+        _say(f"  {opt}: {figures['instructions_per_inference']:,} instructions per inference "
+             f"(min {figures['instructions_min']:,}, max {figures['instructions_max']:,}), "
+             f"flash {figures['flash_bytes']:,} B, stack {figures['stack_peak_bytes']} B, "
+             f"bit-exact {figures['bit_exact']}")
+    best = min(levels, key=lambda opt: levels[opt]["instructions_per_inference"])
+    chosen = levels[best]
+    row = {
+        "status": "ok",
+        "kind": kind,
+        "optim": optim,
+        "model": str(source.path),
+        "model_hash": source.model_hash,
+        "network": source.network,
+        "opt_level": best,
+        "opt_level_rule": "the measured opt level with fewer instructions per inference",
+        "instructions_per_inference": chosen["instructions_per_inference"],
+        "instructions_min": chosen["instructions_min"],
+        "instructions_max": chosen["instructions_max"],
+        "macs": macs,
+        "instructions_per_mac": round(chosen["instructions_per_inference"] / macs, 3),
+        "flash_bytes": chosen["flash_bytes"],
+        "arena_bytes": int(metadata["arena_bytes"]),
+        "stack_peak_bytes": chosen["stack_peak_bytes"],
+        "ram_bytes": chosen["ram_bytes"],
+        # every measured opt level, not only the chosen one, must match the host build
+        "bit_exact": all(level["bit_exact"] for level in levels.values()),
+        "logprobs_bitwise_identical": all(level["logprobs_bitwise_identical"] for level in levels.values()),
+        "logprobs_max_ulp": max(level["logprobs_max_ulp"] for level in levels.values()),
+        "max_abs_diff": max(level["max_abs_diff"] for level in levels.values()),
+        "images": int(len(images)),
+        "compile_seconds": round(compile_seconds, 2),
+        "counts_repeatable": all(level["repeat_identical"] for level in levels.values()),
+        "timer_minus_plugin_max_abs": max(level["timer_minus_plugin_max_abs"] for level in levels.values()),
+        "by_opt_level": levels,
+    }
+    return row
+
+
+# ------------------------------------------------------------------ the whole bench
+
+def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir, reports_dir,
+              quick=False, docs_chart=None) -> dict:
+    from utils.data import mnist_arrays
+    from utils.reports import report_path
+    started = time.perf_counter()
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    images = mnist_arrays(False)[0][:n_images]
+    plugin = build_plugin(build_dir)
+    qemu_version = _qemu_version()
+    _say(f"bench: {len(variants)} variant(s) x {len(opt_levels)} opt level(s), {n_images} MNIST test "
+         f"images, {qemu_version}, plugin {plugin}")
+    rows, macs_cache = {}, {}
+    for i, name in enumerate(variants, 1):
+        kind, _ = VARIANTS[name]
+        model = int8_model if kind == "int8" else fp32_model
+        _say(f"[{i}/{len(variants)}] {name} ({model})")
+        t0 = time.perf_counter()
+        try:
+            rows[name] = measure_variant(name, model, images, opt_levels, build_dir, plugin, macs_cache)
+        except Exception as exc:  # one variant that cannot be built must not hide the others
+            rows[name] = {"status": "error", "error": _one_line(exc), "model": str(model),
+                          "kind": kind, "optim": VARIANTS[name][1]}
+            _say(f"  ERROR {name}: {rows[name]['error']}")
+        rows[name]["seconds"] = round(time.perf_counter() - t0, 1)
+    figures = {
+        "quick": bool(quick),
+        "images": int(n_images),
+        "opt_levels": list(opt_levels),
+        "qemu": qemu_version,
+        "machine": "QEMU mps2-an500 (Cortex-M7), TCG plugin bench/insn_count_plugin.c",
+        "unit": "instructions executed on the emulator: they stand in for cycles on the board",
+        "seconds": round(time.perf_counter() - started, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    write_report(STAGE, figures, reports_dir=reports_dir)
+    write_report(STAGE, rows, section="variants", reports_dir=reports_dir)
+    report = read_report(STAGE, reports_dir)
+    md = report_path(STAGE, reports_dir).with_suffix(".md")
+    md.write_text(markdown(report))
+    png = report_path(STAGE, reports_dir).with_suffix(".png")
+    chart(report, png)
+    if docs_chart is not None:
+        Path(docs_chart).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, docs_chart)
+    _say("")
+    _say(md.read_text())
+    _say(f"wrote {report_path(STAGE, reports_dir)}, {md}, {png}"
+         f"{', ' + str(docs_chart) if docs_chart else ''} ({figures['seconds']} s)")
+    return report
+
+
+def _qemu_version() -> str:
+    try:
+        out = subprocess.run([qemu_m7.QEMU, "--version"], capture_output=True, text=True, check=True).stdout
+    except (FileNotFoundError, subprocess.CalledProcessError):
+        raise TargetError(f"{qemu_m7.QEMU} not found; install qemu-system-arm (bash setup.sh)") from None
+    return out.splitlines()[0].strip()
+
+
+# ------------------------------------------------------------------ table and chart
+
+def _ordered(report) -> list:
+    variants = report.get("variants", {})
+    return [(name, variants[name]) for name in VARIANTS if name in variants]
+
+
+def markdown(report) -> str:
+    lines = ["| variant | gcc | instructions / inference (median; min–max) | instr. / MAC | "
+             "flash (text+data) B | arena B | stack peak B | RAM B | bit-exact with host | images |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in _ordered(report):
+        if row.get("status") != "ok":
+            lines.append(f"| {name} | | error: {row.get('error', '?')} | | | | | | | |")
+            continue
+        if row["kind"] == "int8":
+            exact = ("yes: uint8 logits identical" if row["bit_exact"] else "**NO**: uint8 logits differ")
+        else:
+            exact = "yes: log-probs bitwise identical" if row["bit_exact"] else "**NO**"
+        if row["logprobs_bitwise_identical"]:
+            if row["kind"] == "int8":
+                exact += ", log-probs bitwise identical"
+        else:
+            exact += (f"; log-probs max {row['logprobs_max_ulp']} ulp "
+                      f"(|diff| ≤ {row['max_abs_diff']:.2g}, newlib's expf/logf vs glibc)")
+        lines.append(f"| {name} | {row['opt_level']} | {row['instructions_per_inference']:,} "
+                     f"({row['instructions_min']:,}–{row['instructions_max']:,}) | "
+                     f"{row['instructions_per_mac']:.2f} | {row['flash_bytes']:,} | {row['arena_bytes']:,} | "
+                     f"{row['stack_peak_bytes']:,} | {row['ram_bytes']:,} | {exact} | {row['images']} |")
+    macs = next((row["macs"] for _, row in _ordered(report) if row.get("status") == "ok"), None)
+    notes = [
+        "",
+        "Instructions executed on QEMU's emulated Cortex-M7 (mps2-an500), counted exactly by a TCG "
+        "plugin between two marker calls around `tvmgen_default_run`; they stand in for cycles on "
+        "the board (the emulator models no pipeline, caches or flash wait states).",
+        f"gcc: the opt level of the library ({', '.join(report.get('opt_levels', []))} measured) "
+        f"with fewer instructions; both are in bench.json. Flash: the library's objects "
+        f"(arm-none-eabi-gcc, Cortex-M7), without libm. RAM: the static arena + the stack peak of "
+        f"one inference. {report.get('images', '?')} MNIST test images"
+        f"{f'; {macs:,} MACs per inference' if macs else ''}."
+        f"{' QUICK RUN.' if report.get('quick') else ''}",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def chart(report, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = _ordered(report)
+    names = [name for name, _ in rows]
+    ok = [row.get("status") == "ok" for _, row in rows]
+    x = np.arange(len(names))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    instr = [row["instructions_per_inference"] / 1e6 if good else 0 for (_, row), good in zip(rows, ok)]
+    bars = ax1.bar(x, instr, color=["#4c72b0" if "int8" in n else "#dd8452" for n in names])
+    for bar, (_, row), good in zip(bars, rows, ok):
+        label = f"{row['instructions_per_inference'] / 1e6:.2f} M\n{row['opt_level']}" if good else "not built"
+        ax1.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                     va="bottom", fontsize=8)
+    ax1.set_xticks(x, names, rotation=15)
+    ax1.set_ylabel("million instructions per inference")
+    ax1.set_title("Instructions per inference (QEMU Cortex-M7;\nthey stand in for cycles on the board)",
+                  fontsize=10)
+    ax1.margins(y=0.2)
+    width = 0.38
+    flash = [row["flash_bytes"] / 1024 if good else 0 for (_, row), good in zip(rows, ok)]
+    ram = [row["ram_bytes"] / 1024 if good else 0 for (_, row), good in zip(rows, ok)]
+    b1 = ax2.bar(x - width / 2, flash, width, label="flash: library text+data", color="#55a868")
+    b2 = ax2.bar(x + width / 2, ram, width, label="RAM: arena + stack peak", color="#8172b3")
+    for bars_, values in ((b1, flash), (b2, ram)):
+        for bar, value, good in zip(bars_, values, ok):
+            ax2.annotate(f"{value:.1f}" if good else "n/a", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                         ha="center", va="bottom", fontsize=8)
+    ax2.set_xticks(x, names, rotation=15)
+    ax2.set_ylabel("KiB")
+    ax2.set_title("Library flash and RAM", fontsize=10)
+    ax2.legend(fontsize=8)
+    ax2.margins(y=0.15)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
