@@ -1,0 +1,151 @@
+"""The benchmark (issue 7) in --quick mode: real TVM, real arm-none-eabi-gcc, real QEMU with the
+counting plugin, on the quick QAT model and its float LeNet-5, a few test images."""
+import json
+
+import numpy as np
+import pytest
+
+from tests.fixtures_models import run_stage
+from utils import bench
+
+VARIANT_NAMES = {"fp32_no_optim", "fp32_optim", "int8_no_optim", "int8_optim"}
+ROW_KEYS = ["instructions_per_inference", "instructions_min", "instructions_max", "instructions_per_mac",
+            "macs", "flash_bytes", "arena_bytes", "stack_peak_bytes", "ram_bytes", "bit_exact",
+            "logprobs_bitwise_identical", "logprobs_max_ulp", "max_abs_diff", "images", "opt_level",
+            "by_opt_level", "model_hash"]
+LENET5_MACS = 416_520  # conv1 117 600 + conv2 240 000 + conv3 48 000 + fc1 10 080 + fc2 840
+IMAGES = 2
+
+
+def _bench(models, tmp, name, *args):
+    int8, fp32 = models
+    return run_stage("bench/bench.py", "--quick", "--images", IMAGES, "--int8-model", int8,
+                     "--fp32-model", fp32, "--build-dir", tmp / "build", "--reports-dir", tmp / name,
+                     *args, check=False)
+
+
+@pytest.fixture(scope="module")
+def models(quick_qat_model):
+    return quick_qat_model, quick_qat_model.parent / "qmnist_lenet5_fp32.pth"
+
+
+@pytest.fixture(scope="module")
+def runs(models, tmp_path_factory):
+    """Two runs of the quick bench sharing one build folder; their reports."""
+    tmp = tmp_path_factory.mktemp("bench")
+    first = _bench(models, tmp, "r1", "--variants", "int8_no_optim,int8_optim,fp32_no_optim")
+    second = _bench(models, tmp, "r2")
+    reports = []
+    for proc, name in ((first, "r1"), (second, "r2")):
+        report = json.loads((tmp / name / "bench.json").read_text())
+        failed = [v for v, row in report["variants"].items() if row["status"] != "ok"]
+        # exit 1 exactly when a variant could not be measured (an error row, not a crash)
+        assert proc.returncode == (1 if failed else 0), proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        reports.append(report)
+    return {"reports": reports, "dir": tmp, "stdout": first.stdout}
+
+
+def _ok(report):
+    return {name: row for name, row in report["variants"].items() if row["status"] == "ok"}
+
+
+def test_report_keys(runs):
+    first, second = runs["reports"]
+    assert set(first["variants"]) == {"int8_no_optim", "int8_optim", "fp32_no_optim"}
+    assert set(second["variants"]) == {"int8_no_optim", "int8_optim"}
+    assert set(first["variants"]) <= VARIANT_NAMES
+    assert first["quick"] is True and first["images"] == IMAGES and first["opt_levels"] == ["-O2"]
+    assert {"int8_no_optim", "fp32_no_optim"} <= set(_ok(first)), first["variants"]
+    for name, row in first["variants"].items():
+        if row["status"] != "ok":  # e.g. 0202's optim not there yet: one line saying why
+            assert row["error"] and "\n" not in row["error"], row
+            continue
+        for key in ROW_KEYS:
+            assert key in row, (name, key)
+        assert row["images"] == IMAGES and row["opt_level"] == "-O2" and list(row["by_opt_level"]) == ["-O2"]
+        assert row["optim"] is (not name.endswith("no_optim"))
+    for suffix in ("md", "png"):
+        assert (runs["dir"] / "r1" / f"bench.{suffix}").stat().st_size > 100
+    assert (runs["dir"] / "r1" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (runs["dir"] / "r1" / "bench.md").read_text()
+    assert "stand in for cycles" in md and "| int8_no_optim | -O2 |" in md
+
+
+def test_counts_positive_exact_and_repeatable(runs):
+    first, second = runs["reports"]
+    for name, row in _ok(first).items():
+        level = row["by_opt_level"]["-O2"]
+        counts = level["instructions_per_image"]
+        assert len(counts) == IMAGES and all(c > 100_000 for c in counts), (name, counts)
+        assert row["instructions_min"] <= row["instructions_per_inference"] <= row["instructions_max"]
+        assert min(counts) == row["instructions_min"] and max(counts) == row["instructions_max"]
+        # the same image run twice in one boot costs the same
+        assert level["repeat_identical"] and row["counts_repeatable"]
+        # the markers alone cost a handful of instructions, subtracted from every count
+        assert 0 < level["marker_overhead_instructions"] < 20
+        # the firmware timer under -icount shift=0 (one tick per 40 instructions) agrees
+        assert level["timer_minus_plugin_max_abs"] <= 2 * bench.TIMER_RESOLUTION, (name, level)
+        assert row["macs"] == LENET5_MACS
+        assert row["instructions_per_mac"] == pytest.approx(row["instructions_per_inference"] / LENET5_MACS,
+                                                            abs=1e-3)
+    for name, row in _ok(second).items():  # a second QEMU run: the very same counts
+        if name in _ok(first):
+            assert row["by_opt_level"]["-O2"]["instructions_per_image"] == \
+                _ok(first)[name]["by_opt_level"]["-O2"]["instructions_per_image"], name
+
+
+def test_outputs_match_the_host_build(runs):
+    first, _ = runs["reports"]
+    ok = _ok(first)
+    for name in ("int8_no_optim", "int8_optim"):
+        if name in ok:
+            row = ok[name]
+            level = row["by_opt_level"]["-O2"]
+            assert row["bit_exact"] is True and level["uint8_logits_identical_fraction"] == 1.0, name
+            assert level["tap_build_outputs_identical"] is True
+            assert level["argmax_agreement"] == 1.0
+            # newlib's expf/logf against glibc's: at most an ulp or two in the log-probs
+            assert row["logprobs_bitwise_identical"] == (row["logprobs_max_ulp"] == 0)
+            assert row["logprobs_max_ulp"] <= 4
+    fp32 = ok["fp32_no_optim"]
+    assert fp32["by_opt_level"]["-O2"]["argmax_agreement"] == 1.0
+    assert fp32["max_abs_diff"] <= 1e-4
+    assert fp32["bit_exact"] == fp32["logprobs_bitwise_identical"]
+    # RAM is the static arena plus the measured stack peak
+    for row in ok.values():
+        assert 0 < row["stack_peak_bytes"] < 16 * 1024
+        assert row["ram_bytes"] == row["arena_bytes"] + row["stack_peak_bytes"]
+        assert row["flash_bytes"] > 10_000
+
+
+def test_progress_is_shown(runs):
+    out = runs["stdout"]
+    assert "[1/3] int8_no_optim" in out and "instructions per inference" in out
+
+
+def test_missing_model_is_an_error_row(tmp_path):
+    proc = _bench((tmp_path / "missing.pth", tmp_path / "missing_fp32.pth"), tmp_path, "r",
+                  "--variants", "int8_no_optim")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    row = json.loads((tmp_path / "r" / "bench.json").read_text())["variants"]["int8_no_optim"]
+    assert row["status"] == "error" and "not found" in row["error"]
+    assert "not measured: int8_no_optim" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variants", "int8_fast"], "unknown int8_fast"),
+    (["--opt-levels=O9"], "-O9"),
+    (["--images", "0"], "--images"),
+])
+def test_bad_arguments_are_one_line(tmp_path, args, message):
+    proc = _bench((tmp_path / "a.pth", tmp_path / "b.pth"), tmp_path, "r", *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ulp_distance():
+    a = np.array([1.0, -2.5, 0.0, -0.0], np.float32)
+    b = np.nextafter(a, np.float32(np.inf))
+    assert list(bench.ulp_distance(a, a)) == [0, 0, 0, 0]
+    assert list(bench.ulp_distance(a, b)) == [1, 1, 1, 1]
+    assert bench.ulp_distance(np.array([-1e-45], np.float32), np.array([1e-45], np.float32))[0] == 2
