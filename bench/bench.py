@@ -27,7 +27,7 @@ def parse_args(argv):
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, of {', '.join(VARIANTS)} "
                              f"(--quick: {','.join(QUICK_VARIANTS)})")
-    parser.add_argument("--images", type=int, default=10,
+    parser.add_argument("--images", type=int, default=100,
                         help=f"MNIST test images (the first N of the test set; --quick: {QUICK_IMAGES})")
     parser.add_argument("--opt-levels", default=",".join(o.lstrip("-") for o in OPT_LEVELS),
                         help=f"gcc opt levels for the library, comma-separated, without the dash "
