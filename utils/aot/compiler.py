@@ -66,6 +66,10 @@ def compile_model(source: SourceModel, out_tar, optim=False) -> Compiled:
         raise StageError(f"the model's output is {plan.output.dtype} {list(plan.output.shape)}; the "
                          f"firmware reads 10 float32 log-probabilities")
     kernels_c = lower.build_c(lower.prim_funcs(lowered))
+    preamble = ""
+    if optim and source.kind == "int8":
+        from utils.aot.optim.int8 import with_microkernels
+        kernels_c, preamble = with_microkernels(kernels_c)
     tap = _tap(plan, layers)
 
     compiler = "0202tvm_optim.py" if optim else "0201tvm_no_optim.py"
@@ -73,7 +77,7 @@ def compile_model(source: SourceModel, out_tar, optim=False) -> Compiled:
               f"Model: {source.path.name} ({source.network}), hash {source.model_hash}."]
     files = {
         str(mlf.SRC / "default_lib0.c"): emit.glue_source(plan, banner, tap),
-        str(mlf.SRC / "default_lib1.c"): emit.kernel_source(kernels_c, banner),
+        str(mlf.SRC / "default_lib1.c"): emit.kernel_source(kernels_c, banner, preamble),
         str(mlf.INCLUDE / "tvmgen_default.h"): emit.header_source(plan, source.model_hash, banner),
     }
     constant_bytes = int(sum(c.nbytes for c in plan.constants))

@@ -1,0 +1,440 @@
+"""0202's int8 lowering: the parsed layers → Relax calls of hand-scheduled TIR kernels.
+
+0201 hands TVM generic Relax ops (int16 conv2d on a centered copy of the input, then float
+requantization, then max-pool) and schedules what TVM legalizes from them. Here each stage of
+the network is one TIR kernel written for a Cortex-M:
+
+    quantize      float input → uint8, written straight into the padded, channels-last
+                  buffer the first convolution reads (the padding holds the zero point)
+    conv          convolution + bias + ReLU (+ the following 2x2 max-pool) + requantization
+                  into uint8 channels-last; the max is taken on the int32 sums, so the
+                  pooled-away outputs are never requantized or stored
+    dense         fully connected + bias + ReLU + requantization (also a convolution whose
+                  window covers its whole input, e.g. LeNet-5's conv3)
+    dequantize / log_softmax stay generic Relax ops, as in 0201 (same float code)
+
+The loops over output tiles are TIR; each tile's dot products are one T.call_extern of a
+micro-kernel in microkernels.h (the DSP path: __uxtb16/__sxtb16 + __smlad; elsewhere
+plain C). Activations stay uint8 and weights int8 in flash, so the library is no bigger.
+
+Why the results are the same bits as 0201's:
+  - sum((q - zp) * w) = sum(q * w) - zp * sum(w): the input zero point goes into the bias at
+    compile time (padding holds zp, so it still contributes 0); integer sums are exact;
+  - requantization q = clip(rint(f32(acc) * M) + zp, lo, 255) is the same float code as 0201's
+    and is non-decreasing in acc (M > 0), so max-pool on the sums and then requantizing one
+    value equals requantizing four and taking their max; ReLU is the clip's lower bound.
+"""
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils.cli import StageError
+from utils.aot.int8 import (Dequantize, F32, Flatten, FloatScalarOps, LogSoftmax, MaxPool2d, QConv2d,
+                            QLinear, QRelu, Quantize)
+
+MICROKERNELS_H = Path(__file__).with_name("microkernels.h")
+MICROKERNEL_PREFIX = "utvm_"
+OP_PATTERN_OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves these calls alone
+
+
+def with_microkernels(kernels_c):
+    """(kernels without TVM's extern declarations of the micro-kernels, the micro-kernels'
+    source): TVM declares every call_extern target as an exported function with non-const
+    pointers; they are static inline functions defined before the kernels instead, so gcc
+    specializes each call for its constant shapes."""
+    declaration = re.compile(r'#ifdef __cplusplus\nextern "C"\n#endif\nTVM_DLL [\w ]+\** ?'
+                             + MICROKERNEL_PREFIX + r'\w+\([^;]*\);\n')
+    stripped, count = declaration.subn("", kernels_c)
+    called = set(re.findall(r"\b(" + MICROKERNEL_PREFIX + r"\w+)\(", stripped))
+    if called and count == 0:
+        raise StageError("TVM's C codegen declared the micro-kernels in an unexpected form")
+    source = MICROKERNELS_H.read_text()
+    return stripped, f"/* ---- micro-kernels (utils/aot/optim/microkernels.h) ---- */\n{source}\n"
+
+
+# ----------------------------------------------------------------------------- the plan
+
+@dataclass
+class Activation:
+    """A uint8 channels-last tensor [h][w][c] in the arena, maybe with a border of `pad`
+    pixels around it that holds `pad_value` (the zero point of the layer that reads it)."""
+    h: int
+    w: int
+    c: int
+    pad: tuple = (0, 0)
+
+    @property
+    def padded_h(self):
+        return self.h + 2 * self.pad[0]
+
+    @property
+    def padded_w(self):
+        return self.w + 2 * self.pad[1]
+
+    @property
+    def nbytes(self):
+        return self.padded_h * self.padded_w * self.c
+
+
+@dataclass
+class ConvStage:
+    conv: QConv2d
+    pool: bool            # a 2x2 / stride-2 max-pool follows
+    lo: int               # lowest uint8 output: the zero point when a ReLU is fused
+
+
+@dataclass
+class DenseStage:
+    layer: object         # QLinear, or a QConv2d whose window covers its whole input
+    lo: int
+    hwc_input: tuple = None   # (h, w, c) when the input is a flattened channels-last tensor
+
+
+def _fail(what):
+    raise StageError(f"0202 cannot optimize {what}; compile this model with 0201tvm_no_optim.py")
+
+
+def _is_pool2(layer):
+    return (isinstance(layer, MaxPool2d) and layer.kernel == (2, 2) and layer.stride == (2, 2)
+            and layer.padding == (0, 0) and layer.dilation == (1, 1))
+
+
+def plan_stages(layers, input_shape):
+    """Group the layers into kernels; returns (prologue float ops, Quantize, stages, tail layers)."""
+    i = 0
+    float_ops = []
+    while i < len(layers) and isinstance(layers[i], FloatScalarOps):
+        float_ops += layers[i].ops
+        i += 1
+    if i >= len(layers) or not isinstance(layers[i], Quantize):
+        _fail("a model that does not start with a QuantStub")
+    quantize = layers[i]
+    i += 1
+    _, channels, height, width = input_shape
+    shape = (height, width, channels)   # channels-last view of what flows
+    flattened = None                     # (h, w, c) the flatten came from
+    stages = []
+    while i < len(layers) and not isinstance(layers[i], Dequantize):
+        layer = layers[i]
+        i += 1
+        if isinstance(layer, Flatten):
+            if flattened is None and shape is not None:
+                flattened = shape
+            shape = None
+            continue
+        if isinstance(layer, QConv2d):
+            if shape is None:
+                _fail(f"{layer.name} after a flatten")
+            _check_conv(layer, shape)
+            oh, ow = _conv_out(layer, shape)
+            lo = layer.out_zero_point if layer.relu else 0
+            pool = False
+            while i < len(layers):
+                following = layers[i]
+                if isinstance(following, QRelu):
+                    lo = max(lo, following.zero_point)
+                elif isinstance(following, MaxPool2d) and not pool:
+                    if not _is_pool2(following):
+                        _fail(f"the max-pool after {layer.name} (only 2x2, stride 2, no padding)")
+                    pool = True
+                else:
+                    break
+                i += 1
+            whole_window = (layer.padding == (0, 0) and (oh, ow) == (1, 1))
+            if whole_window and not pool:
+                stages.append(DenseStage(layer, lo, hwc_input=shape))
+                shape = (1, 1, layer.weight.shape[0])
+                continue
+            if pool and (oh % 2 or ow % 2):
+                _fail(f"the max-pool after {layer.name} on an odd {oh}x{ow} output")
+            stages.append(ConvStage(layer, pool, lo))
+            shape = (oh // 2, ow // 2, layer.weight.shape[0]) if pool else (oh, ow, layer.weight.shape[0])
+            continue
+        if isinstance(layer, QLinear):
+            lo = layer.out_zero_point if layer.relu else 0
+            while i < len(layers) and isinstance(layers[i], QRelu):
+                lo = max(lo, layers[i].zero_point)
+                i += 1
+            stages.append(DenseStage(layer, lo, hwc_input=flattened))
+            flattened = None
+            shape = None
+            continue
+        _fail(type(layer).__name__ + (f" {layer.name}" if hasattr(layer, "name") else ""))
+    if not stages:
+        _fail("a model without convolutions or linear layers")
+    return float_ops, quantize, stages, layers[i:]
+
+
+def _check_conv(layer, shape):
+    if layer.groups != 1 or layer.stride != (1, 1) or layer.dilation != (1, 1):
+        _fail(f"{layer.name} (groups {layer.groups}, stride {layer.stride}, dilation {layer.dilation}; "
+              f"only 1, 1, 1)")
+    if layer.weight.shape[1] != shape[2]:
+        _fail(f"{layer.name}: {layer.weight.shape[1]} input channels for a {shape[2]}-channel tensor")
+
+
+def _conv_out(layer, shape):
+    kh, kw = layer.weight.shape[2:]
+    return shape[0] + 2 * layer.padding[0] - kh + 1, shape[1] + 2 * layer.padding[1] - kw + 1
+
+
+def folded_bias(layer, weight_rows):
+    """bias - zp_in * sum(w) per output channel: the zero point leaves the inner loop."""
+    bias = layer.bias if layer.bias is not None else np.zeros(weight_rows.shape[0], np.int32)
+    folded = bias.astype(np.int64) - layer.in_zero_point * weight_rows.astype(np.int64).sum(axis=1)
+    if np.abs(folded).max(initial=0) >= 2 ** 31:
+        raise StageError(f"{layer.name}: the folded bias overflows int32")
+    return folded.astype(np.int32)
+
+
+def conv_weight_rows(layer):
+    """[O, kh*kw*C] int8: each channel's window row by row, channels last, as activations are."""
+    w = layer.weight
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
+
+
+def dense_weight_rows(stage):
+    layer = stage.layer
+    if isinstance(layer, QConv2d):
+        return conv_weight_rows(layer)
+    w = layer.weight
+    if stage.hwc_input is not None and stage.hwc_input[:2] != (1, 1):
+        # torch flattened [C, H, W]; the activations are [H, W, C]: permute the columns
+        h, wd, c = stage.hwc_input
+        w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    return np.ascontiguousarray(w)
+
+
+# ----------------------------------------------------------------------------- TIR kernels
+
+def _requantize(T, acc, multiplier, zero_point, lo):
+    """0201's requantization, the same float operations in the same order."""
+    f = T.nearbyint(T.Cast("float32", acc) * T.float32(float(multiplier))) + T.float32(float(zero_point))
+    return T.Cast("uint8", T.max(T.min(f, T.float32(255.0)), T.float32(float(lo))))
+
+
+def _finish(func):
+    return func.with_attrs({"tirx.is_scheduled": True, "op_pattern": OP_PATTERN_OPAQUE})
+
+
+def quantize_kernel(input_shape, float_ops, quantize, out: Activation, pad_value):
+    from tvm.script import tirx as T
+    _, c_in, h_in, w_in = input_shape
+    ph, pw = out.pad
+    pwidth = out.padded_w
+    inv_scale, zero_point = float(quantize.inv_scale), float(quantize.zero_point)
+    n_out = out.nbytes
+    border = int(pad_value)
+
+    def value(T, x):
+        for op, v in float_ops:
+            v = T.float32(float(np.float32(v)))
+            x = {"sub": lambda a: a - v, "add": lambda a: a + v, "mul": lambda a: a * v,
+                 "div": lambda a: a / v}[op](x)
+        q = T.nearbyint(x * T.float32(inv_scale)) + T.float32(zero_point)
+        return T.Cast("uint8", T.max(T.min(q, T.float32(255.0)), T.float32(0.0)))
+
+    @T.prim_func(private=True)
+    def quantize(x: T.Buffer((1, c_in, h_in, w_in), "float32"), y: T.Buffer((n_out,), "uint8")):
+        T.func_attr({"tirx.noalias": True})
+        for r in range(ph):
+            for i in range(pwidth * c_in):
+                y[r * pwidth * c_in + i] = T.uint8(border)
+                y[(ph + h_in + r) * pwidth * c_in + i] = T.uint8(border)
+        for h in range(h_in):
+            for i in range(pw * c_in):
+                y[((h + ph) * pwidth) * c_in + i] = T.uint8(border)
+                y[((h + ph) * pwidth + pw + w_in) * c_in + i] = T.uint8(border)
+            for w, c in T.grid(w_in, c_in):
+                y[((h + ph) * pwidth + w + pw) * c_in + c] = value(T, x[0, c, h, w])
+
+    return _finish(quantize)
+
+
+def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value):
+    """Convolution + bias + clip (+ 2x2 max-pool) + requantization, channels-last uint8.
+    Tiles: 2 output pixels x 2 channels per micro-kernel call; with the pool, the two pixel
+    rows of a pooling window are two calls into one 8-sum tile."""
+    from tvm.script import tirx as T
+    layer = stage.conv
+    o, c, kh, kw = layer.weight.shape
+    if o % 2:
+        _fail(f"{layer.name} with an odd number ({o}) of output channels")
+    oh, ow = _conv_out(layer, (src.h, src.w, c))
+    if src.pad != tuple(layer.padding):
+        raise StageError(f"{layer.name}: its input was laid out with padding {src.pad}, not {layer.padding}")
+    x_row, x_pix = src.padded_w * c, c
+    w_ch, seg = kh * kw * c, kw * c
+    n_in, n_out = src.nbytes, out.nbytes
+    opw, (oph, opw_pad) = out.padded_w, out.pad
+    fill = out.pad != (0, 0)
+    mult, zp, lo = layer.multiplier, layer.out_zero_point, stage.lo
+    border = int(pad_value)
+    rq = lambda T, acc: _requantize(T, acc, mult, zp, lo)  # noqa: E731
+
+    def out_index(y, x, ch):
+        return ((y + oph) * opw + x + opw_pad) * o + ch
+
+    if stage.pool:
+        ph_out, pw_out = oh // 2, ow // 2
+
+        @T.prim_func(private=True)
+        def conv(x: T.Buffer((n_in,), "uint8"), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), "int32"),
+                 y: T.Buffer((n_out,), "uint8")):
+            T.func_attr({"tirx.noalias": True})
+            acc = T.alloc_buffer((8,), "int32", scope="global")
+            if fill:
+                for i in range(n_out):
+                    y[i] = T.uint8(border)
+            for py, px, oc in T.grid(ph_out, pw_out, o // 2):
+                for i in T.unroll(8):
+                    acc[i] = 0
+                for dy in T.unroll(2):
+                    T.evaluate(T.call_extern("int32", "utvm_dot_p2c2",
+                                             x.data, (py * 2 + dy) * x_row + px * 2 * x_pix, x_pix, x_row,
+                                             w.data, oc * 2 * w_ch, w_ch, kh, seg, acc.data, dy * 4))
+                for ch in T.unroll(2):
+                    y[out_index(py, px, oc * 2 + ch)] = rq(T, T.max(T.max(acc[ch * 2], acc[ch * 2 + 1]),
+                                                                   T.max(acc[4 + ch * 2], acc[4 + ch * 2 + 1]))
+                                                           + b[oc * 2 + ch])
+        return _finish(conv)
+
+    half = (ow + 1) // 2
+    last_pix = (ow - 1) * x_pix
+
+    @T.prim_func(private=True)
+    def conv(x: T.Buffer((n_in,), "uint8"), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), "int32"),
+             y: T.Buffer((n_out,), "uint8")):
+        T.func_attr({"tirx.noalias": True})
+        acc = T.alloc_buffer((4,), "int32", scope="global")
+        if fill:
+            for i in range(n_out):
+                y[i] = T.uint8(border)
+        for oy, ox2, oc in T.grid(oh, half, o // 2):
+            for i in T.unroll(4):
+                acc[i] = 0
+            # an odd last column computes its pixel twice (x_pix 0) and keeps one
+            T.evaluate(T.call_extern("int32", "utvm_dot_p2c2",
+                                     x.data, oy * x_row + T.min(ox2 * 2 * x_pix, last_pix),
+                                     T.if_then_else(ox2 * 2 + 1 < ow, x_pix, 0), x_row,
+                                     w.data, oc * 2 * w_ch, w_ch, kh, seg, acc.data, 0))
+            for ch, p in T.grid(2, 2):
+                if ox2 * 2 + p < ow:
+                    y[out_index(oy, ox2 * 2 + p, oc * 2 + ch)] = rq(T, acc[ch * 2 + p] + b[oc * 2 + ch])
+    return _finish(conv)
+
+
+def dense_kernel(stage: DenseStage, n_in, out: Activation, pad_value, out_shape):
+    """Fully connected + bias + clip + requantization: 4 output channels per micro-kernel call
+    (the input vector is widened once for all four)."""
+    from tvm.script import tirx as T
+    layer = stage.layer
+    o = layer.weight.shape[0]
+    n_out = out.nbytes
+    n_y = out_shape
+    mult, zp, lo = layer.multiplier, layer.out_zero_point, stage.lo
+    quads = (o + 3) // 4
+    border = int(pad_value)
+    padded = out.pad != (0, 0)
+    rq = lambda T, acc: _requantize(T, acc, mult, zp, lo)  # noqa: E731
+    opw, (oph, opw_pad) = out.padded_w, out.pad
+
+    @T.prim_func(private=True)
+    def dense(x: T.Buffer((n_in,), "uint8"), w: T.Buffer((o * n_in,), "int8"), b: T.Buffer((o,), "int32"),
+              y: T.Buffer(n_y, "uint8")):
+        T.func_attr({"tirx.noalias": True})
+        acc = T.alloc_buffer((4,), "int32", scope="global")
+        yf = T.decl_buffer((n_out,), "uint8", data=y.data)
+        if padded:
+            for i in range(n_out):
+                yf[i] = T.uint8(border)
+        for q in range(quads):
+            for i in T.unroll(4):
+                acc[i] = 0
+            T.evaluate(T.call_extern("int32", "utvm_dot_p1c4", x.data, w.data, q * 4 * n_in, n_in,
+                                     T.min(o - q * 4, 4), n_in, acc.data))
+            for i in T.unroll(4):
+                if q * 4 + i < o:
+                    yf[(oph * opw + opw_pad) * o + q * 4 + i] = rq(T, acc[i] + b[q * 4 + i])
+    return _finish(dense)
+
+
+# ----------------------------------------------------------------------------- Relax
+
+def int8_to_relax_optim(layers, input_shape):
+    """An IRModule whose `main(input0: float32[input_shape])` computes the layers with the
+    kernels above; what follows the last quantized layer is 0201's generic Relax."""
+    from tvm import relax
+
+    float_ops, quantize, stages, tail = plan_stages(layers, input_shape)
+    # each stage's input layout (its padding is the consumer's) and its output's
+    shapes = []
+    h, w, c = input_shape[2], input_shape[3], input_shape[1]
+    for stage in stages:
+        shapes.append((h, w, c))
+        if isinstance(stage, ConvStage):
+            oh, ow = _conv_out(stage.conv, (h, w, c))
+            o = stage.conv.weight.shape[0]
+            h, w, c = (oh // 2, ow // 2, o) if stage.pool else (oh, ow, o)
+        else:
+            h, w, c = 1, 1, stage.layer.weight.shape[0]
+
+    def layout(index):
+        """The Activation stage `index` reads (index == len(stages): the logits)."""
+        hh, ww, cc = shapes[index] if index < len(stages) else (1, 1, h * w * c)
+        pad = (0, 0)
+        if index < len(stages) and isinstance(stages[index], ConvStage):
+            pad = tuple(stages[index].conv.padding)
+        return Activation(hh, ww, cc, pad)
+
+    def pad_value(index):
+        if index >= len(stages):
+            return 0
+        stage = stages[index]
+        return (stage.conv if isinstance(stage, ConvStage) else stage.layer).in_zero_point
+
+    def const(value, dtype):
+        return relax.const(np.asarray(value, dtype=dtype), dtype)
+
+    bb = relax.BlockBuilder()
+    x_in = relax.Var("input0", relax.TensorType(list(input_shape), "float32"))
+    with bb.function("main", [x_in]):
+        with bb.dataflow():
+            first = layout(0)
+            gv = bb.add_func(quantize_kernel(input_shape, float_ops, quantize, first, pad_value(0)), "quantize")
+            x = bb.emit(relax.call_tir(gv, relax.Tuple([x_in]), relax.TensorType((first.nbytes,), "uint8")))
+            for index, stage in enumerate(stages):
+                src, out = layout(index), layout(index + 1)
+                last = index == len(stages) - 1
+                if isinstance(stage, ConvStage):
+                    rows = conv_weight_rows(stage.conv)
+                    func = conv_kernel(stage, src, out, pad_value(index + 1))
+                    name = stage.conv.name.replace(".", "_")
+                    out_type = relax.TensorType((out.nbytes,), "uint8")
+                else:
+                    rows = dense_weight_rows(stage)
+                    out_shape = (1, rows.shape[0]) if last else (out.nbytes,)
+                    func = dense_kernel(stage, src.nbytes, out, pad_value(index + 1), out_shape)
+                    name = stage.layer.name.replace(".", "_")
+                    out_type = relax.TensorType(out_shape, "uint8")
+                layer = stage.conv if isinstance(stage, ConvStage) else stage.layer
+                gv = bb.add_func(func, name)
+                x = bb.emit(relax.call_tir(gv, relax.Tuple([x, const(rows.reshape(-1), "int8"),
+                                                            const(folded_bias(layer, rows), "int32")]), out_type))
+            for layer in tail:
+                if isinstance(layer, Dequantize):
+                    x = bb.emit(relax.op.astype(x, "float32"))
+                    if layer.zero_point != 0:
+                        x = bb.emit(relax.op.subtract(x, const(layer.zero_point, "float32")))
+                    x = bb.emit(relax.op.multiply(x, const(layer.scale, "float32")))
+                elif isinstance(layer, LogSoftmax):
+                    x = bb.emit(relax.op.nn.log_softmax(x, axis=layer.dim))
+                else:
+                    _fail(f"{type(layer).__name__} after the DeQuantStub")
+            out = bb.emit_output(x)
+        bb.emit_func_output(out)
+    return bb.get()
+
+

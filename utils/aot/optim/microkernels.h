@@ -1,0 +1,177 @@
+/* Micro-kernels that 0202's TIR kernels call through T.call_extern (utils/aot/optim/int8.py).
+ *
+ * Integer dot products of uint8 activations with int8 weights, the one thing the Cortex-M's
+ * DSP extension does fast: __smlad multiplies two pairs of int16 and adds both products to an
+ * accumulator. A word of 4 activation bytes is widened into the pairs (x0, x2) and (x1, x3)
+ * (__uxtb16, and the same on the word rotated by 8 bits); the weights must come in the same
+ * pairs.
+ *
+ * The int8 weights stay in flash as they are and are widened the same way in the inner loop
+ * (__sxtb16), which costs what loading pre-widened int16 pairs would, at half the flash.
+ *
+ * Targets without the DSP extension (the host stand-in, native64) get plain loops over the
+ * same data layouts. Integer sums are exact in any order, so both give the same bits.
+ *
+ * Pointers come as (base, element offset) pairs: TVM 0.27's AttachGlobalSymbol cannot rewrite
+ * a module whose call_extern arguments are address_of() calls, so TIR passes buffer data.
+ *
+ * Conv shapes: a pixel's window is `rows` segments of `len` consecutive activation bytes,
+ * `x_row` bytes apart; the next pixel starts `x_pix` bytes later. A channel's weights are
+ * its window's rows, packed (`len` apart); channels are `w_ch` bytes apart.
+ */
+#ifndef UTVM_OPTIM_MICROKERNELS_H_
+#define UTVM_OPTIM_MICROKERNELS_H_
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define UTVM_DSP 1
+#else
+#define UTVM_DSP 0
+#endif
+
+#define UTVM_INLINE static inline __attribute__((always_inline))
+#define UTVM_NOINLINE static __attribute__((noinline))
+
+UTVM_INLINE uint32_t utvm_load32(const void* p) {
+  uint32_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+#if UTVM_DSP
+
+/* The extends rotate their operand for free, but gcc 12 has no ACLE __ror and does not fold
+   a rotate into __uxtb16/__sxtb16 (it emits two instructions), so these are written out. */
+UTVM_INLINE uint32_t utvm_uxtb16_ror8(uint32_t v) {
+  uint32_t r;
+  __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+
+UTVM_INLINE uint32_t utvm_sxtb16_ror8(uint32_t v) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+
+/* acc[c * 2 + p] += window(x + p * x_pix) . channel c of w, for 2 pixels and 2 channels. */
+UTVM_INLINE int32_t utvm_dot_p2c2(uint8_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
+                                  int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t rows, int32_t len,
+                                  int32_t* acc_base, int32_t acc_off) {
+  const uint8_t* x = x_base + x_off;
+  const int8_t* w = w_base + w_off;
+  int32_t* acc = acc_base + acc_off;
+  int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+  for (int32_t r = 0; r < rows; ++r) {
+    const uint8_t* x0 = x + r * x_row;
+    const uint8_t* x1 = x0 + x_pix;
+    const int8_t* w0 = w + r * len;
+    const int8_t* w1 = w0 + w_ch;
+    int32_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+      uint32_t xa = utvm_load32(x0 + i), xb = utvm_load32(x1 + i);
+      uint32_t wa = utvm_load32(w0 + i), wb = utvm_load32(w1 + i);
+      uint32_t xa02 = __uxtb16(xa), xb02 = __uxtb16(xb);
+      uint32_t wa02 = __sxtb16(wa), wb02 = __sxtb16(wb);
+      a00 = __smlad(xa02, wa02, a00);
+      a01 = __smlad(xb02, wa02, a01);
+      a10 = __smlad(xa02, wb02, a10);
+      a11 = __smlad(xb02, wb02, a11);
+      uint32_t xa13 = utvm_uxtb16_ror8(xa), xb13 = utvm_uxtb16_ror8(xb);
+      uint32_t wa13 = utvm_sxtb16_ror8(wa), wb13 = utvm_sxtb16_ror8(wb);
+      a00 = __smlad(xa13, wa13, a00);
+      a01 = __smlad(xb13, wa13, a01);
+      a10 = __smlad(xa13, wb13, a10);
+      a11 = __smlad(xb13, wb13, a11);
+    }
+    for (; i < len; ++i) {
+      int32_t xa = x0[i], xb = x1[i], wa = w0[i], wb = w1[i];
+      a00 += xa * wa;
+      a01 += xb * wa;
+      a10 += xa * wb;
+      a11 += xb * wb;
+    }
+  }
+  acc[0] = a00;
+  acc[1] = a01;
+  acc[2] = a10;
+  acc[3] = a11;
+  return 0;
+}
+
+/* acc[c] += x . w[c] over len bytes, for up to 4 channels (nch) whose int8 rows are w_ch
+ * apart; with nch < 4 the last row is read again and its extra sums dropped. */
+UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t nch,
+                                    int32_t len, int32_t* acc) {
+  const int8_t* w0 = w_base + w_off;
+  const int8_t* w1 = w0 + (nch > 1 ? 1 : 0) * w_ch;
+  const int8_t* w2 = w0 + (nch > 2 ? 2 : nch - 1) * w_ch;
+  const int8_t* w3 = w0 + (nch > 3 ? 3 : nch - 1) * w_ch;
+  int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int32_t i = 0;
+  for (; i + 4 <= len; i += 4) {
+    uint32_t xv = utvm_load32(x + i);
+    uint32_t x02 = __uxtb16(xv), x13 = utvm_uxtb16_ror8(xv);
+    uint32_t v0 = utvm_load32(w0 + i), v1 = utvm_load32(w1 + i);
+    a0 = __smlad(x02, __sxtb16(v0), a0);
+    a0 = __smlad(x13, utvm_sxtb16_ror8(v0), a0);
+    a1 = __smlad(x02, __sxtb16(v1), a1);
+    a1 = __smlad(x13, utvm_sxtb16_ror8(v1), a1);
+    uint32_t v2 = utvm_load32(w2 + i), v3 = utvm_load32(w3 + i);
+    a2 = __smlad(x02, __sxtb16(v2), a2);
+    a2 = __smlad(x13, utvm_sxtb16_ror8(v2), a2);
+    a3 = __smlad(x02, __sxtb16(v3), a3);
+    a3 = __smlad(x13, utvm_sxtb16_ror8(v3), a3);
+  }
+  for (; i < len; ++i) {
+    int32_t xv = x[i];
+    a0 += xv * w0[i];
+    a1 += xv * w1[i];
+    a2 += xv * w2[i];
+    a3 += xv * w3[i];
+  }
+  acc[0] += a0;
+  if (nch > 1) acc[1] += a1;
+  if (nch > 2) acc[2] += a2;
+  if (nch > 3) acc[3] += a3;
+  return 0;
+}
+
+#else /* plain C over the same layouts: the reference the DSP path is tested against */
+
+UTVM_INLINE int32_t utvm_dot_p2c2(uint8_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
+                                  int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t rows, int32_t len,
+                                  int32_t* acc_base, int32_t acc_off) {
+  for (int32_t c = 0; c < 2; ++c) {
+    for (int32_t p = 0; p < 2; ++p) {
+      int32_t sum = 0;
+      for (int32_t r = 0; r < rows; ++r) {
+        for (int32_t i = 0; i < len; ++i) {
+          sum += (int32_t)x_base[x_off + p * x_pix + r * x_row + i] *
+                 (int32_t)w_base[w_off + c * w_ch + r * len + i];
+        }
+      }
+      acc_base[acc_off + c * 2 + p] += sum;
+    }
+  }
+  return 0;
+}
+
+UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t nch,
+                                    int32_t len, int32_t* acc) {
+  for (int32_t c = 0; c < nch; ++c) {
+    int32_t sum = 0;
+    for (int32_t i = 0; i < len; ++i) {
+      sum += (int32_t)x[i] * (int32_t)w_base[w_off + c * w_ch + i];
+    }
+    acc[c] += sum;
+  }
+  return 0;
+}
+
+#endif /* UTVM_DSP */
+
+#endif /* UTVM_OPTIM_MICROKERNELS_H_ */
