@@ -162,8 +162,11 @@ def plan_stages(layers, input_shape):
             shape = None
             continue
         _fail(type(layer).__name__ + (f" {layer.name}" if hasattr(layer, "name") else ""))
-    if not stages:
-        _fail("a model without convolutions or linear layers")
+    dense_at = next((k for k, stage in enumerate(stages) if isinstance(stage, DenseStage)), None)
+    if dense_at is None:
+        _fail("a model that does not end with fully connected layers")
+    if any(isinstance(stage, ConvStage) for stage in stages[dense_at:]):
+        _fail("a convolution after a fully connected layer")
     return float_ops, quantize, stages, layers[i:]
 
 
@@ -181,12 +184,14 @@ def _conv_out(layer, shape):
 
 
 def folded_bias(layer, weight_rows):
-    """bias - zp_in * sum(w) per output channel: the zero point leaves the inner loop."""
+    """bias - zp_in * sum(w) per output channel: the zero point leaves the inner loop. Stored
+    as int16 when every value fits (LeNet-5's do: 472 bytes less flash), else int32."""
     bias = layer.bias if layer.bias is not None else np.zeros(weight_rows.shape[0], np.int32)
     folded = bias.astype(np.int64) - layer.in_zero_point * weight_rows.astype(np.int64).sum(axis=1)
     if np.abs(folded).max(initial=0) >= 2 ** 31:
         raise StageError(f"{layer.name}: the folded bias overflows int32")
-    return folded.astype(np.int32)
+    dtype = np.int16 if np.all((folded >= -2 ** 15) & (folded < 2 ** 15)) else np.int32
+    return folded.astype(dtype)
 
 
 def conv_weight_rows(layer):
@@ -253,7 +258,7 @@ def quantize_kernel(input_shape, float_ops, quantize, out: Activation, pad_value
     return _finish(quantize)
 
 
-def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value):
+def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, bias_dtype):
     """Convolution + bias + clip (+ 2x2 max-pool) + requantization, channels-last uint8.
     Tiles: 2 output pixels x 2 channels per micro-kernel call; with the pool, the two pixel
     rows of a pooling window are two calls into one 8-sum tile."""
@@ -273,6 +278,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value):
     mult, zp, lo = layer.multiplier, layer.out_zero_point, stage.lo
     border = int(pad_value)
     rq = lambda T, acc: _requantize(T, acc, mult, zp, lo)  # noqa: E731
+    b_dtype = str(bias_dtype)
 
     def out_index(y, x, ch):
         return ((y + oph) * opw + x + opw_pad) * o + ch
@@ -281,7 +287,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value):
         ph_out, pw_out = oh // 2, ow // 2
 
         @T.prim_func(private=True)
-        def conv(x: T.Buffer((n_in,), "uint8"), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), "int32"),
+        def conv(x: T.Buffer((n_in,), "uint8"), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), b_dtype),
                  y: T.Buffer((n_out,), "uint8")):
             T.func_attr({"tirx.noalias": True})
             acc = T.alloc_buffer((8,), "int32", scope="global")
@@ -291,21 +297,21 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value):
             for py, px, oc in T.grid(ph_out, pw_out, o // 2):
                 for i in T.unroll(8):
                     acc[i] = 0
-                for dy in T.unroll(2):
+                for dy in range(2):
                     T.evaluate(T.call_extern("int32", "utvm_dot_p2c2",
                                              x.data, (py * 2 + dy) * x_row + px * 2 * x_pix, x_pix, x_row,
                                              w.data, oc * 2 * w_ch, w_ch, kh, seg, acc.data, dy * 4))
                 for ch in T.unroll(2):
                     y[out_index(py, px, oc * 2 + ch)] = rq(T, T.max(T.max(acc[ch * 2], acc[ch * 2 + 1]),
                                                                    T.max(acc[4 + ch * 2], acc[4 + ch * 2 + 1]))
-                                                           + b[oc * 2 + ch])
+                                                           + T.Cast("int32", b[oc * 2 + ch]))
         return _finish(conv)
 
     half = (ow + 1) // 2
     last_pix = (ow - 1) * x_pix
 
     @T.prim_func(private=True)
-    def conv(x: T.Buffer((n_in,), "uint8"), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), "int32"),
+    def conv(x: T.Buffer((n_in,), "uint8"), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), b_dtype),
              y: T.Buffer((n_out,), "uint8")):
         T.func_attr({"tirx.noalias": True})
         acc = T.alloc_buffer((4,), "int32", scope="global")
@@ -322,43 +328,56 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value):
                                      w.data, oc * 2 * w_ch, w_ch, kh, seg, acc.data, 0))
             for ch, p in T.grid(2, 2):
                 if ox2 * 2 + p < ow:
-                    y[out_index(oy, ox2 * 2 + p, oc * 2 + ch)] = rq(T, acc[ch * 2 + p] + b[oc * 2 + ch])
+                    y[out_index(oy, ox2 * 2 + p, oc * 2 + ch)] = rq(T, acc[ch * 2 + p] + T.Cast("int32", b[oc * 2 + ch]))
     return _finish(conv)
 
 
-def dense_kernel(stage: DenseStage, n_in, out: Activation, pad_value, out_shape):
-    """Fully connected + bias + clip + requantization: 4 output channels per micro-kernel call
-    (the input vector is widened once for all four)."""
-    from tvm.script import tirx as T
-    layer = stage.layer
-    o = layer.weight.shape[0]
-    n_out = out.nbytes
-    n_y = out_shape
-    mult, zp, lo = layer.multiplier, layer.out_zero_point, stage.lo
-    quads = (o + 3) // 4
-    border = int(pad_value)
-    padded = out.pad != (0, 0)
-    rq = lambda T, acc: _requantize(T, acc, mult, zp, lo)  # noqa: E731
-    opw, (oph, opw_pad) = out.padded_w, out.pad
-
-    @T.prim_func(private=True)
-    def dense(x: T.Buffer((n_in,), "uint8"), w: T.Buffer((o * n_in,), "int8"), b: T.Buffer((o,), "int32"),
-              y: T.Buffer(n_y, "uint8")):
-        T.func_attr({"tirx.noalias": True})
-        acc = T.alloc_buffer((4,), "int32", scope="global")
-        yf = T.decl_buffer((n_out,), "uint8", data=y.data)
-        if padded:
-            for i in range(n_out):
-                yf[i] = T.uint8(border)
-        for q in range(quads):
-            for i in T.unroll(4):
-                acc[i] = 0
-            T.evaluate(T.call_extern("int32", "utvm_dot_p1c4", x.data, w.data, q * 4 * n_in, n_in,
-                                     T.min(o - q * 4, 4), n_in, acc.data))
-            for i in T.unroll(4):
-                if q * 4 + i < o:
-                    yf[(oph * opw + opw_pad) * o + q * 4 + i] = rq(T, acc[i] + b[q * 4 + i])
-    return _finish(dense)
+def head_kernel(stages, n_in, dequantize, bias_dtypes):
+    """The fully connected layers at the end of the network, one after the other in one
+    kernel (their small outputs live on the stack): each is 4 output channels per
+    micro-kernel call (the input vector is widened once for all four) + bias + clip +
+    requantization. With `dequantize` the last layer writes the float logits
+    (float32(q) - zp) * scale, as 0201's Dequantize does."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+    widths = [n_in] + [stage.layer.weight.shape[0] for stage in stages]
+    with IRBuilder() as builder:
+        with T.prim_func():
+            T.func_name("head")
+            T.func_attr({"tirx.noalias": True})
+            x = T.arg("x", T.buffer((n_in,), "uint8"))
+            params = []
+            for k, stage in enumerate(stages):
+                o, i = widths[k + 1], widths[k]
+                params.append((T.arg(f"w{k}", T.buffer((o * i,), "int8")), T.arg(f"b{k}", T.buffer((o,), str(bias_dtypes[k])))))
+            o_last = widths[-1]
+            y = T.arg("y", T.buffer((1, o_last), "float32" if dequantize else "uint8"))
+            acc = T.alloc_buffer((4,), "int32", scope="global")
+            src = x
+            for k, (stage, (w, b)) in enumerate(zip(stages, params)):
+                layer, n, o = stage.layer, widths[k], widths[k + 1]
+                last = k == len(stages) - 1
+                dst = T.alloc_buffer((o,), "uint8", scope="global") if not last else None
+                with T.serial(0, (o + 3) // 4) as q:
+                    for a in range(4):
+                        T.buffer_store(acc, T.int32(0), [a])
+                    T.evaluate(T.call_extern("int32", "utvm_dot_p1c4", src.data, w.data, q * 4 * n, n,
+                                             T.min(o - q * 4, 4), n, acc.data))
+                    # rolled: these loops run 54 times in LeNet-5, and flash is the tighter budget
+                    with T.serial(0, 4) as a:
+                        with T.If(q * 4 + a < o):
+                            with T.Then():
+                                value = _requantize(T, acc[a] + T.Cast("int32", b[q * 4 + a]), layer.multiplier,
+                                                    layer.out_zero_point, stage.lo)
+                                if last and dequantize is not None:
+                                    value = ((T.Cast("float32", value) - T.float32(float(dequantize.zero_point)))
+                                             * T.float32(float(np.float32(dequantize.scale))))
+                                if last:
+                                    T.buffer_store(y, value, [0, q * 4 + a])
+                                else:
+                                    T.buffer_store(dst, value, [q * 4 + a])
+                src = dst
+    return _finish(builder.get())
 
 
 # ----------------------------------------------------------------------------- Relax
@@ -405,31 +424,30 @@ def int8_to_relax_optim(layers, input_shape):
             first = layout(0)
             gv = bb.add_func(quantize_kernel(input_shape, float_ops, quantize, first, pad_value(0)), "quantize")
             x = bb.emit(relax.call_tir(gv, relax.Tuple([x_in]), relax.TensorType((first.nbytes,), "uint8")))
-            for index, stage in enumerate(stages):
-                src, out = layout(index), layout(index + 1)
-                last = index == len(stages) - 1
-                if isinstance(stage, ConvStage):
-                    rows = conv_weight_rows(stage.conv)
-                    func = conv_kernel(stage, src, out, pad_value(index + 1))
-                    name = stage.conv.name.replace(".", "_")
-                    out_type = relax.TensorType((out.nbytes,), "uint8")
-                else:
-                    rows = dense_weight_rows(stage)
-                    out_shape = (1, rows.shape[0]) if last else (out.nbytes,)
-                    func = dense_kernel(stage, src.nbytes, out, pad_value(index + 1), out_shape)
-                    name = stage.layer.name.replace(".", "_")
-                    out_type = relax.TensorType(out_shape, "uint8")
-                layer = stage.conv if isinstance(stage, ConvStage) else stage.layer
-                gv = bb.add_func(func, name)
+            convs = [stage for stage in stages if isinstance(stage, ConvStage)]
+            head = stages[len(convs):]
+            for index, stage in enumerate(convs):
+                rows = conv_weight_rows(stage.conv)
+                bias = folded_bias(stage.conv, rows)
+                out = layout(index + 1)
+                func = conv_kernel(stage, layout(index), out, pad_value(index + 1), bias.dtype)
+                gv = bb.add_func(func, stage.conv.name.replace(".", "_"))
                 x = bb.emit(relax.call_tir(gv, relax.Tuple([x, const(rows.reshape(-1), "int8"),
-                                                            const(folded_bias(layer, rows), "int32")]), out_type))
-            for layer in tail:
-                if isinstance(layer, Dequantize):
-                    x = bb.emit(relax.op.astype(x, "float32"))
-                    if layer.zero_point != 0:
-                        x = bb.emit(relax.op.subtract(x, const(layer.zero_point, "float32")))
-                    x = bb.emit(relax.op.multiply(x, const(layer.scale, "float32")))
-                elif isinstance(layer, LogSoftmax):
+                                                            const(bias, str(bias.dtype))]),
+                                           relax.TensorType((out.nbytes,), "uint8")))
+            dequantize = tail[0] if tail and isinstance(tail[0], Dequantize) else None
+            args, bias_dtypes = [x], []
+            for stage in head:
+                rows = dense_weight_rows(stage)
+                bias = folded_bias(stage.layer, rows)
+                args += [const(rows.reshape(-1), "int8"), const(bias, str(bias.dtype))]
+                bias_dtypes.append(bias.dtype)
+            func = head_kernel(head, layout(len(convs)).nbytes, dequantize, bias_dtypes)
+            gv = bb.add_func(func, "_".join(stage.layer.name.replace(".", "_") for stage in head))
+            x = bb.emit(relax.call_tir(gv, relax.Tuple(args), relax.TensorType(
+                (1, head[-1].layer.weight.shape[0]), "float32" if dequantize else "uint8")))
+            for layer in tail[1:] if dequantize else tail:
+                if isinstance(layer, LogSoftmax):
                     x = bb.emit(relax.op.nn.log_softmax(x, axis=layer.dim))
                 else:
                     _fail(f"{type(layer).__name__} after the DeQuantStub")

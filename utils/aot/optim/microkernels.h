@@ -103,7 +103,7 @@ UTVM_INLINE int32_t utvm_dot_p2c2(uint8_t* x_base, int32_t x_off, int32_t x_pix,
 }
 
 /* acc[c] += x . w[c] over len bytes, for up to 4 channels (nch) whose int8 rows are w_ch
- * apart; with nch < 4 the last row is read again and its extra sums dropped. */
+ * apart; with nch < 4 the last row is read again into sums the caller ignores. */
 UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t nch,
                                     int32_t len, int32_t* acc) {
   const int8_t* w0 = w_base + w_off;
@@ -133,10 +133,11 @@ UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, i
     a2 += xv * w2[i];
     a3 += xv * w3[i];
   }
+  /* acc has room for 4 whatever nch is; the caller reads the first nch */
   acc[0] += a0;
-  if (nch > 1) acc[1] += a1;
-  if (nch > 2) acc[2] += a2;
-  if (nch > 3) acc[3] += a3;
+  acc[1] += a1;
+  acc[2] += a2;
+  acc[3] += a3;
   return 0;
 }
 

@@ -33,6 +33,7 @@ UNROLL_REDUCTION = 25
 # Accumulators of one register tile (the M7's FPU has 32 single-precision registers; the
 # loads of a 5x5 window for a 2x2 tile need about 20 more).
 TILE_OUTPUTS = 4
+UNROLL_ANCHOR = 0
 
 
 def optim_schedule_rules():
@@ -132,11 +133,14 @@ def _tile(sch, reduction, consumer):
     sch.compute_at(reduction, anchor, preserve_unit_loops=False)
     for loop in inner:
         sch.unroll(loop)
+    if UNROLL_ANCHOR and int(sch.get(anchor).extent) <= UNROLL_ANCHOR:
+        sch.unroll(anchor)
 
     # Under the anchor: the tile's loops, then the reduction loops. Put the tile innermost.
     loops = sch.get_loops(reduction)
     kinds = _loop_kinds(sch, reduction)
-    depth = len(outer)
+    anchor_stmt = sch.get(anchor)
+    depth = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(anchor_stmt)) + 1
     tile_loops = [l for l, k in zip(loops[depth:], kinds[depth:]) if k == "S"]
     reduce_loops = [l for l, k in zip(loops[depth:], kinds[depth:]) if k == "R"]
     reduce_loops = _split_for_unroll(sch, reduce_loops, reduce_extents)
