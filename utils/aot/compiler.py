@@ -101,7 +101,9 @@ def compile_model(source: SourceModel, out_tar, optim=False) -> Compiled:
         "calls": [c.kernel for c in plan.calls],
         "sources": sorted(str(Path(k)) for k in files if k.endswith(".c")),
         "include_dirs": [str(mlf.INCLUDE), str(mlf.RUNTIME_INCLUDE)],
-        "cflags": [],
+        # 0202's kernels are scheduled for -O2 (at -Os gcc spills the micro-kernels' accumulators);
+        # every build of the library appends these flags to its own (RIOT: makefiles/utvm).
+        "cflags": ["-O2"] if optim else [],
         "ldlibs": ["-lm"],
     }
     if tap is not None:

@@ -1,4 +1,4 @@
-"""What 0201tvm_no_optim.py does, as a function tests and the pipeline can call."""
+"""What 0201tvm_no_optim.py and 0202tvm_optim.py do, as a function tests and the pipeline can call."""
 import shutil
 import time
 from pathlib import Path
@@ -33,9 +33,11 @@ def reference(source, compiled, images):
     return torch_fp32_reference(source.module, x), None
 
 
-def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=False, started=None):
+def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=False, started=None, optim=False):
     """Compile `model` to the MLF tar `out`, verify it, measure it; returns the figures.
-    The tar reaches `out` only if verification passes (a failed one is kept beside it)."""
+    The tar reaches `out` only if verification passes (a failed one is kept beside it).
+    With `optim` (0202) the library is also compared with 0201's on the same images: int8
+    outputs must be the same bits (uint8 logits and float log-probabilities)."""
     from utils.aot import verify
     from utils.aot.compiler import compile_model
     from utils.aot.host import HostLibrary
@@ -48,7 +50,7 @@ def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=Fal
 
     candidate = out.with_name(out.stem + ".candidate.tar")
     t0 = time.perf_counter()
-    compiled = compile_model(source, candidate)
+    compiled = compile_model(source, candidate, optim=optim)
     meta = compiled.metadata
     compile_seconds = time.perf_counter() - t0
     _say(f"compiled {len(meta['calls'])} kernel calls in {compile_seconds:.1f} s: arena {meta['arena_bytes']} B, "
@@ -64,6 +66,8 @@ def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=Fal
     ref_out, ref_logits = reference(source, compiled, test_x)
     figures = verify.compare(source.kind, lib_out, ref_out, lib_logits, ref_logits)
     figures["library_accuracy"] = float(np.mean(lib_out.argmax(1) == test_y))
+    if optim:
+        figures.update(_compare_with_no_optim(source, test_x, lib_out, lib_logits, build_dir))
     verify_seconds = time.perf_counter() - t1
 
     arm = verify.measure_arm(candidate)
@@ -77,6 +81,8 @@ def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=Fal
         "arena_bytes": meta["arena_bytes"],
         "constant_bytes": meta["constant_bytes"],
         "kernels": len(meta["kernels"]),
+        "optim": bool(optim),
+        "library_cflags": list(meta.get("cflags", [])),
         "tvm_version": meta["tvm_version"],
         "compile_seconds": round(compile_seconds, 2),
         "verify_seconds": round(verify_seconds, 2),
@@ -88,6 +94,9 @@ def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=Fal
     _print_figures(source.kind, figures)
 
     problems = verify.failures(source.kind, figures)
+    if optim and source.kind == "int8" and figures["bit_exact_with_no_optim"] < 1.0:
+        problems.append(f"outputs bit-identical to 0201's library on {figures['bit_exact_with_no_optim']:.4%} "
+                        f"of images < 100 %")
     if bad_symbols:
         problems.append(f"the library needs {', '.join(bad_symbols)} (nm -u): not standalone")
     if problems:
@@ -101,6 +110,25 @@ def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=Fal
     return figures
 
 
+def _compare_with_no_optim(source, test_x, lib_out, lib_logits, build_dir):
+    """0201's library of the same model on the same images, next to 0202's."""
+    import tempfile
+    from utils.aot.compiler import compile_model
+    from utils.aot.host import HostLibrary
+    with tempfile.TemporaryDirectory(prefix="no-optim-") as tmp:
+        tar = compile_model(source, Path(tmp) / "no_optim.tar").tar
+        lib = HostLibrary(tar, build_dir=build_dir)
+        if source.kind == "int8":
+            base_out, base_logits = lib.run_with_logits(test_x)
+        else:
+            base_out, base_logits = lib.run(test_x), None
+    same_bits = np.all(lib_out.view(np.uint32) == base_out.view(np.uint32), axis=1)
+    if base_logits is not None:
+        same_bits &= np.all(lib_logits == base_logits, axis=1)
+    return {"bit_exact_with_no_optim": float(np.mean(same_bits)),
+            "max_abs_diff_with_no_optim": float(np.max(np.abs(lib_out.astype(np.float64) - base_out)))}
+
+
 def _print_figures(kind, f):
     _say(f"verified on {f['images_checked']} MNIST test images against PyTorch:")
     if kind == "int8":
@@ -108,7 +136,10 @@ def _print_figures(kind, f):
     _say(f"  argmax agreement            {f['argmax_agreement']:.2%}")
     _say(f"  max |log-prob difference|   {f['max_abs_diff']:.3g}")
     _say(f"  library accuracy            {f['library_accuracy']:.2%}")
-    _say(f"Cortex-M7 -Os library objects: text {f['arm_text_bytes']} B, data {f['arm_data_bytes']} B, "
+    if "bit_exact_with_no_optim" in f:
+        _say(f"  same bits as 0201's library {f['bit_exact_with_no_optim']:.2%} of images "
+             f"(max |diff| {f['max_abs_diff_with_no_optim']:.3g})")
+    _say(f"Cortex-M7 library objects ({' '.join(['-Os'] + f.get('library_cflags', []))}): text {f['arm_text_bytes']} B, data {f['arm_data_bytes']} B, "
          f"bss {f['arm_bss_bytes']} B (flash {f['arm_flash_bytes']} B = {f['arm_flash_bytes'] / 1024:.1f} KiB)")
     _say(f"  undefined symbols (nm -u): {' '.join(f['arm_undefined_symbols']) or 'none'}")
     if f["arm_flash_bytes"] > F746_FLASH_BYTES:

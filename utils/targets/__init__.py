@@ -68,6 +68,15 @@ class Mlf:
     def files(self) -> list:
         return [p for p in self.root.rglob("*") if p.is_file()]
 
+    @property
+    def cflags(self) -> list:
+        """Flags the compiler asks for in metadata.json (0202: -O2), after the target's own."""
+        import json
+        try:
+            return list(json.loads((self.root / "metadata.json").read_text()).get("cflags", []))
+        except (OSError, ValueError):
+            return []
+
 
 def unpack_mlf(mlf_tar, into: Path) -> Mlf:
     """Unpack the tar into `into`/mlf once (the directory is named after the tar's content)."""
@@ -150,7 +159,7 @@ def compile_and_link(name: str, cc: str, our_sources: list, our_flags: list, lib
     objects = []
     for source in our_sources + mlf.sources:
         ours = source in our_sources
-        flags = our_flags if ours else lib_flags
+        flags = our_flags if ours else list(lib_flags) + mlf.cflags
         obj = out_dir / f"obj-{flags_key(flags)}" / (("" if ours else "lib_") + source.stem + ".o")
         deps = [source] + (CORE_HEADERS if ours else []) + mlf.files
         if stale(obj, deps):
