@@ -1,6 +1,6 @@
 """The main job: the whole pipeline end to end on a stand-in board, one summary at the end.
 
-    python3 -m utils.pipeline            # QAT → TVM → firmware → qemu-m7 → 10 000 images
+    python3 -m utils.pipeline            # QAT → TVM (0201, 0202) → firmware → qemu-m7 → 10 000 images
     python3 -m utils.pipeline --quick    # the same path on small budgets, in about 2 minutes
 
 Each step is the stage's own command line, run as a child process, so the pipeline proves
@@ -46,6 +46,7 @@ def _points(value):
 def summary_lines(reports_dir: Path, target: str, seconds: dict) -> list:
     qat = read_report("0103mnist_QAT", reports_dir)
     aot = read_report("0201tvm_no_optim", reports_dir)
+    opt = read_report("0202tvm_optim", reports_dir)
     fw = read_report("firmware", reports_dir).get(target, {})
     val = read_report("0401pc_terminal_sendimage", reports_dir)
     lines = [
@@ -58,6 +59,15 @@ def summary_lines(reports_dir: Path, target: str, seconds: dict) -> list:
         f"   constants {aot.get('constant_bytes')} B",
         f"                 host check: {aot.get('images_checked')} images, argmax agreement "
         f"{_pct(aot.get('argmax_agreement'))}, int8 exact {_pct(aot.get('int8_exact_fraction'))}",
+    ]
+    if opt and "optimize" in seconds:  # this run deployed 0202's library
+        lines += [
+            f"TVM optimized    flash {opt.get('arm_flash_bytes')} B (text+data, Cortex-M7"
+            f" {' '.join(['-Os'] + opt.get('library_cflags', []))})   arena {opt.get('arena_bytes')} B",
+            f"                 host check: {opt.get('images_checked')} images, int8 exact "
+            f"{_pct(opt.get('int8_exact_fraction'))}, same bits as 0201 {_pct(opt.get('bit_exact_with_no_optim'))}",
+        ]
+    lines += [
         f"firmware {target:<8}text {fw.get('text_bytes')} B  data {fw.get('data_bytes')} B"
         f"  bss {fw.get('bss_bytes')} B",
         f"on the device    {fw.get('instructions_per_inference', fw.get('device_time_median'))}"
@@ -82,6 +92,9 @@ def main(argv=None):
                         help="test images to validate (default: all 10 000; 300 with --quick)")
     parser.add_argument("--retrain", action="store_true",
                         help="run QAT even when the int8 model already exists")
+    parser.add_argument("--no-optim", action="store_true",
+                        help="deploy 0201's library; by default 0202 replaces it with the Cortex-M "
+                             "optimized one (bit-identical, about 5x fewer instructions)")
     args = parser.parse_args(argv)
     if args.images is not None and not 1 <= args.images <= 10000:
         parser.error("--images must be between 1 and 10000")
@@ -107,6 +120,9 @@ def main(argv=None):
         print(f"\n=== QAT (0103): {weights} exists, reused (--retrain trains again)")
     seconds["compile"] = _step("TVM compile + verify (0201)",
                                ["0201tvm_no_optim.py", "--model", weights, "--out", tar, *quick], env)
+    if not args.no_optim:
+        seconds["optimize"] = _step("TVM Cortex-M compile + verify against 0201 (0202)",
+                                    ["0202tvm_optim.py", "--model", weights, "--out", tar, *quick], env)
     seconds["firmware"] = _step(f"firmware build + figures on {args.target}",
                                 ["-m", "utils.standin", "--target", args.target, "--tar", tar,
                                  "--check", "100"], env)
@@ -125,6 +141,7 @@ def main(argv=None):
     print("\n==== summary " + "=" * 60)
     print("\n".join(lines))
     write_report("pipeline", {"target": args.target, "images": images, "quick": args.quick,
+                              "library": "0201" if args.no_optim else "0202",
                               "seconds": {k: round(v, 1) for k, v in seconds.items()}},
                  reports_dir=reports)
 
