@@ -147,8 +147,19 @@ def _first_error(log: Path) -> str:
     return "see the log"
 
 
+def library_flags(mlf: Mlf, lib_flags, lib_flags_last=()) -> list:
+    """The model library's compiler flags: the target's, then what metadata.json asks for,
+    then `lib_flags_last` (the benchmark's opt level, which must win over the library's)."""
+    return list(lib_flags) + mlf.cflags + list(lib_flags_last)
+
+
+def library_objects_dir(out_dir: Path, flags) -> Path:
+    return Path(out_dir) / f"obj-{flags_key(flags)}"
+
+
 def compile_and_link(name: str, cc: str, our_sources: list, our_flags: list, lib_flags: list,
-                     mlf_tar, out_dir: Path, elf_name: str, link_flags=(), link_deps=()) -> Path:
+                     mlf_tar, out_dir: Path, elf_name: str, link_flags=(), link_deps=(),
+                     lib_flags_last=()) -> Path:
     """Build a stand-in's ELF from our firmware sources and the model library, recompiling
     only what is stale. Objects live under a folder named by their flags, so a change of
     flags rebuilds them."""
@@ -159,8 +170,8 @@ def compile_and_link(name: str, cc: str, our_sources: list, our_flags: list, lib
     objects = []
     for source in our_sources + mlf.sources:
         ours = source in our_sources
-        flags = our_flags if ours else list(lib_flags) + mlf.cflags
-        obj = out_dir / f"obj-{flags_key(flags)}" / (("" if ours else "lib_") + source.stem + ".o")
+        flags = our_flags if ours else library_flags(mlf, lib_flags, lib_flags_last)
+        obj = library_objects_dir(out_dir, flags) / (("" if ours else "lib_") + source.stem + ".o")
         deps = [source] + (CORE_HEADERS if ours else []) + mlf.files
         if stale(obj, deps):
             obj.parent.mkdir(parents=True, exist_ok=True)
