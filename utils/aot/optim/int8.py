@@ -58,12 +58,15 @@ def with_microkernels(kernels_c):
 
 @dataclass
 class Activation:
-    """A uint8 channels-last tensor [h][w][c] in the arena, maybe with a border of `pad`
-    pixels around it that holds `pad_value` (the zero point of the layer that reads it)."""
+    """A channels-last tensor [h][w][c] in the arena, maybe with a border of `pad` pixels
+    around it that holds `pad_value` (the zero point of the layer that reads it). uint8, or
+    int16 (the same values, widened) where a convolution feeds another one: the consumer then
+    reads ready-made pairs of int16, and the producer's stores cost the same."""
     h: int
     w: int
     c: int
     pad: tuple = (0, 0)
+    dtype: str = "uint8"
 
     @property
     def padded_h(self):
@@ -74,8 +77,14 @@ class Activation:
         return self.w + 2 * self.pad[1]
 
     @property
+    def elements(self):
+        """What the kernels index; int16 tensors end with 2 spare elements, because the
+        micro-kernel reads a window row with an odd length as whole pairs."""
+        return self.padded_h * self.padded_w * self.c + (2 if self.dtype == "int16" else 0)
+
+    @property
     def nbytes(self):
-        return self.padded_h * self.padded_w * self.c
+        return self.elements * (2 if self.dtype == "int16" else 1)
 
 
 @dataclass
@@ -230,7 +239,7 @@ def quantize_kernel(input_shape, float_ops, quantize, out: Activation, pad_value
     ph, pw = out.pad
     pwidth = out.padded_w
     inv_scale, zero_point = float(quantize.inv_scale), float(quantize.zero_point)
-    n_out = out.nbytes
+    n_out = out.elements
     border = int(pad_value)
 
     def value(T, x):
@@ -258,10 +267,21 @@ def quantize_kernel(input_shape, float_ops, quantize, out: Activation, pad_value
     return _finish(quantize)
 
 
+def pair_words(layer):
+    """uint32 words of one output channel's weights as int16 pairs (the int16 input path)."""
+    _, c, kh, kw = layer.weight.shape
+    return kh * ((kw * c + 1) // 2)
+
+
 def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, bias_dtype):
-    """Convolution + bias + clip (+ 2x2 max-pool) + requantization, channels-last uint8.
-    Tiles: 2 output pixels x 2 channels per micro-kernel call; with the pool, the two pixel
-    rows of a pooling window are two calls into one 8-sum tile."""
+    """Convolution + bias + clip (+ 2x2 max-pool) + requantization into `out` (uint8 or the
+    same values as int16), channels-last. Tiles: 2 output pixels x 2 channels per
+    micro-kernel call; with the pool, the two pixel rows of a pooling window are two calls
+    into one 8-sum tile.
+    uint8 input: utvm_dot_p2c2 widens activations and int8 weights in its inner loop.
+    int16 input: each channel pair's weights are first widened into int16 pairs in `wide`
+    (arena scratch, the kernel's second output), then utvm_dot_s16_p2c2 only loads and
+    multiplies."""
     from tvm.script import tirx as T
     layer = stage.conv
     o, c, kh, kw = layer.weight.shape
@@ -272,63 +292,82 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
         raise StageError(f"{layer.name}: its input was laid out with padding {src.pad}, not {layer.padding}")
     x_row, x_pix = src.padded_w * c, c
     w_ch, seg = kh * kw * c, kw * c
-    n_in, n_out = src.nbytes, out.nbytes
+    n_in, n_out = src.elements, out.elements
+    wide16 = src.dtype == "int16"
+    n_wide = 2 * pair_words(layer) if wide16 else 1
     opw, (oph, opw_pad) = out.padded_w, out.pad
     fill = out.pad != (0, 0)
     mult, zp, lo = layer.multiplier, layer.out_zero_point, stage.lo
     border = int(pad_value)
-    rq = lambda T, acc: _requantize(T, acc, mult, zp, lo)  # noqa: E731
-    b_dtype = str(bias_dtype)
+    in_dtype, out_dtype, b_dtype = src.dtype, out.dtype, str(bias_dtype)
+
+    def rq(T, acc):
+        return T.Cast(out_dtype, _requantize(T, acc, mult, zp, lo))
 
     def out_index(y, x, ch):
         return ((y + oph) * opw + x + opw_pad) * o + ch
+
+    def dot(T, x, w, wide, acc, x_off, x_step, oc, acc_off):
+        if wide16:
+            return T.call_extern("int32", "utvm_dot_s16_p2c2", x.data, x_off, x_step, x_row, wide.data,
+                                 kh, (seg + 1) // 2, acc.data, acc_off)
+        return T.call_extern("int32", "utvm_dot_p2c2", x.data, x_off, x_step, x_row, w.data, oc * 2 * w_ch,
+                             w_ch, kh, seg, acc.data, acc_off)
+
+    def widen(T, w, wide, oc):
+        return T.call_extern("int32", "utvm_widen_pairs", w.data, oc * 2 * w_ch, 2, w_ch, kh, seg, wide.data)
 
     if stage.pool:
         ph_out, pw_out = oh // 2, ow // 2
 
         @T.prim_func(private=True)
-        def conv(x: T.Buffer((n_in,), "uint8"), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), b_dtype),
-                 y: T.Buffer((n_out,), "uint8")):
+        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), b_dtype),
+                 y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
             T.func_attr({"tirx.noalias": True})
             acc = T.alloc_buffer((8,), "int32", scope="global")
             if fill:
                 for i in range(n_out):
-                    y[i] = T.uint8(border)
-            for py, px, oc in T.grid(ph_out, pw_out, o // 2):
-                for i in T.unroll(8):
-                    acc[i] = 0
-                for dy in range(2):
-                    T.evaluate(T.call_extern("int32", "utvm_dot_p2c2",
-                                             x.data, (py * 2 + dy) * x_row + px * 2 * x_pix, x_pix, x_row,
-                                             w.data, oc * 2 * w_ch, w_ch, kh, seg, acc.data, dy * 4))
-                for ch in T.unroll(2):
-                    y[out_index(py, px, oc * 2 + ch)] = rq(T, T.max(T.max(acc[ch * 2], acc[ch * 2 + 1]),
-                                                                   T.max(acc[4 + ch * 2], acc[4 + ch * 2 + 1]))
-                                                           + T.Cast("int32", b[oc * 2 + ch]))
+                    y[i] = T.Cast(out_dtype, border)
+            # channel pairs outermost: with int16 input their weights are widened once
+            for oc in range(o // 2):
+                if wide16:
+                    T.evaluate(widen(T, w, wide, oc))
+                for py, px in T.grid(ph_out, pw_out):
+                    for i in T.unroll(8):
+                        acc[i] = 0
+                    for dy in range(2):
+                        T.evaluate(dot(T, x, w, wide, acc, (py * 2 + dy) * x_row + px * 2 * x_pix, x_pix, oc,
+                                       dy * 4))
+                    for ch in T.unroll(2):
+                        y[out_index(py, px, oc * 2 + ch)] = rq(T, T.max(T.max(acc[ch * 2], acc[ch * 2 + 1]),
+                                                                       T.max(acc[4 + ch * 2], acc[4 + ch * 2 + 1]))
+                                                               + T.Cast("int32", b[oc * 2 + ch]))
         return _finish(conv)
 
     half = (ow + 1) // 2
     last_pix = (ow - 1) * x_pix
 
     @T.prim_func(private=True)
-    def conv(x: T.Buffer((n_in,), "uint8"), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), b_dtype),
-             y: T.Buffer((n_out,), "uint8")):
+    def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), b_dtype),
+             y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
         T.func_attr({"tirx.noalias": True})
         acc = T.alloc_buffer((4,), "int32", scope="global")
         if fill:
             for i in range(n_out):
-                y[i] = T.uint8(border)
-        for oy, ox2, oc in T.grid(oh, half, o // 2):
-            for i in T.unroll(4):
-                acc[i] = 0
-            # an odd last column computes its pixel twice (x_pix 0) and keeps one
-            T.evaluate(T.call_extern("int32", "utvm_dot_p2c2",
-                                     x.data, oy * x_row + T.min(ox2 * 2 * x_pix, last_pix),
-                                     T.if_then_else(ox2 * 2 + 1 < ow, x_pix, 0), x_row,
-                                     w.data, oc * 2 * w_ch, w_ch, kh, seg, acc.data, 0))
-            for ch, p in T.grid(2, 2):
-                if ox2 * 2 + p < ow:
-                    y[out_index(oy, ox2 * 2 + p, oc * 2 + ch)] = rq(T, acc[ch * 2 + p] + T.Cast("int32", b[oc * 2 + ch]))
+                y[i] = T.Cast(out_dtype, border)
+        for oc in range(o // 2):
+            if wide16:
+                T.evaluate(widen(T, w, wide, oc))
+            for oy, ox2 in T.grid(oh, half):
+                for i in T.unroll(4):
+                    acc[i] = 0
+                # an odd last column computes its pixel twice (x_pix 0) and keeps one
+                T.evaluate(dot(T, x, w, wide, acc, oy * x_row + T.min(ox2 * 2 * x_pix, last_pix),
+                               T.if_then_else(ox2 * 2 + 1 < ow, x_pix, 0), oc, 0))
+                for ch, p in T.grid(2, 2):
+                    if ox2 * 2 + p < ow:
+                        y[out_index(oy, ox2 * 2 + p, oc * 2 + ch)] = rq(T, acc[ch * 2 + p]
+                                                                        + T.Cast("int32", b[oc * 2 + ch]))
     return _finish(conv)
 
 
@@ -403,10 +442,14 @@ def int8_to_relax_optim(layers, input_shape):
     def layout(index):
         """The Activation stage `index` reads (index == len(stages): the logits)."""
         hh, ww, cc = shapes[index] if index < len(stages) else (1, 1, h * w * c)
-        pad = (0, 0)
+        pad, dtype = (0, 0), "uint8"
         if index < len(stages) and isinstance(stages[index], ConvStage):
             pad = tuple(stages[index].conv.padding)
-        return Activation(hh, ww, cc, pad)
+            # int16 where a convolution feeds a convolution; an even channel count keeps
+            # every window row on a 4-byte boundary (whole int16 pairs)
+            if index > 0 and isinstance(stages[index - 1], ConvStage) and cc % 2 == 0:
+                dtype = "int16"
+        return Activation(hh, ww, cc, pad, dtype)
 
     def pad_value(index):
         if index >= len(stages):
@@ -423,18 +466,22 @@ def int8_to_relax_optim(layers, input_shape):
         with bb.dataflow():
             first = layout(0)
             gv = bb.add_func(quantize_kernel(input_shape, float_ops, quantize, first, pad_value(0)), "quantize")
-            x = bb.emit(relax.call_tir(gv, relax.Tuple([x_in]), relax.TensorType((first.nbytes,), "uint8")))
+            x = bb.emit(relax.call_tir(gv, relax.Tuple([x_in]), relax.TensorType((first.elements,), "uint8")))
             convs = [stage for stage in stages if isinstance(stage, ConvStage)]
             head = stages[len(convs):]
             for index, stage in enumerate(convs):
                 rows = conv_weight_rows(stage.conv)
                 bias = folded_bias(stage.conv, rows)
                 out = layout(index + 1)
-                func = conv_kernel(stage, layout(index), out, pad_value(index + 1), bias.dtype)
+                src = layout(index)
+                func = conv_kernel(stage, src, out, pad_value(index + 1), bias.dtype)
                 gv = bb.add_func(func, stage.conv.name.replace(".", "_"))
-                x = bb.emit(relax.call_tir(gv, relax.Tuple([x, const(rows.reshape(-1), "int8"),
-                                                            const(bias, str(bias.dtype))]),
-                                           relax.TensorType((out.nbytes,), "uint8")))
+                n_wide = 2 * pair_words(stage.conv) if src.dtype == "int16" else 1
+                outputs = bb.emit(relax.call_tir(gv, relax.Tuple([x, const(rows.reshape(-1), "int8"),
+                                                                  const(bias, str(bias.dtype))]),
+                                                 [relax.TensorType((out.elements,), out.dtype),
+                                                  relax.TensorType((n_wide,), "uint32")]))
+                x = bb.emit(relax.TupleGetItem(outputs, 0))  # the scratch dies here
             dequantize = tail[0] if tail and isinstance(tail[0], Dequantize) else None
             args, bias_dtypes = [x], []
             for stage in head:
@@ -442,7 +489,7 @@ def int8_to_relax_optim(layers, input_shape):
                 bias = folded_bias(stage.layer, rows)
                 args += [const(rows.reshape(-1), "int8"), const(bias, str(bias.dtype))]
                 bias_dtypes.append(bias.dtype)
-            func = head_kernel(head, layout(len(convs)).nbytes, dequantize, bias_dtypes)
+            func = head_kernel(head, layout(len(convs)).elements, dequantize, bias_dtypes)
             gv = bb.add_func(func, "_".join(stage.layer.name.replace(".", "_") for stage in head))
             x = bb.emit(relax.call_tir(gv, relax.Tuple(args), relax.TensorType(
                 (1, head[-1].layer.weight.shape[0]), "float32" if dequantize else "uint8")))

@@ -41,6 +41,24 @@ UTVM_INLINE uint32_t utvm_load32(const void* p) {
   return v;
 }
 
+/* Weights of `channels` output channels (w_ch bytes apart, rows x len each) as int16 pairs
+ * (w[2j], w[2j + 1]), zero past len: out[(c * rows + r) * ceil(len / 2) + j]. For the int16
+ * input path, where the activations are already pairs in this order. */
+UTVM_NOINLINE int32_t utvm_widen_pairs(int8_t* w_base, int32_t w_off, int32_t channels, int32_t w_ch,
+                                       int32_t rows, int32_t len, uint32_t* out) {
+  const int32_t pairs = (len + 1) / 2;
+  for (int32_t c = 0; c < channels; ++c) {
+    for (int32_t r = 0; r < rows; ++r) {
+      const int8_t* w = w_base + w_off + c * w_ch + r * len;
+      for (int32_t j = 0; j < pairs; ++j) {
+        int32_t hi = 2 * j + 1 < len ? w[2 * j + 1] : 0;
+        *out++ = (uint16_t)(int16_t)w[2 * j] | ((uint32_t)(uint16_t)(int16_t)hi << 16);
+      }
+    }
+  }
+  return 0;
+}
+
 #if UTVM_DSP
 
 /* The extends rotate their operand for free, but gcc 12 has no ACLE __ror and does not fold
@@ -102,6 +120,37 @@ UTVM_INLINE int32_t utvm_dot_p2c2(uint8_t* x_base, int32_t x_off, int32_t x_pix,
   return 0;
 }
 
+/* The int16 input path: acc[c * 2 + p] += window(x + p * x_pix) . channel c, for 2 pixels
+ * and 2 channels; x holds int16 values whose window rows start on 4-byte boundaries, w the
+ * pairs of utvm_widen_pairs (channel 1 right after channel 0). A row of odd length reads one
+ * element past its end, which meets a zero weight. */
+UTVM_INLINE int32_t utvm_dot_s16_p2c2(int16_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
+                                      uint32_t* w, int32_t rows, int32_t pairs, int32_t* acc_base,
+                                      int32_t acc_off) {
+  const int16_t* x = x_base + x_off;
+  int32_t* acc = acc_base + acc_off;
+  int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+  for (int32_t r = 0; r < rows; ++r) {
+    const uint32_t* x0 = (const uint32_t*)(const void*)(x + r * x_row);
+    const uint32_t* x1 = (const uint32_t*)(const void*)(x + r * x_row + x_pix);
+    const uint32_t* w0 = w + r * pairs;
+    const uint32_t* w1 = w0 + rows * pairs;
+#pragma GCC unroll 4
+    for (int32_t j = 0; j < pairs; ++j) {
+      uint32_t xa = x0[j], xb = x1[j], wa = w0[j], wb = w1[j];
+      a00 = __smlad(xa, wa, a00);
+      a01 = __smlad(xb, wa, a01);
+      a10 = __smlad(xa, wb, a10);
+      a11 = __smlad(xb, wb, a11);
+    }
+  }
+  acc[0] = a00;
+  acc[1] = a01;
+  acc[2] = a10;
+  acc[3] = a11;
+  return 0;
+}
+
 /* acc[c] += x . w[c] over len bytes, for up to 4 channels (nch) whose int8 rows are w_ch
  * apart; with nch < 4 the last row is read again into sums the caller ignores. */
 UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t nch,
@@ -153,6 +202,25 @@ UTVM_INLINE int32_t utvm_dot_p2c2(uint8_t* x_base, int32_t x_off, int32_t x_pix,
         for (int32_t i = 0; i < len; ++i) {
           sum += (int32_t)x_base[x_off + p * x_pix + r * x_row + i] *
                  (int32_t)w_base[w_off + c * w_ch + r * len + i];
+        }
+      }
+      acc_base[acc_off + c * 2 + p] += sum;
+    }
+  }
+  return 0;
+}
+
+UTVM_INLINE int32_t utvm_dot_s16_p2c2(int16_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
+                                      uint32_t* w, int32_t rows, int32_t pairs, int32_t* acc_base,
+                                      int32_t acc_off) {
+  for (int32_t c = 0; c < 2; ++c) {
+    for (int32_t p = 0; p < 2; ++p) {
+      int32_t sum = 0;
+      for (int32_t r = 0; r < rows; ++r) {
+        const int16_t* xr = x_base + x_off + p * x_pix + r * x_row;
+        const uint32_t* wr = w + (c * rows + r) * pairs;
+        for (int32_t j = 0; j < pairs; ++j) {
+          sum += xr[2 * j] * (int16_t)(wr[j] & 0xFFFFu) + xr[2 * j + 1] * (int16_t)(wr[j] >> 16);
         }
       }
       acc_base[acc_off + c * 2 + p] += sum;
