@@ -444,6 +444,7 @@ def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir,
                           "kind": kind, "optim": VARIANTS[name][1]}
             _say(f"  ERROR {name}: {rows[name]['error']}")
         rows[name]["seconds"] = round(time.perf_counter() - t0, 1)
+        rows[name]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     figures = {
         "quick": bool(quick),
         "images": int(n_images),
