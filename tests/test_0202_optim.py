@@ -74,7 +74,9 @@ def test_tar_is_a_drop_in_replacement(optim_tar, quick_mlf_tar, tmp_path):
     assert "int32_t tvmgen_default_run(struct tvmgen_default_inputs* inputs" in header
     kernels = (optim / "codegen/host/src/default_lib1.c").read_text()
     assert "__smlad" in kernels and "utvm_dot_p1c4(x, w0, " in kernels
-    assert kernels.count("utvm_dot_p2c2(x, ") >= 2  # conv1 and conv2 call the micro-kernel
+    # conv1 reads uint8 activations, conv2 the int16 ones conv1 writes for it
+    assert kernels.count("utvm_dot_p2c2(x, ") == 1 and kernels.count("utvm_dot_s16_p2c2(x, ") == 1
+    assert "utvm_widen_pairs(w, " in kernels
 
 
 def _emulator_scores(tar, images, directory):
