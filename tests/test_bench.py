@@ -12,7 +12,7 @@ VARIANT_NAMES = {"fp32_no_optim", "fp32_optim", "int8_no_optim", "int8_optim"}
 ROW_KEYS = ["instructions_per_inference", "instructions_min", "instructions_max", "instructions_per_mac",
             "macs", "flash_bytes", "arena_bytes", "stack_peak_bytes", "ram_bytes", "bit_exact",
             "logprobs_bitwise_identical", "logprobs_max_ulp", "max_abs_diff", "images", "opt_level",
-            "by_opt_level", "model_hash"]
+            "by_opt_level", "model_hash", "accuracy"]
 LENET5_MACS = 416_520  # conv1 117 600 + conv2 240 000 + conv3 48 000 + fc1 10 080 + fc2 840
 IMAGES = 2
 
@@ -108,6 +108,12 @@ def test_outputs_match_the_host_build(runs):
             # newlib's expf/logf against glibc's: at most an ulp or two in the log-probs
             assert row["logprobs_bitwise_identical"] == (row["logprobs_max_ulp"] == 0)
             assert row["logprobs_max_ulp"] <= 4
+            assert row["accuracy"] >= 0.5  # the quick model, 2 images: 0, 1 or 2 right; sanity only
+    if "int8_optim" in ok:
+        # issue 7: 0202's int8 library computes exactly what 0201's does
+        assert ok["int8_optim"]["matches_no_optim"] is True, ok["int8_optim"]["vs_no_optim"]
+        assert ok["int8_optim"]["vs_no_optim"]["uint8_logits_identical_fraction"] == 1.0
+    assert "matches_no_optim" not in ok["int8_no_optim"]
     fp32 = ok["fp32_no_optim"]
     assert fp32["by_opt_level"]["-O2"]["argmax_agreement"] == 1.0
     assert fp32["max_abs_diff"] <= 1e-4

@@ -339,13 +339,20 @@ def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_ou
     }
     if tap_out_same is not None:
         figures["tap_build_outputs_identical"] = tap_out_same
-    return figures
+    return figures, device_out, device_logits
 
 
-def measure_variant(name, model_path, images, opt_levels, build_dir, plugin, macs_cache) -> dict:
+def _host_outputs(tar, kind, images, build_dir):
+    from utils.aot.host import HostLibrary
+    host = HostLibrary(tar, build_dir=build_dir / "host-lib")
+    if kind == "int8":
+        return host.run_with_logits(images)
+    return host.run(images), None
+
+
+def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plugin, macs_cache) -> dict:
     """Compile, run and compare one variant; raises on any failure (the caller makes it a row)."""
     from utils.aot.compiler import compile_model
-    from utils.aot.host import HostLibrary
     from utils.aot.model_file import load_model
     kind, optim = VARIANTS[name]
     variant_dir = build_dir / name
@@ -364,19 +371,25 @@ def measure_variant(name, model_path, images, opt_levels, build_dir, plugin, mac
         macs_cache[source.path] = model_macs(source)
     macs = macs_cache[source.path]
 
-    host = HostLibrary(compiled.tar, build_dir=build_dir / "host-lib")
-    if kind == "int8":
-        host_out, host_logits = host.run_with_logits(images)
-    else:
-        host_out, host_logits = host.run(images), None
+    host_out, host_logits = _host_outputs(compiled.tar, kind, images, build_dir)
+    reference = None
+    if optim:
+        # the golden library: 0201's no_optim build of the same model, on the host
+        golden = compile_model(source, variant_dir / "no_optim_reference.tar", optim=False)
+        reference = _host_outputs(golden.tar, kind, images, build_dir)
     images_c = write_images_c(images, build_dir / "bench_images.c")
 
-    levels = {}
+    levels, vs_golden = {}, {}
     for opt in opt_levels:
         _say(f"  {opt}: building and running {len(images)} images (+ an empty pass and a repeat) "
              f"on QEMU mps2-an500")
-        figures = measure_level(compiled.tar, metadata, kind, opt, images_c, variant_dir, plugin,
-                                host_out, host_logits, len(images))
+        figures, device_out, device_logits = measure_level(
+            compiled.tar, metadata, kind, opt, images_c, variant_dir, plugin, host_out, host_logits,
+            len(images))
+        figures["accuracy"] = float(np.mean(device_out.argmax(1) == labels))
+        if reference is not None:
+            vs_golden[opt] = compare_outputs(kind, device_out, reference[0], device_logits, reference[1])
+            figures["vs_no_optim"] = vs_golden[opt]
         levels[opt] = figures
         _say(f"  {opt}: {figures['instructions_per_inference']:,} instructions per inference "
              f"(min {figures['instructions_min']:,}, max {figures['instructions_max']:,}), "
@@ -409,11 +422,16 @@ def measure_variant(name, model_path, images, opt_levels, build_dir, plugin, mac
         "logprobs_max_ulp": max(level["logprobs_max_ulp"] for level in levels.values()),
         "max_abs_diff": max(level["max_abs_diff"] for level in levels.values()),
         "images": int(len(images)),
+        "accuracy": chosen["accuracy"],
         "compile_seconds": round(compile_seconds, 2),
         "counts_repeatable": all(level["repeat_identical"] for level in levels.values()),
         "timer_minus_plugin_max_abs": max(level["timer_minus_plugin_max_abs"] for level in levels.values()),
         "by_opt_level": levels,
     }
+    if vs_golden:
+        # int8: uint8 logits identical to 0201's library; fp32: log-probs bitwise identical
+        row["matches_no_optim"] = all(v["bit_exact"] for v in vs_golden.values())
+        row["vs_no_optim"] = vs_golden[best]
     return row
 
 
@@ -426,7 +444,7 @@ def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir,
     started = time.perf_counter()
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
-    images = mnist_arrays(False)[0][:n_images]
+    images, labels = (a[:n_images] for a in mnist_arrays(False))
     plugin = build_plugin(build_dir)
     qemu_version = _qemu_version()
     _say(f"bench: {len(variants)} variant(s) x {len(opt_levels)} opt level(s), {n_images} MNIST test "
@@ -438,7 +456,8 @@ def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir,
         _say(f"[{i}/{len(variants)}] {name} ({model})")
         t0 = time.perf_counter()
         try:
-            rows[name] = measure_variant(name, model, images, opt_levels, build_dir, plugin, macs_cache)
+            rows[name] = measure_variant(name, model, images, labels, opt_levels, build_dir, plugin,
+                                         macs_cache)
         except Exception as exc:  # one variant that cannot be built must not hide the others
             rows[name] = {"status": "error", "error": _one_line(exc), "model": str(model),
                           "kind": kind, "optim": VARIANTS[name][1]}
@@ -487,14 +506,19 @@ def _ordered(report) -> list:
     return [(name, variants[name]) for name in VARIANTS if name in variants]
 
 
+def _percent(value) -> str:
+    return "?" if value is None else f"{value:.1%}"
+
+
 def markdown(report) -> str:
     lines = ["| variant | gcc | instructions / inference (median; min–max) | instr. / MAC | "
-             "flash (text+data) B | arena B | stack peak B | RAM B | bit-exact with host | images |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "flash (text+data) B | arena B | stack peak B | RAM B | bit-exact with host | "
+             "same as no_optim | accuracy | images |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in _ordered(report):
         if row.get("status") != "ok":
             error = str(row.get("error", "?")).replace("|", "\\|")
-            lines.append(f"| {name} | | error: {error} | | | | | | | |")
+            lines.append(f"| {name} | | error: {error} | | | | | | | | | |")
             continue
         if row["kind"] == "int8":
             exact = ("yes: uint8 logits identical" if row["bit_exact"] else "**NO**: uint8 logits differ")
@@ -504,12 +528,20 @@ def markdown(report) -> str:
             if row["kind"] == "int8":
                 exact += ", log-probs bitwise identical"
         else:
-            exact += (f"; log-probs max {row['logprobs_max_ulp']} ulp "
-                      f"(|diff| ≤ {row['max_abs_diff']:.2g}, newlib's expf/logf vs glibc)")
+            exact += f"; log-probs max {row['logprobs_max_ulp']} ulp (max abs diff {row['max_abs_diff']:.2g})"
+        golden = row.get("vs_no_optim")
+        if golden is None:
+            same = "—"
+        elif row["matches_no_optim"]:
+            same = "yes: uint8 logits identical" if row["kind"] == "int8" else "yes: bitwise"
+        else:
+            same = (f"**NO**: max abs diff {golden['max_abs_diff']:.3g}, "
+                    f"argmax agreement {golden['argmax_agreement']:.0%}")
         lines.append(f"| {name} | {row['opt_level']} | {row['instructions_per_inference']:,} "
                      f"({row['instructions_min']:,}–{row['instructions_max']:,}) | "
                      f"{row['instructions_per_mac']:.2f} | {row['flash_bytes']:,} | {row['arena_bytes']:,} | "
-                     f"{row['stack_peak_bytes']:,} | {row['ram_bytes']:,} | {exact} | {row['images']} |")
+                     f"{row['stack_peak_bytes']:,} | {row['ram_bytes']:,} | {exact} | {same} | "
+                     f"{_percent(row.get('accuracy'))} | {row['images']} |")
     macs = next((row["macs"] for _, row in _ordered(report) if row.get("status") == "ok"), None)
     notes = [
         "",
@@ -540,6 +572,8 @@ def chart(report, path: Path):
     bars = ax1.bar(x, instr, color=["#4c72b0" if "int8" in n else "#dd8452" for n in names])
     for bar, (_, row), good in zip(bars, rows, ok):
         label = f"{row['instructions_per_inference'] / 1e6:.2f} M\n{row['opt_level']}" if good else "not built"
+        if good and row.get("matches_no_optim") is False:
+            label += "\nOUTPUTS ≠ no_optim"
         ax1.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
                      va="bottom", fontsize=8)
     ax1.axhline(GOAL_INSTRUCTIONS / 1e6, color="grey", linestyle="--", linewidth=1)
