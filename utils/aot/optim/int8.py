@@ -333,15 +333,24 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                 if wide16:
                     T.evaluate(widen(T, w, wide, oc))
                 for py, px in T.grid(ph_out, pw_out):
-                    for i in T.unroll(8):
-                        acc[i] = 0
-                    for dy in range(2):
-                        T.evaluate(dot(T, x, w, wide, acc, (py * 2 + dy) * x_row + px * 2 * x_pix, x_pix, oc,
-                                       dy * 4))
-                    for ch in T.unroll(2):
-                        y[out_index(py, px, oc * 2 + ch)] = rq(T, T.max(T.max(acc[ch * 2], acc[ch * 2 + 1]),
-                                                                       T.max(acc[4 + ch * 2], acc[4 + ch * 2 + 1]))
-                                                               + T.Cast("int32", b[oc * 2 + ch]))
+                    if wide16:
+                        # the whole pooling window in one call: 8 sums in registers, 2 maxima back
+                        T.evaluate(T.call_extern("int32", "utvm_pool_s16_p4c2", x.data,
+                                                 py * 2 * x_row + px * 2 * x_pix, x_pix, x_row, wide.data, kh,
+                                                 (seg + 1) // 2, acc.data))
+                        for ch in T.unroll(2):
+                            y[out_index(py, px, oc * 2 + ch)] = rq(T, acc[ch] + T.Cast("int32", b[oc * 2 + ch]))
+                    else:
+                        for i in T.unroll(8):
+                            acc[i] = 0
+                        for dy in range(2):
+                            T.evaluate(dot(T, x, w, wide, acc, (py * 2 + dy) * x_row + px * 2 * x_pix, x_pix,
+                                           oc, dy * 4))
+                        for ch in T.unroll(2):
+                            y[out_index(py, px, oc * 2 + ch)] = rq(T, T.max(T.max(acc[ch * 2], acc[ch * 2 + 1]),
+                                                                           T.max(acc[4 + ch * 2],
+                                                                                 acc[4 + ch * 2 + 1]))
+                                                                   + T.Cast("int32", b[oc * 2 + ch]))
         return _finish(conv)
 
     half = (ow + 1) // 2

@@ -151,6 +151,44 @@ UTVM_INLINE int32_t utvm_dot_s16_p2c2(int16_t* x_base, int32_t x_off, int32_t x_
   return 0;
 }
 
+/* The int16 input path of a conv followed by a 2x2 max-pool: the 4 pixels of a pooling window
+ * (x, x + x_pix, x + x_row, x + x_row + x_pix) x 2 channels, all 8 sums in registers; writes
+ * acc[c] = the largest of channel c's 4 sums. Each weight pair loaded serves 4 pixels. */
+UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
+                                       uint32_t* w, int32_t rows, int32_t pairs, int32_t* acc) {
+  const uint32_t* x = (const uint32_t*)(const void*)(x_base + x_off);
+  const int32_t step_pix = x_pix / 2, step_row = x_row / 2; /* in int16 pairs */
+  int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+  for (int32_t r = 0; r < rows; ++r) {
+    const uint32_t* xr = x + r * step_row;
+    const uint32_t* w0 = w + r * pairs;
+    const uint32_t* w1 = w0 + rows * pairs;
+#pragma GCC unroll 2
+    for (int32_t j = 0; j < pairs; ++j) {
+      uint32_t wa = w0[j], wb = w1[j], v;
+      v = xr[j];
+      a0 = __smlad(v, wa, a0);
+      b0 = __smlad(v, wb, b0);
+      v = xr[j + step_pix];
+      a1 = __smlad(v, wa, a1);
+      b1 = __smlad(v, wb, b1);
+      v = xr[j + step_row];
+      a2 = __smlad(v, wa, a2);
+      b2 = __smlad(v, wb, b2);
+      v = xr[j + step_row + step_pix];
+      a3 = __smlad(v, wa, a3);
+      b3 = __smlad(v, wb, b3);
+    }
+  }
+  a0 = a0 > a1 ? a0 : a1;
+  a2 = a2 > a3 ? a2 : a3;
+  b0 = b0 > b1 ? b0 : b1;
+  b2 = b2 > b3 ? b2 : b3;
+  acc[0] = a0 > a2 ? a0 : a2;
+  acc[1] = b0 > b2 ? b0 : b2;
+  return 0;
+}
+
 /* acc[c] += x . w[c] over len bytes, for up to 4 channels (nch) whose int8 rows are w_ch
  * apart; with nch < 4 the last row is read again into sums the caller ignores. */
 UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t nch,
@@ -225,6 +263,26 @@ UTVM_INLINE int32_t utvm_dot_s16_p2c2(int16_t* x_base, int32_t x_off, int32_t x_
       }
       acc_base[acc_off + c * 2 + p] += sum;
     }
+  }
+  return 0;
+}
+
+UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
+                                       uint32_t* w, int32_t rows, int32_t pairs, int32_t* acc) {
+  for (int32_t c = 0; c < 2; ++c) {
+    int32_t best = 0;
+    for (int32_t p = 0; p < 4; ++p) {
+      int32_t sum = 0;
+      for (int32_t r = 0; r < rows; ++r) {
+        const int16_t* xr = x_base + x_off + (p / 2) * x_row + (p % 2) * x_pix + r * x_row;
+        const uint32_t* wr = w + (c * rows + r) * pairs;
+        for (int32_t j = 0; j < pairs; ++j) {
+          sum += xr[2 * j] * (int16_t)(wr[j] & 0xFFFFu) + xr[2 * j + 1] * (int16_t)(wr[j] >> 16);
+        }
+      }
+      best = (p == 0 || sum > best) ? sum : best;
+    }
+    acc[c] = best;
   }
   return 0;
 }
