@@ -273,6 +273,18 @@ def pair_words(layer):
     return kh * ((kw * c + 1) // 2)
 
 
+def conv_scratch_words(stage, src):
+    """uint32 words of the conv kernel's arena scratch (widened weights; 1 when unused)."""
+    layer = stage.conv
+    o, c, kh, kw = layer.weight.shape
+    if src.dtype == "int16":
+        return 2 * pair_words(layer)
+    rows_bytes = ((kh + 1) * src.padded_w * c + 2) * 2
+    if stage.pool and rows_bytes <= 1000 and o * pair_words(layer) * 4 <= 1024:
+        return o * pair_words(layer)
+    return 1
+
+
 def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, bias_dtype):
     """Convolution + bias + clip (+ 2x2 max-pool) + requantization into `out` (uint8 or the
     same values as int16), channels-last. Tiles: 2 output pixels x 2 channels per
@@ -294,7 +306,12 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
     w_ch, seg = kh * kw * c, kw * c
     n_in, n_out = src.elements, out.elements
     wide16 = src.dtype == "int16"
-    n_wide = 2 * pair_words(layer) if wide16 else 1
+    pairs = (seg + 1) // 2
+    # uint8 input and a pool: widen the rows a pooling row reads into int16 on the stack, and
+    # all weights into pairs once (when both are small), then run the int16 path on them
+    n_rows = (kh + 1) * x_row + 2
+    rows16 = stage.pool and not wide16 and n_rows * 2 <= 1000 and o * pair_words(layer) * 4 <= 1024
+    n_wide = conv_scratch_words(stage, src)
     opw, (oph, opw_pad) = out.padded_w, out.pad
     fill = out.pad != (0, 0)
     mult, zp, lo = layer.multiplier, layer.out_zero_point, stage.lo
@@ -317,6 +334,30 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
     def widen(T, w, wide, oc):
         return T.call_extern("int32", "utvm_widen_pairs", w.data, oc * 2 * w_ch, 2, w_ch, kh, seg, wide.data)
 
+    if stage.pool and rows16:
+        ph_out, pw_out = oh // 2, ow // 2
+
+        @T.prim_func(private=True)
+        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), b_dtype),
+                 y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
+            T.func_attr({"tirx.noalias": True})
+            acc = T.alloc_buffer((2,), "int32", scope="global")
+            rows = T.alloc_buffer((n_rows,), "int16", scope="global")
+            if fill:
+                for i in range(n_out):
+                    y[i] = T.Cast(out_dtype, border)
+            rows[n_rows - 2] = T.int16(0)  # read past the last row, against zero weights
+            rows[n_rows - 1] = T.int16(0)
+            T.evaluate(T.call_extern("int32", "utvm_widen_pairs", w.data, 0, o, w_ch, kh, seg, wide.data))
+            for py in range(ph_out):
+                T.evaluate(T.call_extern("int32", "utvm_widen_u8", x.data, py * 2 * x_row, n_rows - 2, rows.data))
+                for px, oc in T.grid(pw_out, o // 2):
+                    T.evaluate(T.call_extern("int32", "utvm_pool_s16_p4c2", rows.data, px * 2 * x_pix, x_pix,
+                                             x_row, wide.data, oc * 2 * pairs * kh, kh, pairs, acc.data))
+                    for ch in T.unroll(2):
+                        y[out_index(py, px, oc * 2 + ch)] = rq(T, acc[ch] + T.Cast("int32", b[oc * 2 + ch]))
+        return _finish(conv)
+
     if stage.pool:
         ph_out, pw_out = oh // 2, ow // 2
 
@@ -336,8 +377,8 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                     if wide16:
                         # the whole pooling window in one call: 8 sums in registers, 2 maxima back
                         T.evaluate(T.call_extern("int32", "utvm_pool_s16_p4c2", x.data,
-                                                 py * 2 * x_row + px * 2 * x_pix, x_pix, x_row, wide.data, kh,
-                                                 (seg + 1) // 2, acc.data))
+                                                 py * 2 * x_row + px * 2 * x_pix, x_pix, x_row, wide.data, 0,
+                                                 kh, pairs, acc.data))
                         for ch in T.unroll(2):
                             y[out_index(py, px, oc * 2 + ch)] = rq(T, acc[ch] + T.Cast("int32", b[oc * 2 + ch]))
                     else:
@@ -485,7 +526,7 @@ def int8_to_relax_optim(layers, input_shape):
                 src = layout(index)
                 func = conv_kernel(stage, src, out, pad_value(index + 1), bias.dtype)
                 gv = bb.add_func(func, stage.conv.name.replace(".", "_"))
-                n_wide = 2 * pair_words(stage.conv) if src.dtype == "int16" else 1
+                n_wide = conv_scratch_words(stage, src)
                 outputs = bb.emit(relax.call_tir(gv, relax.Tuple([x, const(rows.reshape(-1), "int8"),
                                                                   const(bias, str(bias.dtype))]),
                                                  [relax.TensorType((out.elements,), out.dtype),

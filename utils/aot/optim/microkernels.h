@@ -59,6 +59,25 @@ UTVM_NOINLINE int32_t utvm_widen_pairs(int8_t* w_base, int32_t w_off, int32_t ch
   return 0;
 }
 
+/* out[i] = x[i], uint8 → int16, for i < n. */
+UTVM_NOINLINE int32_t utvm_widen_u8(uint8_t* x_base, int32_t x_off, int32_t n, int16_t* out) {
+  const uint8_t* x = x_base + x_off;
+  int32_t i = 0;
+#if UTVM_DSP
+  for (; i + 4 <= n; i += 4) {
+    uint32_t v = utvm_load32(x + i);
+    uint32_t even = __uxtb16(v), odd = __uxtb16(v >> 8); /* (x0, x2), (x1, x3) */
+    uint32_t pair01 = (even & 0xFFFFu) | (odd << 16), pair23 = (odd & 0xFFFF0000u) | (even >> 16);
+    memcpy(out + i, &pair01, 4);
+    memcpy(out + i + 2, &pair23, 4);
+  }
+#endif
+  for (; i < n; ++i) {
+    out[i] = x[i];
+  }
+  return 0;
+}
+
 #if UTVM_DSP
 
 /* The extends rotate their operand for free, but gcc 12 has no ACLE __ror and does not fold
@@ -151,31 +170,35 @@ UTVM_INLINE int32_t utvm_dot_s16_p2c2(int16_t* x_base, int32_t x_off, int32_t x_
   return 0;
 }
 
-/* The int16 input path of a conv followed by a 2x2 max-pool: the 4 pixels of a pooling window
- * (x, x + x_pix, x + x_row, x + x_row + x_pix) x 2 channels, all 8 sums in registers; writes
- * acc[c] = the largest of channel c's 4 sums. Each weight pair loaded serves 4 pixels. */
+/* A conv followed by a 2x2 max-pool, on int16 activations (a convolution's int16 output, or
+ * uint8 rows widened by utvm_widen_u8): the 4 pixels of a pooling window (x, x + x_pix,
+ * x + x_row, x + x_row + x_pix) x 2 channels (pairs of utvm_widen_pairs at w + w_off), all 8
+ * sums in registers; writes acc[c] = the largest of channel c's 4 sums. Each weight pair
+ * loaded serves 4 pixels. */
 UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
-                                       uint32_t* w, int32_t rows, int32_t pairs, int32_t* acc) {
-  const uint32_t* x = (const uint32_t*)(const void*)(x_base + x_off);
-  const int32_t step_pix = x_pix / 2, step_row = x_row / 2; /* in int16 pairs */
+                                       uint32_t* w_base, int32_t w_off, int32_t rows, int32_t pairs,
+                                       int32_t* acc) {
+  /* x_pix may be odd (one input channel): pairs are loaded with unaligned-safe loads */
+  const int16_t* x = x_base + x_off;
+  const uint32_t* w = w_base + w_off;
   int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
   for (int32_t r = 0; r < rows; ++r) {
-    const uint32_t* xr = x + r * step_row;
+    const int16_t* xr = x + r * x_row;
     const uint32_t* w0 = w + r * pairs;
     const uint32_t* w1 = w0 + rows * pairs;
 #pragma GCC unroll 2
     for (int32_t j = 0; j < pairs; ++j) {
       uint32_t wa = w0[j], wb = w1[j], v;
-      v = xr[j];
+      v = utvm_load32(xr + 2 * j);
       a0 = __smlad(v, wa, a0);
       b0 = __smlad(v, wb, b0);
-      v = xr[j + step_pix];
+      v = utvm_load32(xr + 2 * j + x_pix);
       a1 = __smlad(v, wa, a1);
       b1 = __smlad(v, wb, b1);
-      v = xr[j + step_row];
+      v = utvm_load32(xr + 2 * j + x_row);
       a2 = __smlad(v, wa, a2);
       b2 = __smlad(v, wb, b2);
-      v = xr[j + step_row + step_pix];
+      v = utvm_load32(xr + 2 * j + x_row + x_pix);
       a3 = __smlad(v, wa, a3);
       b3 = __smlad(v, wb, b3);
     }
@@ -268,7 +291,9 @@ UTVM_INLINE int32_t utvm_dot_s16_p2c2(int16_t* x_base, int32_t x_off, int32_t x_
 }
 
 UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
-                                       uint32_t* w, int32_t rows, int32_t pairs, int32_t* acc) {
+                                       uint32_t* w_base, int32_t w_off, int32_t rows, int32_t pairs,
+                                       int32_t* acc) {
+  const uint32_t* w = w_base + w_off;
   for (int32_t c = 0; c < 2; ++c) {
     int32_t best = 0;
     for (int32_t p = 0; p < 4; ++p) {
