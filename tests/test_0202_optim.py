@@ -74,9 +74,10 @@ def test_tar_is_a_drop_in_replacement(optim_tar, quick_mlf_tar, tmp_path):
     assert "int32_t tvmgen_default_run(struct tvmgen_default_inputs* inputs" in header
     kernels = (optim / "codegen/host/src/default_lib1.c").read_text()
     assert "__smlad" in kernels and "utvm_dot_p1c4(x, w0, " in kernels
-    # conv1 reads uint8 activations, conv2 the int16 ones conv1 writes for it
-    assert kernels.count("utvm_dot_p2c2(x, ") == 1 and kernels.count("utvm_dot_s16_p2c2(x, ") == 1
-    assert "utvm_widen_pairs(w, " in kernels
+    # both pooled convolutions run the 4-pixel micro-kernel: conv1 on its uint8 rows widened
+    # to int16, conv2 on the int16 activations conv1 writes for it
+    assert kernels.count("utvm_pool_s16_p4c2(rows, ") == 1 and kernels.count("utvm_pool_s16_p4c2(x, ") == 1
+    assert "utvm_widen_u8(x, " in kernels and kernels.count("utvm_widen_pairs(w, ") == 2
 
 
 def _emulator_scores(tar, images, directory):
