@@ -49,6 +49,7 @@ def test_stage_passes_and_reports(quick_qat_model, tmp_path):
     assert figures["arena_bytes"] <= ARENA_GOAL
     assert figures["arm_flash_bytes"] <= FLASH_GOAL
     assert figures["library_cflags"] == ["-O2"]
+    assert figures["warnings"] == []  # host gcc -Wall -Wextra and arm-none-eabi-gcc, both
     assert not verify.disallowed(figures["arm_undefined_symbols"])
 
 

@@ -64,7 +64,8 @@ UTVM_NOINLINE int32_t utvm_widen_u8(uint8_t* x_base, int32_t x_off, int32_t n, i
   const uint8_t* x = x_base + x_off;
   int32_t i = 0;
 #if UTVM_DSP
-  for (; i + 4 <= n; i += 4) {
+  const int32_t whole = n & ~3;
+  for (; i < whole; i += 4) {
     uint32_t v = utvm_load32(x + i);
     uint32_t even = __uxtb16(v), odd = __uxtb16(v >> 8); /* (x0, x2), (x1, x3) */
     uint32_t pair01 = (even & 0xFFFFu) | (odd << 16), pair23 = (odd & 0xFFFF0000u) | (even >> 16);
@@ -222,7 +223,8 @@ UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, i
   const int8_t* w3 = w0 + (nch > 3 ? 3 : nch - 1) * w_ch;
   int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
   int32_t i = 0;
-  for (; i + 4 <= len; i += 4) {
+  const int32_t whole = len & ~3;
+  for (; i < whole; i += 4) {
     uint32_t xv = utvm_load32(x + i);
     uint32_t x02 = __uxtb16(xv), x13 = utvm_uxtb16_ror8(xv);
     uint32_t v0 = utvm_load32(w0 + i), v1 = utvm_load32(w1 + i);
