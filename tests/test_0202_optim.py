@@ -77,7 +77,7 @@ def test_tar_is_a_drop_in_replacement(optim_tar, quick_mlf_tar, tmp_path):
     assert "__smlad" in kernels and "utvm_dot_p1c4(x, w0, " in kernels
     # both pooled convolutions run the 4-pixel micro-kernel: conv1 on its uint8 rows widened
     # to int16, conv2 on the int16 activations conv1 writes for it
-    assert kernels.count("utvm_pool_s16_p4c2(rows, ") == 1 and kernels.count("utvm_pool_s16_p4c2(x, ") == 1
+    assert kernels.count("utvm_pool_s16_p4c2(rows_ptr, ") == 1 and kernels.count("utvm_pool_s16_p4c2(x, ") == 1
     assert "utvm_widen_u8(x, " in kernels and kernels.count("utvm_widen_pairs(w, ") == 2
 
 
