@@ -8,6 +8,9 @@ ourselves, see emit.py):
     → FuseTIR → MCU schedule → DeadCodeElimination → ToNonDataflow → RemovePurityChecking
     → CallTIRRewrite → StaticPlanBlockMemory → AttachGlobalSymbol (see _attach_global_symbols)
 
+With optim (0202), utils.aot.optim.schedule's Relax rewrites run first and its schedule rules
+are tried before the MCU schedule.
+
 The MCU schedule is what makes the library fit: left alone, each fused kernel keeps its
 intermediates (padded input, int32 accumulator, each epilogue step) as full-size buffers that
 TIR lowering turns into TVMBackendAllocWorkspace calls (40 KB for the int8 LeNet-5, and a
@@ -88,11 +91,20 @@ def _schedule_pass(optim=False):
     return dlight.ApplyDefaultSchedule(mcu_no_workspace)
 
 
+def _relax_passes(optim=False):
+    """0202's Relax rewrites (utils.aot.optim.schedule), run before legalization."""
+    if optim:
+        from utils.aot.optim.schedule import optim_relax_passes
+        return optim_relax_passes()
+    return []
+
+
 def lower(mod, optim=False):
     """Lower a Relax module to (scheduled IRModule of PrimFuncs + planned Relax main).
     PrimFuncs that come already scheduled (attr tir.is_scheduled) are left as they are."""
     target = tvm.target.Target(TARGET)
     passes = tvm.transform.Sequential([
+        *_relax_passes(optim),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
