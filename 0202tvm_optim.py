@@ -15,39 +15,16 @@ of the same model on the same images (int8: the same bits), then writes the tar 
 firmware builds, by default) and reports/0202tvm_optim.json. Speed and size on the emulated
 Cortex-M7: bench/bench.py.
 """
-import argparse
 import os
 import time
-from pathlib import Path
-
-from utils import paths
 from utils.cli import run
 
 STAGE = "0202tvm_optim"
-QUICK_IMAGES = 1000
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", type=Path, default=paths.QAT_MODEL,
-                        help="int8 TorchScript, or fp32 state_dict/TorchScript of MnistModel or QMnistModel")
-    parser.add_argument("--kind", choices=["auto", "int8", "fp32"], default="auto",
-                        help="what --model must be (auto: whatever it is)")
-    parser.add_argument("--out", type=Path, default=paths.MLF_TAR, help="the Model Library Format tar to write")
-    parser.add_argument("--images", type=int, default=10000,
-                        help="MNIST test images to verify on (all 10 000 by default)")
-    parser.add_argument("--build-dir", type=Path, default=None,
-                        help="where host builds are cached (default build/host-lib)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the image subset when --images < 10000")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"tests: verify on {QUICK_IMAGES} images unless --images says otherwise")
-    args = parser.parse_args(argv)
-    if args.quick and args.images == parser.get_default("images"):
-        args.images = QUICK_IMAGES
-    if not 1 <= args.images <= 10000:
-        parser.error("--images must be between 1 and 10000")
-    return args
+    from utils.aot.stage import parse_stage_args
+    return parse_stage_args(argv, __doc__.split("\n\n")[0])
 
 
 def main(argv=None):
