@@ -13,6 +13,7 @@ reports/0201tvm_no_optim.json. The tar is put in place only when all of that pas
 """
 import os
 import time
+
 from utils.cli import run
 
 STAGE = "0201tvm_no_optim"

@@ -17,6 +17,7 @@ Cortex-M7: bench/bench.py.
 """
 import os
 import time
+
 from utils.cli import run
 
 STAGE = "0202tvm_optim"

@@ -51,16 +51,25 @@ def _written_elements(sch, block_rv):
     return elements
 
 
-@dlight.ScheduleRule.from_callable("McuNoWorkspace")
-def mcu_no_workspace(func, target, tunable):
-    """Inline the elementwise blocks; nest the rest under the last block's spatial loops."""
+def inlined_blocks(func):
+    """(schedule, blocks left after inlining the elementwise ones) of a PrimFunc, or None:
+    where every MCU schedule rule starts."""
     if not isinstance(func, tirx.PrimFunc):
         return None
     sch = s_tir.Schedule(func)
     blocks = dlight.normalize_prim_func(sch)
     if blocks is None:
         return None
-    blocks = dlight.try_inline(sch, blocks)
+    return sch, dlight.try_inline(sch, blocks)
+
+
+@dlight.ScheduleRule.from_callable("McuNoWorkspace")
+def mcu_no_workspace(func, target, tunable):
+    """Inline the elementwise blocks; nest the rest under the last block's spatial loops."""
+    start = inlined_blocks(func)
+    if start is None:
+        return None
+    sch, blocks = start
     large = [b for b in blocks[:-1] if _written_elements(sch, b.block_rv) > SMALL_INTERMEDIATE]
     if large:
         depth = min(_leading_spatial(b) for b in large + blocks[-1:])

@@ -175,13 +175,11 @@ def optim_schedule_rules():
 
 @dlight.ScheduleRule.from_callable("McuRegisterTiles")
 def mcu_register_tiles(func, target, tunable):
-    if not isinstance(func, tirx.PrimFunc):
+    from utils.aot.lower import inlined_blocks
+    start = inlined_blocks(func)
+    if start is None:
         return None
-    sch = s_tir.Schedule(func)
-    blocks = dlight.normalize_prim_func(sch)
-    if blocks is None:
-        return None
-    blocks = dlight.try_inline(sch, blocks)
+    sch, blocks = start
     if not all(_simple_loop_nest(sch, b.block_rv) for b in blocks):
         return None
     if any(_written_dtype(sch, b.block_rv) != "float32" for b in blocks):
