@@ -334,6 +334,18 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
     def widen(T, w, wide, oc):
         return T.call_extern("int32", "utvm_widen_pairs", w.data, oc * 2 * w_ch, 2, w_ch, kh, seg, wide.data)
 
+    @T.macro
+    def fill_border(y):
+        if fill:
+            for i in range(n_out):
+                y[i] = T.Cast(out_dtype, border)
+
+    @T.macro
+    def store_pooled(y, b, acc, py, px, oc):
+        """acc[ch]: the largest sum of channel oc * 2 + ch in the pooling window."""
+        for ch in T.unroll(2):
+            y[out_index(py, px, oc * 2 + ch)] = rq(T, acc[ch] + T.Cast("int32", b[oc * 2 + ch]))
+
     if stage.pool and rows16:
         ph_out, pw_out = oh // 2, ow // 2
 
@@ -343,9 +355,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
             T.func_attr({"tirx.noalias": True})
             acc = T.alloc_buffer((2,), "int32", scope="global")
             rows = T.alloc_buffer((n_rows,), "int16", scope="global")
-            if fill:
-                for i in range(n_out):
-                    y[i] = T.Cast(out_dtype, border)
+            fill_border(y)
             rows[n_rows - 2] = T.int16(0)  # read past the last row, against zero weights
             rows[n_rows - 1] = T.int16(0)
             T.evaluate(T.call_extern("int32", "utvm_widen_pairs", w.data, 0, o, w_ch, kh, seg, wide.data))
@@ -354,8 +364,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                 for px, oc in T.grid(pw_out, o // 2):
                     T.evaluate(T.call_extern("int32", "utvm_pool_s16_p4c2", rows.data, px * 2 * x_pix, x_pix,
                                              x_row, wide.data, oc * 2 * pairs * kh, kh, pairs, acc.data))
-                    for ch in T.unroll(2):
-                        y[out_index(py, px, oc * 2 + ch)] = rq(T, acc[ch] + T.Cast("int32", b[oc * 2 + ch]))
+                    store_pooled(y, b, acc, py, px, oc)
         return _finish(conv)
 
     if stage.pool:
@@ -366,9 +375,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                  y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
             T.func_attr({"tirx.noalias": True})
             acc = T.alloc_buffer((8,), "int32", scope="global")
-            if fill:
-                for i in range(n_out):
-                    y[i] = T.Cast(out_dtype, border)
+            fill_border(y)
             # channel pairs outermost: with int16 input their weights are widened once
             for oc in range(o // 2):
                 if wide16:
@@ -379,8 +386,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                         T.evaluate(T.call_extern("int32", "utvm_pool_s16_p4c2", x.data,
                                                  py * 2 * x_row + px * 2 * x_pix, x_pix, x_row, wide.data, 0,
                                                  kh, pairs, acc.data))
-                        for ch in T.unroll(2):
-                            y[out_index(py, px, oc * 2 + ch)] = rq(T, acc[ch] + T.Cast("int32", b[oc * 2 + ch]))
+                        store_pooled(y, b, acc, py, px, oc)
                     else:
                         for i in T.unroll(8):
                             acc[i] = 0
@@ -402,9 +408,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
              y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
         T.func_attr({"tirx.noalias": True})
         acc = T.alloc_buffer((4,), "int32", scope="global")
-        if fill:
-            for i in range(n_out):
-                y[i] = T.Cast(out_dtype, border)
+        fill_border(y)
         for oc in range(o // 2):
             if wide16:
                 T.evaluate(widen(T, w, wide, oc))
