@@ -15,31 +15,14 @@ of the same model on the same images (int8: the same bits), then writes the tar 
 firmware builds, by default) and reports/0202tvm_optim.json. Speed and size on the emulated
 Cortex-M7: bench/bench.py.
 """
-import os
-import time
-
 from utils.cli import run
 
 STAGE = "0202tvm_optim"
 
 
-def parse_args(argv):
-    from utils.aot.stage import parse_stage_args
-    return parse_stage_args(argv, __doc__.split("\n\n")[0])
-
-
 def main(argv=None):
-    started = time.perf_counter()
-    args = parse_args(argv)
-    from utils.aot.stage import compile_and_verify
-    figures = compile_and_verify(args.model, args.kind, args.out, args.images, args.seed,
-                                 args.build_dir, quick=args.quick, started=started, optim=True)
-    figures["load_average"] = round(os.getloadavg()[0], 2)
-    from utils.reports import write_report
-    write_report(STAGE, figures)
-    report = write_report(STAGE, figures, section=figures["kind"])
-    print(f"report: {report}")
-    return 0
+    from utils.aot.stage import run_stage
+    return run_stage(STAGE, argv, __doc__.split("\n\n")[0], optim=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,25 @@ def parse_stage_args(argv, description):
     return args
 
 
+def run_stage(stage, argv, description, optim=False):
+    """main() of 0201 (optim=False) and 0202 (optim=True): compile, verify, report."""
+    import os
+    from utils.reports import write_report
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    args = parse_stage_args(argv, description)
+    figures = compile_and_verify(args.model, args.kind, args.out, args.images, args.seed,
+                                 args.build_dir, quick=args.quick, started=started, optim=optim)
+    figures["load_average_at_start"] = round(load_before, 2)
+    figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    # the last run at the top level (the keys the issue names), and each kind's last run
+    # under its own section, so an fp32 run does not hide the int8 figures
+    write_report(stage, figures)
+    report = write_report(stage, figures, section=figures["kind"])
+    print(f"report: {report}")
+    return 0
+
+
 def _say(text):
     print(text, flush=True)
 
