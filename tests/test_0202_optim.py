@@ -3,6 +3,7 @@
 TVM, real compilers, real MNIST and real QEMU."""
 import json
 import shutil
+import subprocess
 import tarfile
 
 import numpy as np
@@ -207,3 +208,34 @@ def test_unsupported_layer_names_0201_in_one_line(tmp_path):
     assert not (tmp_path / "x.tar").exists()
     # 0201 still compiles it
     run_stage("0201tvm_no_optim.py", "--model", path, "--out", tmp_path / "y.tar", "--quick", "--images", "50")
+
+
+# ----------------------------------------------------------------------------- RIOT
+
+def test_riot_native64_takes_the_optimized_tar(riot_base, optim_tar, tmp_path, mnist_test_100,
+                                                host_digits_100):
+    """RIOT's build of the package appends the tar's cflags (-O2) and runs it unchanged."""
+    from utils.serial_link import Board
+    from utils.standin import StandIn
+    standin = StandIn("native64", optim_tar, link=tmp_path / "port", build_dir=tmp_path / "build")
+    standin.start()
+    try:
+        with Board(standin.port, timeout=30) as board:
+            digits = [board.infer(image).digit for image in mnist_test_100[0][:30]]
+    finally:
+        standin.stop()
+    assert digits == host_digits_100[:30]
+
+
+def test_riot_stm32_links_the_optimized_tar_and_its_stack_fits(riot_base, optim_tar, tmp_path):
+    from utils import riot
+    problem = riot.stm32_packages_problem(riot_base)
+    if problem:
+        pytest.skip(f"stm32f746g-disco build not tested: {problem}")
+    elf = riot.build(riot.STM32, optim_tar, tmp_path / "stm32")
+    symbols = subprocess.run(["arm-none-eabi-nm", "-S", "-t", "d", str(elf)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "utvm_widen_u8" in symbols and "tvmgen_default_conv3_fc1_fc2" in symbols
+    stack = riot.main_stack(elf)
+    assert stack["main_stack_bound_complete"] and stack["main_stack_worst_case_bytes"] <= stack["main_stack_bytes"]
+    assert riot.f746_budget(riot.sizes(riot.STM32, elf))["flash_used_percent"] < 10
