@@ -6,16 +6,17 @@ the network is one TIR kernel written for a Cortex-M:
 
     quantize      float input → uint8, written straight into the padded, channels-last
                   buffer the first convolution reads (the padding holds the zero point)
-    conv          convolution + bias + ReLU (+ the following 2x2 max-pool) + requantization
-                  into uint8 channels-last; the max is taken on the int32 sums, so the
-                  pooled-away outputs are never requantized or stored
-    dense         fully connected + bias + ReLU + requantization (also a convolution whose
-                  window covers its whole input, e.g. LeNet-5's conv3)
-    dequantize / log_softmax stay generic Relax ops, as in 0201 (same float code)
+    conv          convolution + bias + ReLU (+ the following 2x2 max-pool) + requantization,
+                  channels-last; the max is taken on the int32 sums, so the pooled-away
+                  outputs are never requantized or stored. uint8 out, or the same values as
+                  int16 where the next layer is a convolution too
+    head          the fully connected layers at the end (also a convolution whose window
+                  covers its whole input, e.g. LeNet-5's conv3) + the dequantization
+    log_softmax stays a generic Relax op, as in 0201 (same float code)
 
 The loops over output tiles are TIR; each tile's dot products are one T.call_extern of a
 micro-kernel in microkernels.h (the DSP path: __uxtb16/__sxtb16 + __smlad; elsewhere
-plain C). Activations stay uint8 and weights int8 in flash, so the library is no bigger.
+plain C). Weights stay int8 in flash, so the library is no bigger.
 
 Why the results are the same bits as 0201's:
   - sum((q - zp) * w) = sum(q * w) - zp * sum(w): the input zero point goes into the bias at
@@ -31,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import StageError
-from utils.aot.int8 import (Dequantize, F32, Flatten, FloatScalarOps, LogSoftmax, MaxPool2d, QConv2d,
-                            QLinear, QRelu, Quantize)
+from utils.aot.int8 import (Dequantize, Flatten, FloatScalarOps, LogSoftmax, MaxPool2d, QConv2d, QLinear,
+                            QRelu, Quantize)
 
 MICROKERNELS_H = Path(__file__).with_name("microkernels.h")
 MICROKERNEL_PREFIX = "utvm_"
@@ -59,7 +60,7 @@ def with_microkernels(kernels_c):
 @dataclass
 class Activation:
     """A channels-last tensor [h][w][c] in the arena, maybe with a border of `pad` pixels
-    around it that holds `pad_value` (the zero point of the layer that reads it). uint8, or
+    around it that holds the zero point of the layer that reads it. uint8, or
     int16 (the same values, widened) where a convolution feeds another one: the consumer then
     reads ready-made pairs of int16, and the producer's stores cost the same."""
     h: int
@@ -92,13 +93,14 @@ class ConvStage:
     conv: QConv2d
     pool: bool            # a 2x2 / stride-2 max-pool follows
     lo: int               # lowest uint8 output: the zero point when a ReLU is fused
+    in_shape: tuple       # (h, w, c) of its channels-last input
 
 
 @dataclass
 class DenseStage:
     layer: object         # QLinear, or a QConv2d whose window covers its whole input
     lo: int
-    hwc_input: tuple = None   # (h, w, c) when the input is a flattened channels-last tensor
+    in_shape: tuple       # (h, w, c): a flattened channels-last tensor, or (1, 1, n)
 
 
 def _fail(what):
@@ -153,12 +155,12 @@ def plan_stages(layers, input_shape):
                 i += 1
             whole_window = (layer.padding == (0, 0) and (oh, ow) == (1, 1))
             if whole_window and not pool:
-                stages.append(DenseStage(layer, lo, hwc_input=shape))
+                stages.append(DenseStage(layer, lo, shape))
                 shape = (1, 1, layer.weight.shape[0])
                 continue
             if pool and (oh % 2 or ow % 2):
                 _fail(f"the max-pool after {layer.name} on an odd {oh}x{ow} output")
-            stages.append(ConvStage(layer, pool, lo))
+            stages.append(ConvStage(layer, pool, lo, shape))
             shape = (oh // 2, ow // 2, layer.weight.shape[0]) if pool else (oh, ow, layer.weight.shape[0])
             continue
         if isinstance(layer, QLinear):
@@ -166,7 +168,7 @@ def plan_stages(layers, input_shape):
             while i < len(layers) and isinstance(layers[i], QRelu):
                 lo = max(lo, layers[i].zero_point)
                 i += 1
-            stages.append(DenseStage(layer, lo, hwc_input=flattened))
+            stages.append(DenseStage(layer, lo, flattened or (1, 1, layer.weight.shape[1])))
             flattened = None
             shape = None
             continue
@@ -214,9 +216,9 @@ def dense_weight_rows(stage):
     if isinstance(layer, QConv2d):
         return conv_weight_rows(layer)
     w = layer.weight
-    if stage.hwc_input is not None and stage.hwc_input[:2] != (1, 1):
+    if stage.in_shape[:2] != (1, 1):
         # torch flattened [C, H, W]; the activations are [H, W, C]: permute the columns
-        h, wd, c = stage.hwc_input
+        h, wd, c = stage.in_shape
         w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
     return np.ascontiguousarray(w)
 
@@ -273,27 +275,38 @@ def pair_words(layer):
     return kh * ((kw * c + 1) // 2)
 
 
+def _rows_elements(stage, src):
+    """int16 elements of the stack buffer the uint8 pooled path widens rows into."""
+    _, c, kh, _ = stage.conv.weight.shape
+    return (kh + 1) * src.padded_w * c + 2
+
+
+def widens_rows(stage, src):
+    """uint8 input and a pool: the rows a pooling row reads are widened to int16 on the stack,
+    all weights into pairs once, and the int16 path runs on them (when both are small)."""
+    o = stage.conv.weight.shape[0]
+    return (stage.pool and src.dtype == "uint8" and _rows_elements(stage, src) * 2 <= 1000
+            and o * pair_words(stage.conv) * 4 <= 1024)
+
+
 def conv_scratch_words(stage, src):
     """uint32 words of the conv kernel's arena scratch (widened weights; 1 when unused)."""
-    layer = stage.conv
-    o, c, kh, kw = layer.weight.shape
     if src.dtype == "int16":
-        return 2 * pair_words(layer)
-    rows_bytes = ((kh + 1) * src.padded_w * c + 2) * 2
-    if stage.pool and rows_bytes <= 1000 and o * pair_words(layer) * 4 <= 1024:
-        return o * pair_words(layer)
+        return 2 * pair_words(stage.conv)
+    if widens_rows(stage, src):
+        return stage.conv.weight.shape[0] * pair_words(stage.conv)
     return 1
 
 
 def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, bias_dtype):
     """Convolution + bias + clip (+ 2x2 max-pool) + requantization into `out` (uint8 or the
-    same values as int16), channels-last. Tiles: 2 output pixels x 2 channels per
-    micro-kernel call; with the pool, the two pixel rows of a pooling window are two calls
-    into one 8-sum tile.
-    uint8 input: utvm_dot_p2c2 widens activations and int8 weights in its inner loop.
-    int16 input: each channel pair's weights are first widened into int16 pairs in `wide`
-    (arena scratch, the kernel's second output), then utvm_dot_s16_p2c2 only loads and
-    multiplies."""
+    same values as int16), channels-last. Three paths:
+    - pooled, int16 input or uint8 rows widened on the stack (widens_rows): one
+      utvm_pool_s16_p4c2 call per pooling window and channel pair, on weights widened into
+      int16 pairs in `wide` (arena scratch, the kernel's second output);
+    - pooled, uint8 input too big for that: the window's two pixel rows are two
+      utvm_dot_p2c2 calls (2 pixels x 2 channels, widening in the inner loop);
+    - no pool: one call per 2 pixels x 2 channels (utvm_dot_s16_p2c2 on int16 input)."""
     from tvm.script import tirx as T
     layer = stage.conv
     o, c, kh, kw = layer.weight.shape
@@ -307,10 +320,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
     n_in, n_out = src.elements, out.elements
     wide16 = src.dtype == "int16"
     pairs = (seg + 1) // 2
-    # uint8 input and a pool: widen the rows a pooling row reads into int16 on the stack, and
-    # all weights into pairs once (when both are small), then run the int16 path on them
-    n_rows = (kh + 1) * x_row + 2
-    rows16 = stage.pool and not wide16 and n_rows * 2 <= 1000 and o * pair_words(layer) * 4 <= 1024
+    n_rows = _rows_elements(stage, src)
     n_wide = conv_scratch_words(stage, src)
     opw, (oph, opw_pad) = out.padded_w, out.pad
     fill = out.pad != (0, 0)
@@ -327,7 +337,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
     def dot(T, x, w, wide, acc, x_off, x_step, oc, acc_off):
         if wide16:
             return T.call_extern("int32", "utvm_dot_s16_p2c2", x.data, x_off, x_step, x_row, wide.data,
-                                 kh, (seg + 1) // 2, acc.data, acc_off)
+                                 kh, pairs, acc.data, acc_off)
         return T.call_extern("int32", "utvm_dot_p2c2", x.data, x_off, x_step, x_row, w.data, oc * 2 * w_ch,
                              w_ch, kh, seg, acc.data, acc_off)
 
@@ -346,7 +356,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
         for ch in T.unroll(2):
             y[out_index(py, px, oc * 2 + ch)] = rq(T, acc[ch] + T.Cast("int32", b[oc * 2 + ch]))
 
-    if stage.pool and rows16:
+    if widens_rows(stage, src):
         ph_out, pw_out = oh // 2, ow // 2
 
         @T.prim_func(private=True)
@@ -477,37 +487,24 @@ def head_kernel(stages, n_in, dequantize, bias_dtypes):
 
 def int8_to_relax_optim(layers, input_shape):
     """An IRModule whose `main(input0: float32[input_shape])` computes the layers with the
-    kernels above; what follows the last quantized layer is 0201's generic Relax."""
+    kernels above; what follows the dequantization is 0201's generic Relax."""
     from tvm import relax
 
     float_ops, quantize, stages, tail = plan_stages(layers, input_shape)
-    # each stage's input layout (its padding is the consumer's) and its output's
-    shapes = []
-    h, w, c = input_shape[2], input_shape[3], input_shape[1]
-    for stage in stages:
-        shapes.append((h, w, c))
-        if isinstance(stage, ConvStage):
-            oh, ow = _conv_out(stage.conv, (h, w, c))
-            o = stage.conv.weight.shape[0]
-            h, w, c = (oh // 2, ow // 2, o) if stage.pool else (oh, ow, o)
-        else:
-            h, w, c = 1, 1, stage.layer.weight.shape[0]
 
     def layout(index):
-        """The Activation stage `index` reads (index == len(stages): the logits)."""
-        hh, ww, cc = shapes[index] if index < len(stages) else (1, 1, h * w * c)
+        """The Activation stage `index` reads (its padding and dtype are the reader's)."""
+        stage = stages[index]
         pad, dtype = (0, 0), "uint8"
-        if index < len(stages) and isinstance(stages[index], ConvStage):
-            pad = tuple(stages[index].conv.padding)
+        if isinstance(stage, ConvStage):
+            pad = tuple(stage.conv.padding)
             # int16 where a convolution feeds a convolution; an even channel count keeps
             # every window row on a 4-byte boundary (whole int16 pairs)
-            if index > 0 and isinstance(stages[index - 1], ConvStage) and cc % 2 == 0:
+            if index > 0 and isinstance(stages[index - 1], ConvStage) and stage.in_shape[2] % 2 == 0:
                 dtype = "int16"
-        return Activation(hh, ww, cc, pad, dtype)
+        return Activation(*stage.in_shape, pad, dtype)
 
     def pad_value(index):
-        if index >= len(stages):
-            return 0
         stage = stages[index]
         return (stage.conv if isinstance(stage, ConvStage) else stage.layer).in_zero_point
 
