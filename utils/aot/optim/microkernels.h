@@ -2,12 +2,14 @@
  *
  * Integer dot products of uint8 activations with int8 weights, the one thing the Cortex-M's
  * DSP extension does fast: __smlad multiplies two pairs of int16 and adds both products to an
- * accumulator. A word of 4 activation bytes is widened into the pairs (x0, x2) and (x1, x3)
- * (__uxtb16, and the same on the word rotated by 8 bits); the weights must come in the same
- * pairs.
- *
- * The int8 weights stay in flash as they are and are widened the same way in the inner loop
- * (__sxtb16), which costs what loading pre-widened int16 pairs would, at half the flash.
+ * accumulator. The int8 weights stay in flash as they are; both operands are widened into
+ * the same pairs:
+ * - uint8 activations and weights used once (fully connected layers; convolutions without
+ *   a pool): a word of 4 bytes becomes the pairs (x0, x2) and (x1, x3) (__uxtb16 / __sxtb16,
+ *   and the same on the word rotated by 8 bits), in the inner loop;
+ * - convolutions reuse each weight over many pixels: utvm_widen_pairs widens them once into
+ *   natural pairs (w0, w1), (w2, w3) in arena scratch, and the activations are int16 (a
+ *   convolution's int16 output, or rows widened by utvm_widen_u8), already such pairs.
  *
  * Targets without the DSP extension (the host stand-in, native64) get plain loops over the
  * same data layouts. Integer sums are exact in any order, so both give the same bits.
@@ -295,21 +297,17 @@ UTVM_INLINE int32_t utvm_dot_s16_p2c2(int16_t* x_base, int32_t x_off, int32_t x_
 UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
                                        uint32_t* w_base, int32_t w_off, int32_t rows, int32_t pairs,
                                        int32_t* acc) {
-  const uint32_t* w = w_base + w_off;
-  for (int32_t c = 0; c < 2; ++c) {
-    int32_t best = 0;
-    for (int32_t p = 0; p < 4; ++p) {
-      int32_t sum = 0;
-      for (int32_t r = 0; r < rows; ++r) {
-        const int16_t* xr = x_base + x_off + (p / 2) * x_row + (p % 2) * x_pix + r * x_row;
-        const uint32_t* wr = w + (c * rows + r) * pairs;
-        for (int32_t j = 0; j < pairs; ++j) {
-          sum += xr[2 * j] * (int16_t)(wr[j] & 0xFFFFu) + xr[2 * j + 1] * (int16_t)(wr[j] >> 16);
-        }
-      }
-      best = (p == 0 || sum > best) ? sum : best;
+  /* each pixel of the window through the reference dot product (x_pix 0: the one pixel in
+     both slots, channel c's sum in sums[c * 2]), then the largest per channel */
+  acc[0] = INT32_MIN;
+  acc[1] = INT32_MIN;
+  for (int32_t p = 0; p < 4; ++p) {
+    int32_t sums[4] = {0, 0, 0, 0};
+    utvm_dot_s16_p2c2(x_base, x_off + (p / 2) * x_row + (p % 2) * x_pix, 0, x_row, w_base + w_off, rows,
+                      pairs, sums, 0);
+    for (int32_t c = 0; c < 2; ++c) {
+      acc[c] = sums[c * 2] > acc[c] ? sums[c * 2] : acc[c];
     }
-    acc[c] = best;
   }
   return 0;
 }
