@@ -176,7 +176,7 @@ def plan_main(mod, tensor_lifetimes=False):
         raise StageError(f"tensors {', '.join(t.name for t in unplanned)} are allocated at run time; "
                          f"0201 needs every intermediate in the static arena")
     if tensor_lifetimes:
-        storages = _storage_per_tensor(calls, result)
+        storages = _storage_per_tensor(calls)
     plan = Plan(calls, storages, constants, input_tensor, output)
     if result.place == "output":
         for call in calls:
@@ -190,7 +190,7 @@ def plan_main(mod, tensor_lifetimes=False):
     return plan
 
 
-def _storage_per_tensor(calls, result):
+def _storage_per_tensor(calls):
     """A storage of its own for every arena tensor, alive from its first to its last call."""
     storages = {}
     for index, call in enumerate(calls):

@@ -8,8 +8,6 @@ import numpy as np
 from utils.cli import StageError
 
 F746_FLASH_BYTES = 1024 * 1024
-
-
 QUICK_IMAGES = 1000
 
 

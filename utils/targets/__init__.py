@@ -71,9 +71,9 @@ class Mlf:
     @property
     def cflags(self) -> list:
         """Flags the compiler asks for in metadata.json (0202: -O2), after the target's own."""
-        import json
+        from utils.aot.mlf import read_metadata
         try:
-            return list(json.loads((self.root / "metadata.json").read_text()).get("cflags", []))
+            return list(read_metadata(self.root).get("cflags", []))
         except (OSError, ValueError):
             return []
 
