@@ -180,11 +180,9 @@ class Pass:
 
 
 def qemu_command(elf: Path, plugin: Path, start: int, stop: int, uart: Path, plugin_log: Path) -> list:
-    return [qemu_m7.QEMU, "-M", "mps2-an500", "-display", "none", "-monitor", "none",
-            "-serial", f"file:{uart}", "-icount", "shift=0",
-            "-semihosting-config", "enable=on,target=native",
-            "-plugin", f"{plugin},start={start:#x},stop={stop:#x}", "-d", "plugin", "-D", str(plugin_log),
-            "-kernel", str(elf)]
+    return qemu_m7.qemu_command(elf, serial=f"file:{uart}", extra=[
+        "-semihosting-config", "enable=on,target=native",
+        "-plugin", f"{plugin},start={start:#x},stop={stop:#x}", "-d", "plugin", "-D", str(plugin_log)])
 
 
 def run_on_qemu(elf: Path, plugin: Path, timeout: float = QEMU_TIMEOUT) -> list:

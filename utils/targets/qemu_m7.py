@@ -29,9 +29,11 @@ LINK_FLAGS = CPU_FLAGS + ["-nostartfiles", "--specs=nano.specs", "-Wl,--gc-secti
                           f"-T{LINKER_SCRIPT}"]
 
 
-def qemu_command(elf) -> list:
+def qemu_command(elf, serial="pty", extra=()) -> list:
+    """The emulated board running `elf`; UART0 on `serial`; `extra` options (the benchmark's
+    plugin and semihosting) before -kernel."""
     return [QEMU, "-M", "mps2-an500", "-display", "none", "-monitor", "none",
-            "-serial", "pty", "-icount", "shift=0", "-kernel", str(elf)]
+            "-serial", serial, "-icount", "shift=0", *extra, "-kernel", str(elf)]
 
 
 def build(mlf_tar, out_dir=None) -> Path:
