@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from utils import paths
-from utils.cli import StageError
+from utils.cli import StageError, one_line
 from utils.reports import read_report, write_report
 from utils.targets import (TargetError, compile_and_link, die_with_parent, library_flags,
                            library_objects_dir, stop_process, unpack_mlf)
@@ -54,12 +54,6 @@ GOAL_INSTRUCTIONS = 1_000_000  # issue 7: int8 on the emulated Cortex-M7
 
 def _say(text):
     print(text, flush=True)
-
-
-def _one_line(exc) -> str:
-    lines = str(exc).strip().splitlines()
-    text = next((line.strip() for line in lines if line.strip()), "")
-    return f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------ the model's MACs
@@ -457,7 +451,7 @@ def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir,
             rows[name] = measure_variant(name, model, images, labels, opt_levels, build_dir, plugin,
                                          macs_cache)
         except Exception as exc:  # one variant that cannot be built must not hide the others
-            rows[name] = {"status": "error", "error": _one_line(exc), "model": str(model),
+            rows[name] = {"status": "error", "error": f"{type(exc).__name__}: {one_line(exc)}", "model": str(model),
                           "kind": kind, "optim": VARIANTS[name][1]}
             _say(f"  ERROR {name}: {rows[name]['error']}")
         rows[name]["seconds"] = round(time.perf_counter() - t0, 1)

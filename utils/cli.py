@@ -2,8 +2,19 @@
 import sys
 
 
+ONE_LINE_LIMIT = 240
+
+
 class StageError(Exception):
     """A problem the user can fix; its message is one line that says what to do."""
+
+
+def one_line(exc, limit=ONE_LINE_LIMIT) -> str:
+    """An exception's message as one line for an error of our own: its first non-empty line,
+    white space folded, cut at `limit` characters; the exception's type when it says nothing."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    text = next((line for line in lines if line), "")
+    return text[:limit] if text else type(exc).__name__
 
 
 def run(main, argv=None):

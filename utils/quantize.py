@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.ao import quantization as tq
 from torch.ao.quantization import DeQuantStub, QuantStub
 
-from utils.cli import StageError
+from utils.cli import StageError, one_line
 from utils.model import MnistModel
 from utils.qmodel import FUSE_GROUPS as LENET5_FUSE_GROUPS
 from utils.qmodel import QMnistModel
@@ -189,11 +189,6 @@ def state_bytes(model: nn.Module) -> int:
     return buffer.tell()
 
 
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
 def _require_file(path: Path, made_by: str = None, hint: str = ""):
     if not path.is_file():
         made_by = made_by or MADE_BY.get(path.name, "the stage that makes it")
@@ -211,7 +206,7 @@ def load_int8_model(path, made_by: str = None) -> torch.jit.ScriptModule:
         with _quiet_deprecations():
             model = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise StageError(f"{path} is not a readable TorchScript model ({_one_line(exc)})") from None
+        raise StageError(f"{path} is not a readable TorchScript model ({one_line(exc)})") from None
     model.eval()
     kinds = {node.kind() for node in model.inlined_graph.nodes()}
     if not any(kind.startswith("quantized::") for kind in kinds):
@@ -220,7 +215,7 @@ def load_int8_model(path, made_by: str = None) -> torch.jit.ScriptModule:
         with torch.no_grad():
             out = model(torch.zeros(INPUT_SHAPE))
     except Exception as exc:
-        raise StageError(f"{path} does not accept a [1,1,28,28] input ({_one_line(exc)})") from None
+        raise StageError(f"{path} does not accept a [1,1,28,28] input ({one_line(exc)})") from None
     if tuple(out.shape) != (1, 10):
         raise StageError(f"{path} returns shape {tuple(out.shape)}, expected (1, 10)")
     return model
@@ -233,13 +228,13 @@ def load_fp32_model(model: nn.Module, path, made_by: str = None, hint: str = "")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise StageError(f"{path} is not a readable weights file ({_one_line(exc)})") from None
+        raise StageError(f"{path} is not a readable weights file ({one_line(exc)})") from None
     if not isinstance(state, dict):
         raise StageError(f"{path} holds a {type(state).__name__}, not a state_dict")
     try:
         model.load_state_dict(state)
     except Exception as exc:
-        raise StageError(f"{path} does not fit {type(model).__name__} ({_one_line(exc)})") from None
+        raise StageError(f"{path} does not fit {type(model).__name__} ({one_line(exc)})") from None
     return model.eval()
 
 

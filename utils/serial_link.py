@@ -13,6 +13,7 @@ import serial
 import serial.tools.list_ports
 
 from utils import protocol
+from utils.cli import one_line
 
 STLINK_VID = 0x0483          # STMicroelectronics: the ST-LINK/V2-1 virtual COM port
 DEFAULT_PORT = "/dev/ttyACM0"
@@ -99,7 +100,7 @@ class Board:
             if not os.path.exists(port):
                 raise PortNotFound(f"serial port {port} does not exist; ports that exist: "
                                    f"{_describe_ports()}") from None
-            raise LinkError(f"cannot open {port}: {_one_line(exc)}") from None
+            raise LinkError(f"cannot open {port}: {one_line(exc)}") from None
 
     # ------------------------------------------------------------ context manager
     def __enter__(self):
@@ -154,7 +155,7 @@ class Board:
                                f"for {self.timeout:g} s; is the board running?") from None
         except (serial.SerialException, OSError, termios.error) as exc:
             # termios.error: tcdrain on a pty whose other end has just closed
-            raise BoardGone(f"{self.port} went away while writing: {_one_line(exc)}") from None
+            raise BoardGone(f"{self.port} went away while writing: {one_line(exc)}") from None
 
     def read_messages(self, duration: float) -> list:
         """Every message that arrives within `duration` seconds (for tests and fault handling)."""
@@ -172,7 +173,7 @@ class Board:
         try:
             data = self._serial.read(max(1, self._serial.in_waiting))
         except (serial.SerialException, OSError) as exc:
-            raise BoardGone(f"{self.port} went away: {_one_line(exc)}") from None
+            raise BoardGone(f"{self.port} went away: {one_line(exc)}") from None
         return self._parser.feed(data) if data else []
 
     def _wait(self, wanted, what: str):
@@ -196,7 +197,3 @@ class Board:
         if isinstance(message, protocol.Garbled):
             self.garbled += len(message.data)
         self.events.append(message)
-
-
-def _one_line(exc) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

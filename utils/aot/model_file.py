@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.cli import StageError
+from utils.cli import StageError, one_line
 from utils.reports import model_hash
 
 INPUT_SHAPE = (1, 1, 28, 28)
@@ -50,11 +50,6 @@ def made_by(path) -> str:
     if stage:
         return f"`python3 {stage}`"
     return "`python3 0103mnist_QAT.py` (int8) or `python3 0101mnist.py` (fp32)"
-
-
-def _one_line(exc) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def _is_torchscript(path) -> bool:
@@ -103,7 +98,7 @@ def load_model(path, kind="auto") -> SourceModel:
             with quiet_torch():
                 module = torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:
-            raise StageError(f"{path} is not a readable TorchScript model ({_one_line(exc)}); "
+            raise StageError(f"{path} is not a readable TorchScript model ({one_line(exc)}); "
                              f"remake it with {made_by(path)}") from None
         if _is_quantized_script(module):
             found = SourceModel(path, "int8", model_hash(path), module, f"TorchScript int8 {module.original_name}")
@@ -119,7 +114,7 @@ def load_model(path, kind="auto") -> SourceModel:
             with quiet_torch():
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
-            reason = "pickled Python objects, not tensors" if "weights_only" in str(exc) else _one_line(exc)
+            reason = "pickled Python objects, not tensors" if "weights_only" in str(exc) else one_line(exc)
             raise StageError(f"{path} is neither TorchScript nor a state_dict ({reason}); "
                              f"remake it with {made_by(path)}") from None
         for key in ("state_dict", "model_state_dict"):
