@@ -242,6 +242,8 @@ void proto_init(proto_parser *p, proto_handler handler, void *context)
     p->handler = handler;
     p->context = context;
     p->state = ST_LINE;
+    p->frame_pause = PROTO_NO_PAUSE;
+    p->replay_pause = PROTO_NO_PAUSE;
     reset_line(p);
 }
 
@@ -344,6 +346,44 @@ static void end_line(proto_parser *p)
     reset_line(p);
 }
 
+/* Whether the line so far can still become a request: a prefix of up to 784 values 0..255,
+ * or of "info". Only such a line outlasts a pause. */
+static int line_can_become_request(const proto_parser *p)
+{
+    if (p->line_skip) {
+        return 0;
+    }
+    if (p->token_len == 0) {
+        return p->values <= PROTO_PIXELS;
+    }
+    if (p->info_pending) {
+        return 0; /* "info" takes no values */
+    }
+    if (!p->token_is_number) {
+        return p->values == 0 && p->token_len <= 4 && memcmp(p->token, "info", p->token_len) == 0;
+    }
+    return p->token_value <= 255 && p->values < PROTO_PIXELS;
+}
+
+/* A pause ends a line that can no longer become a request. Its error is the one the end of
+ * the line would have reported, counted up to the pause; then the next byte starts a line. */
+static void line_pause(proto_parser *p)
+{
+    if (line_can_become_request(p)) {
+        return;
+    }
+    if (!p->line_skip) {
+        end_token(p);
+    }
+    if (!p->line_skip) {
+        proto_text t = detail(p);
+        proto_text_u32(&t, p->values);
+        proto_text_str(&t, " values, expected 784");
+        emit_error(p, 0, 0, PROTO_ERR_WRONG_COUNT);
+    }
+    reset_line(p);
+}
+
 static void line_byte(proto_parser *p, uint8_t byte)
 {
     if (byte == PROTO_SYNC0) {
@@ -407,10 +447,21 @@ static void fail_frame(proto_parser *p)
     if (tail + waiting > sizeof p->replay) {
         waiting = sizeof p->replay - tail;
     }
+    /* The pause goes back with the bytes: those after it are scanned as after a pause. At most
+     * one is pending: one in the waiting bytes is replayed into this frame before it can
+     * hold one of its own, and a pause from outside finds nothing waiting. */
+    size_t pause = PROTO_NO_PAUSE;
+    if (p->replay_pause != PROTO_NO_PAUSE && p->replay_pause >= p->replay_pos) {
+        pause = tail + (p->replay_pause - p->replay_pos);
+    } else if (p->frame_pause != PROTO_NO_PAUSE && p->frame_pause >= 2) {
+        pause = p->frame_pause - 2u;
+    }
     memmove(p->replay + tail, p->replay + p->replay_pos, waiting);
     memcpy(p->replay, p->frame + 2, tail);
     p->replay_pos = 0;
     p->replay_len = (uint16_t)(tail + waiting);
+    p->replay_pause = pause <= p->replay_len ? (uint16_t)pause : PROTO_NO_PAUSE;
+    p->frame_pause = PROTO_NO_PAUSE;
     p->recovering = 1;
     p->frame_len = 0;
     p->state = ST_LINE;
@@ -420,6 +471,7 @@ static void fail_frame(proto_parser *p)
 static void frame_done(proto_parser *p)
 {
     p->frame_len = 0;
+    p->frame_pause = PROTO_NO_PAUSE;
     p->state = ST_LINE;
     reset_line(p);
 }
@@ -495,6 +547,7 @@ static void process(proto_parser *p, uint8_t byte)
             p->frame[1] = PROTO_SYNC1;
             p->frame_len = 2;
             p->frame_need = PROTO_MAX_FRAME;
+            p->frame_pause = PROTO_NO_PAUSE;
             p->recovering = 0;
             p->state = ST_FRAME;
             break;
@@ -515,6 +568,28 @@ static void process(proto_parser *p, uint8_t byte)
     }
 }
 
+static void pause_input(proto_parser *p)
+{
+    switch (p->state) {
+    case ST_FRAME:
+        /* A frame is counted by its header, never cut by time; the pause matters only if the
+         * frame fails and its bytes are scanned again as text. */
+        p->frame_pause = p->frame_len;
+        break;
+    case ST_SYNC: {
+        proto_text t = detail(p);
+        proto_text_str(&t, "0xa5 without 0x5a");
+        emit_error(p, 0, 0, PROTO_ERR_GARBAGE);
+        p->state = ST_LINE;
+        reset_line(p);
+        break;
+    }
+    default:
+        line_pause(p);
+        break;
+    }
+}
+
 /* Invariant that bounds the replay buffer: frame_len + (replay_len - replay_pos) never
  * exceeds PROTO_MAX_FRAME. A new byte enters only when nothing waits for a replay, a byte
  * moving from the replay queue into the frame keeps the sum, a frame completes at
@@ -523,8 +598,23 @@ void proto_feed(proto_parser *p, uint8_t byte)
 {
     process(p, byte);
     while (p->replay_pos < p->replay_len) {
+        if (p->replay_pos == p->replay_pause) {
+            p->replay_pause = PROTO_NO_PAUSE;
+            pause_input(p);
+        }
         process(p, p->replay[p->replay_pos++]);
+    }
+    if (p->replay_pause != PROTO_NO_PAUSE) { /* a pause after the last byte given back */
+        p->replay_pause = PROTO_NO_PAUSE;
+        pause_input(p);
     }
     p->replay_pos = 0;
     p->replay_len = 0;
+}
+
+void proto_pause(proto_parser *p)
+{
+    /* Between two calls to proto_feed nothing waits for a replay: the pause is the newest
+     * input there is. */
+    pause_input(p);
 }

@@ -10,10 +10,17 @@
  * Use:
  *     static proto_parser parser;
  *     proto_init(&parser, on_event, NULL);
- *     for (;;) { int c = platform_read_byte(); if (c < 0) break; proto_feed(&parser, (uint8_t)c); }
- * on_event() is called from inside proto_feed() for every complete request or error, possibly
- * several times for one byte (a failed frame's bytes are scanned again). It must not call
- * proto_feed() itself.
+ *     for (;;) {
+ *         if (input has been quiet for PROTO_RESYNC_PAUSE_MS) proto_pause(&parser);
+ *         int c = platform_read_byte(); if (c < 0) break; proto_feed(&parser, (uint8_t)c);
+ *     }
+ * on_event() is called from inside proto_feed() or proto_pause() for every complete request
+ * or error, possibly several times for one byte (a failed frame's bytes are scanned again).
+ * It must not call proto_feed() or proto_pause() itself.
+ *
+ * The parser reads no clock: the caller says when the input paused, so the parser stays a pure
+ * function of its input (bytes and pauses, in order) and the tests and the fuzzer replay
+ * pauses exactly.
  */
 #ifndef MNIST_PROTOCOL_H
 #define MNIST_PROTOCOL_H
@@ -35,6 +42,11 @@
 #define PROTO_RESULT_FRAME_BYTES (PROTO_HEADER_BYTES + PROTO_RESULT_PAYLOAD_BYTES + PROTO_CRC_BYTES)
 #define PROTO_DETAIL_MAX 64 /* error details, NUL included */
 #define PROTO_TOKEN_KEEP 15 /* characters of a bad token quoted in an error */
+/* Quiet input for this long is a pause (docs/protocol.md, "Pauses"): it ends a text line
+ * that can no longer become a request. Long against the gaps inside one write of a request
+ * at 115200 baud or through a pty, short against a person who sends junk and then a request. */
+#define PROTO_RESYNC_PAUSE_MS 100
+#define PROTO_NO_PAUSE 0xFFFFu
 
 enum proto_msg_type {
     PROTO_TYPE_INFER = 0x01,
@@ -88,10 +100,13 @@ typedef struct {
     uint8_t frame[PROTO_MAX_FRAME];
     uint16_t frame_len;
     uint16_t frame_need;
+    uint16_t frame_pause;  /* frame_len when the input last paused inside this frame, or
+                              PROTO_NO_PAUSE: replayed with the frame's bytes if it fails */
     /* bytes of a failed frame, scanned again after its sync */
     uint8_t replay[PROTO_MAX_FRAME];
     uint16_t replay_len;
     uint16_t replay_pos;
+    uint16_t replay_pause; /* a pause before replay[replay_pause], or PROTO_NO_PAUSE */
     /* text line being received */
     uint8_t text_pixels[PROTO_PIXELS];
     uint16_t line_len;
@@ -108,6 +123,12 @@ typedef struct {
 
 void proto_init(proto_parser *parser, proto_handler handler, void *context);
 void proto_feed(proto_parser *parser, uint8_t byte);
+/* The input has been quiet for PROTO_RESYNC_PAUSE_MS since the last byte. Ends a text line
+ * that can no longer become a request (reporting its error if it has not been reported yet)
+ * and a lone 0xA5, so the next byte starts a new line. A line that can still become a request
+ * is kept, and a binary frame is never cut: it stays counted by its header. Calling it again
+ * without a byte in between changes nothing. */
+void proto_pause(proto_parser *parser);
 
 /* CRC-32 (IEEE 802.3, zlib's): proto_crc32_update(0, data, n) == zlib.crc32(data). */
 uint32_t proto_crc32_update(uint32_t crc, const uint8_t *data, size_t length);

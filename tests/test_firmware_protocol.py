@@ -12,10 +12,20 @@ from utils.paths import ROOT
 VECTORS = json.loads((ROOT / "docs" / "protocol_vectors.json").read_text())
 
 
-def events(protocol_check, data: bytes) -> list:
-    out = subprocess.run([str(protocol_check), "events"], input=data.hex(), capture_output=True,
-                         text=True, check=True, timeout=30).stdout
+def with_pauses(data: bytes, pauses=()) -> str:
+    """protocol_check's input: the bytes in hex, `p` where the input pauses."""
+    cuts = [0, *pauses, len(data)]
+    return "p".join(data[a:b].hex() for a, b in zip(cuts, cuts[1:]))
+
+
+def events(protocol_check, data: bytes, pauses=()) -> list:
+    out = subprocess.run([str(protocol_check), "events"], input=with_pauses(data, pauses),
+                         capture_output=True, text=True, check=True, timeout=30).stdout
     return [line.split(" #")[0] for line in out.splitlines()]
+
+
+def stream_events(protocol_check, vector) -> list:
+    return events(protocol_check, bytes.fromhex(vector["input_hex"]), vector.get("pauses", ()))
 
 
 def replies(protocol_check, lines: list) -> list:
@@ -26,7 +36,42 @@ def replies(protocol_check, lines: list) -> list:
 
 @pytest.mark.parametrize("vector", VECTORS["device_streams"], ids=lambda v: v["name"])
 def test_device_stream_vectors(protocol_check, vector):
-    assert events(protocol_check, bytes.fromhex(vector["input_hex"])) == vector["events"]
+    assert stream_events(protocol_check, vector) == vector["events"]
+
+
+def test_pause_vectors_need_their_pauses(protocol_check):
+    """Each pause vector tests the pause: without its pauses the parser gives other events
+    (for most, the request after the damage is lost)."""
+    paused = [v for v in VECTORS["device_streams"] if v.get("pauses")]
+    assert len(paused) >= 8
+    changed = [v["name"] for v in paused
+               if events(protocol_check, bytes.fromhex(v["input_hex"])) != v["events"]]
+    keeps = {"slow_info", "slow_text_image", "pauses_inside_frames"}  # pauses that must not matter
+    assert sorted(changed) == sorted(v["name"] for v in paused if v["name"] not in keeps)
+
+
+def test_pauses_never_change_valid_requests(protocol_check):
+    """A person at a terminal may stop anywhere: in every vector whose input is all requests,
+    pauses at random places (not between a sync's two bytes) give the same events."""
+    import random
+    rng = random.Random(11)
+    valid = [v for v in VECTORS["device_streams"]
+             if v["events"] and not any(e.startswith("error") for e in v["events"])]
+    assert len(valid) >= 10
+    for vector in valid:
+        data = bytes.fromhex(vector["input_hex"])
+        allowed = [i for i in range(len(data) + 1) if not (i > 0 and data[i - 1] == 0xA5)]
+        for _ in range(3):
+            pauses = sorted(rng.sample(allowed, min(len(allowed), rng.randrange(1, 40))))
+            assert events(protocol_check, data, pauses) == vector["events"], (vector["name"], pauses)
+
+
+def test_a_repeated_pause_is_one_pause(protocol_check):
+    for vector in VECTORS["device_streams"]:
+        pauses = [p for p in vector.get("pauses", ()) for _ in range(3)]
+        if pauses:
+            data = bytes.fromhex(vector["input_hex"])
+            assert events(protocol_check, data, pauses) == vector["events"], vector["name"]
 
 
 def test_request_vectors_parse(protocol_check):
@@ -73,9 +118,12 @@ def test_every_byte_split_gives_the_same_events(protocol_check):
     """The parser keeps no state outside proto_parser: feeding the vectors back to back gives
     the concatenation of their events (each vector starts at a line boundary)."""
     streams = [v for v in VECTORS["device_streams"] if v["name"] != "white_space_cut_by_frame"]
-    data = b"".join(bytes.fromhex(v["input_hex"]) + b"\n" for v in streams)
+    data, pauses = b"", []
+    for v in streams:
+        pauses += [len(data) + p for p in v.get("pauses", ())]
+        data += bytes.fromhex(v["input_hex"]) + b"\n"
     expected = [e for v in streams for e in v["events"]]
-    assert events(protocol_check, data) == expected
+    assert events(protocol_check, data, pauses) == expected
 
 
 def test_random_damage_then_a_frame_is_always_answered(protocol_check):

@@ -2,9 +2,11 @@
 # Fuzz the firmware's protocol parser (firmware/protocol.c) with libFuzzer + ASan + UBSan.
 #   tools/fuzz_protocol.sh --runs 1000000      # at least a million inputs
 #   tools/fuzz_protocol.sh --runs 20000        # CI's short run
-# Seeds: the device streams of docs/protocol_vectors.json. Exits non-zero on a crash, a
-# sanitizer report or a hang (an input taking over --timeout seconds); the crashing input is
-# left in build/fuzz/ (reproduce: build/fuzz/fuzz_protocol <file>).
+# Seeds: the device streams of docs/protocol_vectors.json, their pauses written with the
+# harness's escape (tools/fuzz_protocol.c: FF FF is the byte FF; FF and any other byte is a
+# pause). Exits non-zero on a crash, a sanitizer report or a hang (an input taking over
+# --timeout seconds); the crashing input is left in build/fuzz/ (reproduce:
+# build/fuzz/fuzz_protocol <file>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +18,7 @@ while [ $# -gt 0 ]; do
         --runs) runs="$2"; shift 2 ;;
         --timeout) timeout="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
         *) echo "fuzz_protocol.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -45,8 +47,15 @@ python3 - "$out/corpus" <<'PY'
 import json, sys, pathlib
 vectors = json.loads(pathlib.Path("docs/protocol_vectors.json").read_text())
 corpus = pathlib.Path(sys.argv[1])
+ESCAPE, PAUSE = 0xFF, b"\xff\x00"
 for stream in vectors["device_streams"]:
-    (corpus / f"seed-{stream['name']}").write_bytes(bytes.fromhex(stream["input_hex"]))
+    data, pauses = bytes.fromhex(stream["input_hex"]), set(stream.get("pauses", ()))
+    seed = bytearray()
+    for i, byte in enumerate(data):
+        seed += PAUSE if i in pauses else b""
+        seed += bytes([byte, byte]) if byte == ESCAPE else bytes([byte])
+    seed += PAUSE if len(data) in pauses else b""
+    (corpus / f"seed-{stream['name']}").write_bytes(bytes(seed))
 PY
 
 echo "fuzzing firmware/protocol.c: $runs inputs (ASan + UBSan), corpus $out/corpus"

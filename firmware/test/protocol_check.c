@@ -2,8 +2,9 @@
  * Runs firmware/protocol.c over input given on stdin, for tests/test_firmware_protocol.py and
  * docs/protocol_vectors.json. Built with the host gcc; no firmware, no model.
  *
- *   protocol_check events   stdin: hex digits (white space ignored), fed one byte at a time;
- *                           prints one line per parser event, in the vectors' notation
+ *   protocol_check events   stdin: hex digits (white space ignored), fed one byte at a time,
+ *                           and `p` for a pause in the input (proto_pause); prints one line
+ *                           per parser event, in the vectors' notation
  *   protocol_check replies  stdin: one reply description per line; prints what the device sends:
  *                             result SEQ DIGIT UNIT TIME S0 .. S9   -> frame hex
  *                             info SEQ PAIRS...                    -> frame hex
@@ -61,6 +62,14 @@ static int run_events(void)
     proto_init(&parser, print_event, NULL);
     int high = -1, c;
     while ((c = getchar()) != EOF) {
+        if (c == 'p') {
+            if (high >= 0) {
+                fprintf(stderr, "protocol_check: a pause inside a byte's two hex digits\n");
+                return 2;
+            }
+            proto_pause(&parser);
+            continue;
+        }
         int v = hex_value(c);
         if (v < 0) {
             continue;
