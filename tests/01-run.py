@@ -4,7 +4,7 @@ checked the way RIOT's own tests/pkg/*/tests/01-run.py do: RIOT's testrunner ope
 `make term` and the script expects replies on it.
 
 It asks for INFO, sends MNIST test images and expects the digits the host build of the same
-model library gives (utils.aot.host), then garbage and a valid image after it. Text form
+model library gives (utils.aot.host_library), then garbage and a valid image after it. Text form
 (the seed's 784 numbers on a line) on every board: `make term` is a line terminal (pyterm)
 on a real board. On native boards the terminal is the process's own pty, so binary frames
 are checked too, after switching that pty to raw.
@@ -34,7 +34,7 @@ TEXT_RESULT = rb"prediction: (\d) time: (\d+) (us|cycles|instructions) probs_per
 
 
 def expected_digits(images):
-    from utils.aot.host import HostLibrary
+    from utils.aot.host_library import HostLibrary
     tar = Path(os.environ.get("UTVM_TAR") or paths.MLF_TAR)
     return [int(d) for d in HostLibrary(tar).predict(images)]
 

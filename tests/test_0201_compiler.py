@@ -9,15 +9,18 @@ import torch
 
 from tests.fixtures_models import run_stage
 from utils.aot import verify
-from utils.aot.host import HostLibrary
-from utils.aot.int8 import golden_int8, last_quantized_layer, parse_int8, torch_int8_reference
+from utils.aot.backends.generic import GENERIC
+from utils.aot.compiler import compile_model
+from utils.aot.golden import golden_int8
+from utils.aot.host_library import HostLibrary
+from utils.aot.torchscript import last_quantized_layer, parse_int8, torch_int8_reference
 from utils.aot.model_file import images_to_input, load_model
 from utils.cli import StageError
 from utils.data import mnist_arrays
 from utils.reports import model_hash
 
 REPORT_KEYS = ["arena_bytes", "constant_bytes", "arm_text_bytes", "arm_data_bytes", "arm_bss_bytes",
-               "images_checked", "argmax_agreement", "int8_exact_fraction", "max_abs_diff",
+               "images", "argmax_agreement", "uint8_exact_fraction", "max_abs_diff",
                "compile_seconds", "model_hash", "quick"]
 F746_MODEL_FLASH = 68 * 1024
 ARENA_BUDGET = 8 * 1024
@@ -46,8 +49,8 @@ def test_stage_passes_on_the_quick_qat_model(quick_mlf_stage, quick_qat_model):
     for key in REPORT_KEYS:
         assert key in report, key
     assert report["kind"] == "int8" and report["quick"] is True
-    assert report["images_checked"] >= 1000
-    assert report["int8_exact_fraction"] == 1.0 and report["argmax_agreement"] == 1.0
+    assert report["images"] >= 1000
+    assert report["uint8_exact_fraction"] == 1.0 and report["argmax_agreement"] == 1.0
     assert report["model_hash"] == model_hash(quick_qat_model)
     assert report["int8"]["model_hash"] == report["model_hash"]  # the per-kind section
     assert report["arena_bytes"] <= ARENA_BUDGET
@@ -184,10 +187,9 @@ def test_cortex_m7_cross_compile(quick_mlf_dir, tmp_path):
 
 
 def test_compiling_twice_gives_the_same_tar(quick_qat_model, tmp_path):
-    from utils.aot.compiler import compile_model
     source = load_model(quick_qat_model)
-    first = compile_model(source, tmp_path / "a.tar").tar.read_bytes()
-    assert compile_model(source, tmp_path / "b.tar").tar.read_bytes() == first
+    first = compile_model(source, tmp_path / "a.tar", GENERIC).tar.read_bytes()
+    assert compile_model(source, tmp_path / "b.tar", GENERIC).tar.read_bytes() == first
 
 
 # ----------------------------------------------------------------------------- fp32
@@ -199,9 +201,9 @@ def test_fp32_model_through_the_stage(quick_qat_model, tmp_path):
     proc = run_stage("0201tvm_no_optim.py", "--model", fp32, "--out", tar, "--quick", "--images", 300,
                      "--build-dir", tmp_path / "host-lib", reports_dir=tmp_path / "reports")
     report = json.loads((tmp_path / "reports/0201tvm_no_optim.json").read_text())
-    assert report["kind"] == "fp32" and report["images_checked"] == 300
+    assert report["kind"] == "fp32" and report["images"] == 300
     assert report["max_abs_diff"] <= 1e-4 and report["argmax_agreement"] == 1.0
-    assert "int8_exact_fraction" not in report["fp32"]
+    assert "uint8_exact_fraction" not in report["fp32"]
     assert report["warnings"] == [] and not verify.disallowed(report["arm_undefined_symbols"])
     assert tar.is_file(), proc.stdout
     lib = HostLibrary(tar, build_dir=tmp_path / "host-lib")
@@ -303,10 +305,10 @@ def test_verification_failures_are_named():
     logits = np.zeros((3, 10), np.uint8)
     other = logits.copy()
     other[1, 0] = 1
-    figures = verify.compare("int8", lib, ref, other, logits)
-    assert figures["int8_exact_fraction"] == pytest.approx(2 / 3)
+    figures = verify.compare_outputs(lib, ref, other, logits)
+    assert figures["uint8_exact_fraction"] == pytest.approx(2 / 3)
     assert any("uint8 logits identical" in p for p in verify.failures("int8", figures))
     lib[2, 5] += 2.0  # another digit and a large difference
-    figures = verify.compare("fp32", lib, ref)
+    figures = verify.compare_outputs(lib, ref)
     problems = " ".join(verify.failures("fp32", figures))
     assert "argmax agreement" in problems and "max abs diff" in problems

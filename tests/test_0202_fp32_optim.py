@@ -1,4 +1,4 @@
-"""Stage 0202 (fp32): 0202's schedules (utils/aot/optim/schedule.py) against 0201's library of
+"""Stage 0202 (fp32): 0202's schedules (utils/aot/backends/cortex_m/schedule.py) against 0201's library of
 the same float model, bit for bit, on the host, with real TVM, real gcc and real MNIST."""
 import json
 import re
@@ -9,9 +9,10 @@ import pytest
 from tvm import relax
 
 from utils.aot.compiler import compile_model
-from utils.aot.host import HostLibrary
+from utils.aot.host_library import HostLibrary
 from utils.aot.model_file import load_model
-from utils.aot.optim import schedule
+from utils.aot.backends.cortex_m import CORTEX_M, schedule
+from utils.aot.backends.generic import GENERIC
 from utils.data import mnist_arrays
 
 LENET_IMAGES = 300
@@ -46,8 +47,8 @@ def lenet_tars(quick_qat_model, tmp_path_factory):
     int8 model."""
     source = load_model(quick_qat_model.parent / "qmnist_lenet5_fp32.pth", "fp32")
     out = tmp_path_factory.mktemp("fp32-lenet")
-    base = compile_model(source, out / "no_optim.tar", optim=False)
-    optim = compile_model(source, out / "optim.tar", optim=True)
+    base = compile_model(source, out / "no_optim.tar", GENERIC)
+    optim = compile_model(source, out / "optim.tar", CORTEX_M)
     return base, optim, out
 
 
@@ -66,7 +67,7 @@ def test_lenet5_optim_is_scheduled_without_workspace(lenet_tars):
     kernels = (src / "default_lib1.c").read_text()
     meta = json.loads((out / "optim-mlf" / "metadata.json").read_text())
     assert "TVMBackendAllocWorkspace" not in kernels + (src / "default_lib0.c").read_text()
-    assert meta["optim"] is True and meta["cflags"] == []  # fp32 kernels are scheduled for -Os
+    assert meta["backend"] == "cortex_m" and meta["cflags"] == []  # fp32 kernels are scheduled for -Os
     # conv + max-pool fused: the conv's 28x28 and 10x10 outputs never reach the arena
     assert meta["arena_bytes"] < base.metadata["arena_bytes"] / 2
     fused = [k for k in meta["kernels"] if "conv2d" in k and "max_pool2d" in k]
@@ -82,8 +83,8 @@ def test_lenet5_optim_is_scheduled_without_workspace(lenet_tars):
 
 def test_mnist_model_optim_compiles_same_bits(quick_fp32_model, tmp_path):
     source = load_model(quick_fp32_model, "fp32")
-    base = compile_model(source, tmp_path / "no_optim.tar", optim=False)
-    optim = compile_model(source, tmp_path / "optim.tar", optim=True)
+    base = compile_model(source, tmp_path / "no_optim.tar", GENERIC)
+    optim = compile_model(source, tmp_path / "optim.tar", CORTEX_M)
     images = _images(MNIST_MODEL_IMAGES)
     base_out = HostLibrary(base.tar, build_dir=tmp_path / "host").run(images)
     optim_out = HostLibrary(optim.tar, build_dir=tmp_path / "host").run(images)

@@ -12,7 +12,9 @@ import torch
 
 from tests.fixtures_models import run_stage
 from utils.aot.compiler import compile_model
-from utils.aot.host import HostLibrary
+from utils.aot.host_library import HostLibrary
+from utils.aot.backends.cortex_m import CORTEX_M
+from utils.aot.backends.generic import GENERIC
 from utils.aot.model_file import load_model
 from utils.aot import verify
 from utils.data import mnist_arrays
@@ -24,7 +26,7 @@ FLASH_GOAL = 66_000  # bytes: 66 KB read as 1000s, the stricter reading
 @pytest.fixture(scope="module")
 def optim_tar(quick_qat_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("optim") / "optim.tar"
-    return compile_model(load_model(quick_qat_model, "int8"), out, optim=True).tar
+    return compile_model(load_model(quick_qat_model, "int8"), out, CORTEX_M).tar
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +46,9 @@ def test_stage_passes_and_reports(quick_qat_model, tmp_path):
               reports_dir=reports)
     figures = json.loads((reports / "0202tvm_optim.json").read_text())
     assert out.is_file()
-    assert figures["optim"] is True and figures["kind"] == "int8"
-    assert figures["bit_exact_with_no_optim"] == 1.0 and figures["int8_exact_fraction"] == 1.0
-    assert figures["images_checked"] == 300
+    assert figures["backend"] == "cortex_m" and figures["kind"] == "int8"
+    assert figures["vs_golden"]["bit_exact"] is True and figures["uint8_exact_fraction"] == 1.0
+    assert figures["images"] == 300
     assert figures["arena_bytes"] <= ARENA_GOAL
     assert figures["arm_flash_bytes"] <= FLASH_GOAL
     assert figures["library_cflags"] == ["-O2"]
@@ -71,15 +73,15 @@ def test_tar_is_a_drop_in_replacement(optim_tar, quick_mlf_tar, tmp_path):
     meta, base_meta = (json.loads((d / "metadata.json").read_text()) for d in (optim, base))
     assert meta["sources"] == base_meta["sources"] and meta["include_dirs"] == base_meta["include_dirs"]
     assert meta["inputs"] == base_meta["inputs"] and meta["outputs"] == base_meta["outputs"]
-    assert meta["optim"] is True and meta["arena_bytes"] < base_meta["arena_bytes"]
+    assert meta["backend"] == "cortex_m" and meta["arena_bytes"] < base_meta["arena_bytes"]
     header = (optim / "codegen/host/include/tvmgen_default.h").read_text()
     assert "int32_t tvmgen_default_run(struct tvmgen_default_inputs* inputs" in header
     kernels = (optim / "codegen/host/src/default_lib1.c").read_text()
-    assert "__smlad" in kernels and "utvm_dot_p1c4(x, w0, " in kernels
+    assert "__smlad" in kernels and "utvm_dot_u8s8_p1c4(x, w0, " in kernels
     # both pooled convolutions run the 4-pixel micro-kernel: conv1 on its uint8 rows widened
     # to int16, conv2 on the int16 activations conv1 writes for it
     assert kernels.count("utvm_pool_s16_p4c2(rows_ptr, ") == 1 and kernels.count("utvm_pool_s16_p4c2(x, ") == 1
-    assert "utvm_widen_u8(x, " in kernels and kernels.count("utvm_widen_pairs(w, ") == 2
+    assert "utvm_widen_u8_s16(x, " in kernels and kernels.count("utvm_widen_s8_s16_pairs(w, ") == 2
 
 
 def _emulator_scores(tar, images, directory):
@@ -159,8 +161,8 @@ def _odd_shapes_net():
 def odd_shapes_tars(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("odd")
     source = load_model(_traced_int8(_odd_shapes_net(), tmp / "odd_int8.pth"), "int8")
-    return (compile_model(source, tmp / "optim.tar", optim=True).tar,
-            compile_model(source, tmp / "base.tar").tar)
+    return (compile_model(source, tmp / "optim.tar", CORTEX_M).tar,
+            compile_model(source, tmp / "base.tar", GENERIC).tar)
 
 
 def test_odd_shapes_same_bits_on_the_host(odd_shapes_tars, last_500_images):
@@ -235,7 +237,7 @@ def test_riot_stm32_links_the_optimized_tar_and_its_stack_fits(riot_base, optim_
     elf = riot.build(riot.STM32, optim_tar, tmp_path / "stm32")
     symbols = subprocess.run(["arm-none-eabi-nm", "-S", "-t", "d", str(elf)], capture_output=True, text=True,
                              check=True).stdout
-    assert "utvm_widen_u8" in symbols and "tvmgen_default_conv3_fc1_fc2" in symbols
+    assert "utvm_widen_u8_s16" in symbols and "tvmgen_default_conv3_fc1_fc2" in symbols
     stack = riot.main_stack(elf)
     assert stack["main_stack_bound_complete"] and stack["main_stack_worst_case_bytes"] <= stack["main_stack_bytes"]
     assert riot.f746_budget(riot.sizes(riot.STM32, elf))["flash_used_percent"] < 10

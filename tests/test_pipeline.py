@@ -22,9 +22,9 @@ def test_quick_pipeline_on_host_prints_every_stage_figure():
     # must agree exactly with the host int8 model
     assert validation["agreement_with_host"] == 1.0
     compiled = json.loads((reports / "0201tvm_no_optim.json").read_text())
-    assert compiled["int8_exact_fraction"] == 1.0
+    assert compiled["uint8_exact_fraction"] == 1.0
     optimized = json.loads((reports / "0202tvm_optim.json").read_text())
-    assert optimized["bit_exact_with_no_optim"] == 1.0 and optimized["int8_exact_fraction"] == 1.0
+    assert optimized["vs_golden"]["bit_exact"] is True and optimized["uint8_exact_fraction"] == 1.0
     assert json.loads((reports / "pipeline.json").read_text())["library"] == "0202"
     assert "200 of 200 images answered" in summary
     assert json.loads((reports / "pipeline.json").read_text())["quick"] is True

@@ -1,55 +1,65 @@
-"""The benchmark of issue 7: each model library variant on the emulated Cortex-M7, measured.
+"""The benchmark: each model library variant on the emulated Cortex-M7, measured.
 
-For each variant (fp32 / int8, 0201's no_optim / 0202's optim) and each gcc opt level:
+For each variant (fp32 / int8, the generic backend (0201) / the Cortex-M backend (0202)) and
+each gcc opt level:
 
-    compile_model(optim=...) → MLF tar → arm-none-eabi-gcc (bench/bench_m7.c + firmware/m7
+    compile_model(source, tar, backend) → MLF tar → arm-none-eabi-gcc (bench/bench_m7.c + firmware/m7
     startup, UART and timer + the library + the test images as a C array) → ELF
     → qemu-system-arm -M mps2-an500 with the TCG plugin bench/insn_count_plugin.c, which
       counts the instructions between bench_marker_start() and bench_marker_stop(), exactly
     → UART lines: timer count, stack peak, output float bits (and the int8 tap)
-    → compared with the same tar on the host (utils.aot.host.HostLibrary)
+    → compared with the same tar on the host (utils.aot.host_library.HostLibrary)
 
 Instructions counted on an emulator stand in for cycles on the board: QEMU executes each
 instruction in one step and models no pipeline, caches or flash wait states.
 The int8 uint8 logits come from a second build with -DTVMGEN_DEFAULT_DEBUG_TAP; counts, flash
 and stack come from the build without it, the library exactly as the firmware links it.
 """
-import shutil
 import statistics
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 
-from utils import paths
+matplotlib.use("Agg")  # before pyplot: the benchmark draws its chart without a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from utils import paths  # noqa: E402
 from utils.cli import StageError, one_line
-from utils.reports import read_report, write_report
+from utils.data import mnist_arrays
+from utils.reports import read_report, report_path, write_report
 from utils.targets import (TargetError, compile_and_link, die_with_parent, library_flags,
-                           library_objects_dir, stop_process, unpack_mlf)
+                           library_objects_dir, run_build, stale, stop_process)
 from utils.targets import qemu_m7
+from utils.aot import mlf
+from utils.aot.backends import BACKENDS
+from utils.aot.compiler import compile_model, to_relax
+from utils.aot.host_library import HostLibrary
+from utils.aot.model_file import load_model
+from utils.aot.verify import compare_outputs, object_sizes
 
 STAGE = "bench"
 BENCH_SRC = paths.ROOT / "bench"
 PLUGIN_SOURCE = BENCH_SRC / "insn_count_plugin.c"
 HARNESS_SOURCE = BENCH_SRC / "bench_m7.c"
-DOCS_CHART = paths.ROOT / "docs" / "img" / "bench.png"
 DEFAULT_BUILD_DIR = paths.BUILD_DIR / "bench"
 
-# variant name → (model kind, optim)
+# variant name → (model kind, backend name)
 VARIANTS = {
-    "fp32_no_optim": ("fp32", False),
-    "fp32_optim": ("fp32", True),
-    "int8_no_optim": ("int8", False),
-    "int8_optim": ("int8", True),
+    "fp32_no_optim": ("fp32", "generic"),
+    "fp32_optim": ("fp32", "cortex_m"),
+    "int8_no_optim": ("int8", "generic"),
+    "int8_optim": ("int8", "cortex_m"),
 }
 OPT_LEVELS = ("-Os", "-O2")
 NM = "arm-none-eabi-nm"
 QEMU_TIMEOUT = 120.0
 TIMER_RESOLUTION = 40  # instructions per TIMER0 tick under -icount shift=0 (platform_m7.c)
 EMPTY_PASS = 0xFFFFFFFF
-GOAL_INSTRUCTIONS = 1_000_000  # issue 7: int8 on the emulated Cortex-M7
+GOAL_INSTRUCTIONS = 1_000_000  # int8 LeNet-5 on the emulated Cortex-M7
 
 
 def _say(text):
@@ -81,16 +91,14 @@ def count_macs(relax_mod) -> int:
 
 
 def model_macs(source) -> int:
-    """MACs of one inference of the model (from 0201's Relax module: it has the plain ops)."""
-    from utils.aot.compiler import to_relax
-    return count_macs(to_relax(source, optim=False)[0])
+    """MACs of one inference of the model (from the generic backend's Relax module: it has the plain ops)."""
+    return count_macs(to_relax(source, BACKENDS["generic"])[0])
 
 
 # ------------------------------------------------------------------ building
 
 def build_plugin(build_dir: Path) -> Path:
     """The counter plugin, compiled with the host gcc (rebuilt when its source changes)."""
-    from utils.targets import run_build, stale
     plugin = Path(build_dir) / "libinsn_count.so"
     if stale(plugin, [PLUGIN_SOURCE]):
         run_build(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o", plugin,
@@ -123,22 +131,22 @@ class Build:
 def build_elf(tar: Path, out_dir: Path, opt: str, images_c: Path, tap: bool) -> Build:
     """The bench ELF for QEMU mps2-an500: harness and platform with qemu_m7's flags (-Os), the
     library with qemu_m7's flags and then `opt`; with `tap` both see -DTVMGEN_DEFAULT_DEBUG_TAP."""
-    from utils.aot.compiler import DEBUG_TAP_DEFINE
-    defines = [f"-D{DEBUG_TAP_DEFINE}"] if tap else []
+    defines = [f"-D{mlf.DEBUG_TAP_DEFINE}"] if tap else []
     our_flags = qemu_m7.OUR_FLAGS + defines
     lib_flags = qemu_m7.LIB_FLAGS + defines
     sources = [HARNESS_SOURCE, qemu_m7.M7_DIR / "platform_m7.c", qemu_m7.M7_DIR / "startup.c", images_c]
     link_flags = qemu_m7.LINK_FLAGS + [f"-Wl,-Map={out_dir / 'bench_m7.map'}"]
-    # `opt` goes last, after the flags metadata.json asks for (0202 asks for -O2): the bench
+    # `opt` goes last, after the flags metadata.json asks for (the Cortex-M backend's int8 asks for -O2): the bench
     # measures each level itself.
     elf = compile_and_link("bench", qemu_m7.CC, sources, our_flags, lib_flags, tar, out_dir,
                            "bench_m7.elf", link_flags, link_deps=[qemu_m7.LINKER_SCRIPT],
                            lib_flags_last=[opt])
-    mlf = unpack_mlf(tar, out_dir)
-    objects = sorted(library_objects_dir(out_dir, library_flags(mlf, lib_flags, [opt])).glob("lib_*.o"))
-    if len(objects) != len(mlf.sources):
-        raise TargetError(f"found {len(objects)} library objects for {len(mlf.sources)} sources in {out_dir}")
-    return Build(elf, objects, library_flags(mlf, lib_flags, [opt]))
+    library = mlf.unpack_once(tar, out_dir)
+    flags = library_flags(library, lib_flags, [opt])
+    objects = sorted(library_objects_dir(out_dir, flags).glob("lib_*.o"))
+    if len(objects) != len(library.sources):
+        raise TargetError(f"found {len(objects)} library objects for {len(library.sources)} sources in {out_dir}")
+    return Build(elf, objects, flags)
 
 
 def marker_addresses(elf: Path) -> tuple:
@@ -255,40 +263,10 @@ def parse_plugin_log(text: str) -> list:
     return counts
 
 
-# ------------------------------------------------------------------ comparing with the host
-
-def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Units in the last place between float32 arrays (0 = the same bits)."""
-    def ordered(x):
-        bits = np.ascontiguousarray(x, np.float32).view(np.int32).astype(np.int64)
-        return np.where(bits < 0, -(bits + 2**31), bits)
-    return np.abs(ordered(a) - ordered(b))
-
-
-def compare_outputs(kind, device_out, host_out, device_logits=None, host_logits=None) -> dict:
-    same_bits = np.array_equal(np.ascontiguousarray(device_out, np.float32).view(np.uint32),
-                               np.ascontiguousarray(host_out, np.float32).view(np.uint32))
-    figures = {
-        "logprobs_bitwise_identical": bool(same_bits),
-        "logprobs_max_ulp": int(ulp_distance(device_out, host_out).max()),
-        "max_abs_diff": float(np.max(np.abs(device_out.astype(np.float64) - host_out))),
-        "argmax_agreement": float(np.mean(device_out.argmax(1) == host_out.argmax(1))),
-    }
-    if kind == "int8":
-        identical = np.all(device_logits == host_logits, axis=1)
-        figures["uint8_logits_identical_fraction"] = float(identical.mean())
-        figures["bit_exact"] = bool(identical.all())
-    else:
-        figures["bit_exact"] = bool(same_bits)
-    return figures
-
-
 # ------------------------------------------------------------------ one variant
 
 def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_out, host_logits, n_images):
     """Build and run one opt level of one variant; its figures."""
-    from utils.aot.compiler import uint8_logits_from_tap
-    from utils.aot.verify import object_sizes
     level_dir = build_dir / opt.lstrip("-")
     build = build_elf(tar, level_dir / "fw", opt, images_c, tap=False)
     passes = run_on_qemu(build.elf, plugin)
@@ -305,7 +283,7 @@ def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_ou
     if kind == "int8":
         tap_build = build_elf(tar, level_dir / "tap", opt, images_c, tap=True)
         tap_passes = run_on_qemu(tap_build.elf, plugin)[1:n_images + 1]
-        device_logits = uint8_logits_from_tap(np.stack([p.tap for p in tap_passes]), metadata)
+        device_logits = mlf.uint8_logits_from_tap(np.stack([p.tap for p in tap_passes]), metadata)
         tap_out_same = bool(np.array_equal(np.stack([p.output for p in tap_passes]).view(np.uint32),
                                            device_out.view(np.uint32)))
     sizes = object_sizes(build.library_objects)
@@ -327,48 +305,43 @@ def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_ou
         "bss_bytes": sizes["arm_bss_bytes"],
         "stack_peak_bytes": int(stack),
         "ram_bytes": int(metadata["arena_bytes"] + stack),
-        **compare_outputs(kind, device_out, host_out, device_logits, host_logits),
+        **compare_outputs(device_out, host_out, device_logits, host_logits),
     }
     if tap_out_same is not None:
         figures["tap_build_outputs_identical"] = tap_out_same
     return figures, device_out, device_logits
 
 
-def _host_outputs(tar, kind, images, build_dir):
-    from utils.aot.host import HostLibrary
-    host = HostLibrary(tar, build_dir=build_dir / "host-lib")
-    if kind == "int8":
-        return host.run_with_logits(images)
-    return host.run(images), None
+def _host_outputs(tar, images, build_dir):
+    return HostLibrary(tar, build_dir=build_dir / "host-lib").outputs(images)
 
 
 def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plugin, macs_cache) -> dict:
     """Compile, run and compare one variant; raises on any failure (the caller makes it a row)."""
-    from utils.aot.compiler import compile_model
-    from utils.aot.model_file import load_model
-    kind, optim = VARIANTS[name]
+    kind, backend_name = VARIANTS[name]
+    backend = BACKENDS[backend_name]
     variant_dir = build_dir / name
     variant_dir.mkdir(parents=True, exist_ok=True)
     source = load_model(model_path, kind)
     t0 = time.perf_counter()
-    compiled = compile_model(source, variant_dir / "mnistCNN.tar", optim=optim)
+    compiled = compile_model(source, variant_dir / "mnistCNN.tar", backend)
     compile_seconds = time.perf_counter() - t0
     metadata = compiled.metadata
-    if metadata.get("optim") is not bool(optim):
-        raise StageError(f"compile_model(optim={optim}) made a library whose metadata says optim="
-                         f"{metadata.get('optim')}")
+    if metadata.get("backend") != backend.name:
+        raise StageError(f"the {backend.name} backend made a library whose metadata says backend "
+                         f"{metadata.get('backend')}")
     _say(f"  compiled in {compile_seconds:.1f} s: arena {metadata['arena_bytes']} B, "
          f"{len(metadata['calls'])} kernel calls")
     if source.path not in macs_cache:
         macs_cache[source.path] = model_macs(source)
     macs = macs_cache[source.path]
 
-    host_out, host_logits = _host_outputs(compiled.tar, kind, images, build_dir)
+    host_out, host_logits = _host_outputs(compiled.tar, images, build_dir)
     reference = None
-    if optim:
-        # the golden library: 0201's no_optim build of the same model, on the host
-        golden = compile_model(source, variant_dir / "no_optim_reference.tar", optim=False)
-        reference = _host_outputs(golden.tar, kind, images, build_dir)
+    if backend.golden is not None:
+        # the golden backend's library of the same model, on the host
+        golden = compile_model(source, variant_dir / "golden_reference.tar", backend.golden)
+        reference = _host_outputs(golden.tar, images, build_dir)
     images_c = write_images_c(images, build_dir / "bench_images.c")
 
     levels, vs_golden = {}, {}
@@ -380,8 +353,8 @@ def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plu
             len(images))
         figures["accuracy"] = float(np.mean(device_out.argmax(1) == labels))
         if reference is not None:
-            vs_golden[opt] = compare_outputs(kind, device_out, reference[0], device_logits, reference[1])
-            figures["vs_no_optim"] = vs_golden[opt]
+            vs_golden[opt] = compare_outputs(device_out, reference[0], device_logits, reference[1])
+            figures["vs_golden"] = vs_golden[opt]
         levels[opt] = figures
         _say(f"  {opt}: {figures['instructions_per_inference']:,} instructions per inference "
              f"(min {figures['instructions_min']:,}, max {figures['instructions_max']:,}), "
@@ -392,7 +365,7 @@ def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plu
     row = {
         "status": "ok",
         "kind": kind,
-        "optim": optim,
+        "backend": backend.name,
         "model": str(source.path),
         "model_hash": source.model_hash,
         "network": source.network,
@@ -410,8 +383,8 @@ def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plu
         "ram_bytes": chosen["ram_bytes"],
         # every measured opt level, not only the chosen one, must match the host build
         "bit_exact": all(level["bit_exact"] for level in levels.values()),
-        "logprobs_bitwise_identical": all(level["logprobs_bitwise_identical"] for level in levels.values()),
-        "logprobs_max_ulp": max(level["logprobs_max_ulp"] for level in levels.values()),
+        "outputs_bitwise_identical": all(level["outputs_identical_fraction"] == 1.0 for level in levels.values()),
+        "max_ulp": max(level["max_ulp"] for level in levels.values()),
         "max_abs_diff": max(level["max_abs_diff"] for level in levels.values()),
         "images": int(len(images)),
         "accuracy": chosen["accuracy"],
@@ -421,18 +394,16 @@ def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plu
         "by_opt_level": levels,
     }
     if vs_golden:
-        # int8: uint8 logits identical to 0201's library; fp32: log-probs bitwise identical
-        row["matches_no_optim"] = all(v["bit_exact"] for v in vs_golden.values())
-        row["vs_no_optim"] = vs_golden[best]
+        # int8: uint8 logits identical to the golden backend's library; fp32: outputs bitwise identical
+        row["matches_golden"] = all(v["bit_exact"] for v in vs_golden.values())
+        row["vs_golden"] = vs_golden[best]
     return row
 
 
 # ------------------------------------------------------------------ the whole bench
 
 def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir, reports_dir,
-              quick=False, docs_chart=None) -> dict:
-    from utils.data import mnist_arrays
-    from utils.reports import report_path
+              quick=False) -> dict:
     started = time.perf_counter()
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -452,7 +423,7 @@ def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir,
                                          macs_cache)
         except Exception as exc:  # one variant that cannot be built must not hide the others
             rows[name] = {"status": "error", "error": f"{type(exc).__name__}: {one_line(exc)}", "model": str(model),
-                          "kind": kind, "optim": VARIANTS[name][1]}
+                          "kind": kind, "backend": VARIANTS[name][1]}
             _say(f"  ERROR {name}: {rows[name]['error']}")
         rows[name]["seconds"] = round(time.perf_counter() - t0, 1)
         rows[name]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -473,13 +444,9 @@ def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir,
     md.write_text(markdown(report))
     png = report_path(STAGE, reports_dir).with_suffix(".png")
     chart(report, png)
-    if docs_chart is not None:
-        Path(docs_chart).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, docs_chart)
     _say("")
     _say(md.read_text())
-    _say(f"wrote {report_path(STAGE, reports_dir)}, {md}, {png}"
-         f"{', ' + str(docs_chart) if docs_chart else ''} ({figures['seconds']} s)")
+    _say(f"wrote {report_path(STAGE, reports_dir)}, {md}, {png} ({figures['seconds']} s)")
     return report
 
 
@@ -505,7 +472,7 @@ def _percent(value) -> str:
 def markdown(report) -> str:
     lines = ["| variant | gcc | instructions / inference (median; min–max) | instr. / MAC | "
              "flash (text+data) B | arena B | stack peak B | RAM B | bit-exact with host | "
-             "same as no_optim | accuracy | images |",
+             "same as the golden backend | accuracy | images |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in _ordered(report):
         if row.get("status") != "ok":
@@ -516,15 +483,15 @@ def markdown(report) -> str:
             exact = ("yes: uint8 logits identical" if row["bit_exact"] else "**NO**: uint8 logits differ")
         else:
             exact = "yes: log-probs bitwise identical" if row["bit_exact"] else "**NO**"
-        if row["logprobs_bitwise_identical"]:
+        if row["outputs_bitwise_identical"]:
             if row["kind"] == "int8":
                 exact += ", log-probs bitwise identical"
         else:
-            exact += f"; log-probs max {row['logprobs_max_ulp']} ulp (max abs diff {row['max_abs_diff']:.2g})"
-        golden = row.get("vs_no_optim")
+            exact += f"; log-probs max {row['max_ulp']} ulp (max abs diff {row['max_abs_diff']:.2g})"
+        golden = row.get("vs_golden")
         if golden is None:
             same = "—"
-        elif row["matches_no_optim"]:
+        elif row["matches_golden"]:
             same = "yes: uint8 logits identical" if row["kind"] == "int8" else "yes: bitwise"
         else:
             same = (f"**NO**: max abs diff {golden['max_abs_diff']:.3g}, "
@@ -552,9 +519,6 @@ def markdown(report) -> str:
 
 
 def chart(report, path: Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     rows = _ordered(report)
     names = [name for name, _ in rows]
     ok = [row.get("status") == "ok" for _, row in rows]
@@ -564,12 +528,12 @@ def chart(report, path: Path):
     bars = ax1.bar(x, instr, color=["#4c72b0" if "int8" in n else "#dd8452" for n in names])
     for bar, (_, row), good in zip(bars, rows, ok):
         label = f"{row['instructions_per_inference'] / 1e6:.2f} M\n{row['opt_level']}" if good else "not built"
-        if good and row.get("matches_no_optim") is False:
-            label += "\nOUTPUTS ≠ no_optim"
+        if good and row.get("matches_golden") is False:
+            label += "\nOUTPUTS ≠ golden backend"
         ax1.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
                      va="bottom", fontsize=8)
     ax1.axhline(GOAL_INSTRUCTIONS / 1e6, color="grey", linestyle="--", linewidth=1)
-    ax1.annotate(f"issue 7 goal (int8): {GOAL_INSTRUCTIONS / 1e6:.1f} M", (len(names) - 0.55, GOAL_INSTRUCTIONS / 1e6),
+    ax1.annotate(f"goal (int8): {GOAL_INSTRUCTIONS / 1e6:.1f} M", (len(names) - 0.55, GOAL_INSTRUCTIONS / 1e6),
                  ha="right", va="bottom", fontsize=8, color="grey",
                  bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
     ax1.set_xticks(x, names, rotation=15)

@@ -4,19 +4,12 @@ The pipeline is the one that proved itself on TVM 0.27 (the VM's own pipeline st
 code generation here; we take `main` after StaticPlanBlockMemory and write the AOT glue
 ourselves, see emit.py):
 
-    DecomposeOpsForInference → LegalizeOps → AnnotateTIROpPattern → FoldConstant → FuseOps
-    → FuseTIR → MCU schedule → DeadCodeElimination → ToNonDataflow → RemovePurityChecking
-    → CallTIRRewrite → StaticPlanBlockMemory → AttachGlobalSymbol (see _attach_global_symbols)
+    backend's Relax passes → DecomposeOpsForInference → LegalizeOps → AnnotateTIROpPattern
+    → FoldConstant → FuseOps → FuseTIR → backend's schedule rules → DeadCodeElimination
+    → ToNonDataflow → RemovePurityChecking → CallTIRRewrite → StaticPlanBlockMemory
+    → AttachGlobalSymbol (see _attach_global_symbols)
 
-With optim (0202), utils.aot.optim.schedule's Relax rewrites run first and its schedule rules
-are tried before the MCU schedule.
-
-The MCU schedule is what makes the library fit: left alone, each fused kernel keeps its
-intermediates (padded input, int32 accumulator, each epilogue step) as full-size buffers that
-TIR lowering turns into TVMBackendAllocWorkspace calls (40 KB for the int8 LeNet-5, and a
-runtime we do not ship). The rule inlines every elementwise step (padding, casts,
-requantization) and moves what remains under the innermost common spatial loop of the last
-block, so each intermediate shrinks to a scalar on the stack.
+The backend (utils.aot.backends) decides the Relax passes and the TIR schedule rules.
 """
 import math
 import re
@@ -24,7 +17,7 @@ import re
 import numpy as np
 import tvm
 import tvm_ffi
-from tvm import relax, s_tir, tirx
+from tvm import relax, tirx
 from tvm.s_tir import dlight
 
 from utils.cli import StageError
@@ -32,95 +25,19 @@ from utils.cli import StageError
 TARGET = "c"
 
 
-def _leading_spatial(info):
-    kinds = info.dom_kind()
-    return len(kinds) - len(kinds.lstrip("S"))
-
-
-# Intermediates up to this many elements stay whole: TIR lowering puts them on the stack.
-# (log_softmax's row max and row sum are one element each; nesting them under the output
-# loop would recompute them for every output.)
-SMALL_INTERMEDIATE = 16
-REDUCE_ITER = 2  # IterVar.CommReduce
-
-
-def _written_elements(sch, block_rv):
-    elements = 1
-    for dim in sch.get(block_rv).writes[0].source.shape:
-        elements *= int(dim)
-    return elements
-
-
-def inlined_blocks(func):
-    """(schedule, blocks left after inlining the elementwise ones) of a PrimFunc, or None:
-    where every MCU schedule rule starts."""
-    if not isinstance(func, tirx.PrimFunc):
-        return None
-    sch = s_tir.Schedule(func)
-    blocks = dlight.normalize_prim_func(sch)
-    if blocks is None:
-        return None
-    return sch, dlight.try_inline(sch, blocks)
-
-
-@dlight.ScheduleRule.from_callable("McuNoWorkspace")
-def mcu_no_workspace(func, target, tunable):
-    """Inline the elementwise blocks; nest the rest under the last block's spatial loops."""
-    start = inlined_blocks(func)
-    if start is None:
-        return None
-    sch, blocks = start
-    large = [b for b in blocks[:-1] if _written_elements(sch, b.block_rv) > SMALL_INTERMEDIATE]
-    if large:
-        depth = min(_leading_spatial(b) for b in large + blocks[-1:])
-        if depth == 0:
-            return None
-        loop = sch.get_loops(blocks[-1].block_rv)[depth - 1]
-        for block in reversed(large):
-            sch.compute_at(block.block_rv, loop, preserve_unit_loops=True)
-    for block in blocks:
-        _hoist_reduction_init(sch, block.block_rv)
-    return sch
-
-
-def _hoist_reduction_init(sch, block_rv):
-    """Zero the accumulator before the reduction loops instead of testing `k == 0` inside
-    them: faster, and gcc can see the accumulator is initialized (-Wmaybe-uninitialized)."""
-    reduce_iters = [iv for iv in sch.get(block_rv).iter_vars if int(iv.iter_type) == REDUCE_ITER]
-    if not reduce_iters:
-        return
-    loops = sch.get_loops(block_rv)
-    sch.decompose_reduction(block_rv, loops[len(loops) - len(reduce_iters)])
-
-
-def _schedule_pass(optim=False):
-    if optim:
-        from utils.aot.optim.schedule import optim_schedule_rules
-        return dlight.ApplyDefaultSchedule(*optim_schedule_rules(), mcu_no_workspace)
-    return dlight.ApplyDefaultSchedule(mcu_no_workspace)
-
-
-def _relax_passes(optim=False):
-    """0202's Relax rewrites (utils.aot.optim.schedule), run before legalization."""
-    if optim:
-        from utils.aot.optim.schedule import optim_relax_passes
-        return optim_relax_passes()
-    return []
-
-
-def lower(mod, optim=False):
+def lower(mod, backend):
     """Lower a Relax module to (scheduled IRModule of PrimFuncs + planned Relax main).
     PrimFuncs that come already scheduled (attr tir.is_scheduled) are left as they are."""
     target = tvm.target.Target(TARGET)
     passes = tvm.transform.Sequential([
-        *_relax_passes(optim),
+        *backend.relax_passes(),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
-        _schedule_pass(optim),
+        dlight.ApplyDefaultSchedule(*backend.schedule_rules()),
         relax.transform.DeadCodeElimination(),
         relax.transform.ToNonDataflow(),
         relax.transform.RemovePurityChecking(),
@@ -147,7 +64,7 @@ def _calls_extern(func):
 
 def _attach_global_symbols(mod):
     """AttachGlobalSymbol, around a TVM 0.27 bug: with a system_lib_prefix it rewrites every
-    PrimFunc body and fails on call_extern calls that take or return pointers (0202's
+    PrimFunc body and fails on call_extern calls that take or return pointers (the Cortex-M backend's
     micro-kernels). Those bodies sit the pass out and come back under the renamed functions."""
     set_aside = {}
     for gv, func in mod.functions_items():

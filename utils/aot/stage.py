@@ -1,11 +1,25 @@
-"""What 0201tvm_no_optim.py and 0202tvm_optim.py do, as a function tests and the pipeline can call."""
+"""What the compile stages do (0201: the generic backend, 0202: the Cortex-M backend), as a
+function tests and the pipeline can call."""
+import argparse
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from utils import paths
 from utils.cli import StageError
+from utils.data import mnist_arrays
+from utils.reports import write_report
+from utils.train import subset_indices
+from utils.aot import verify
+from utils.aot.compiler import compile_model
+from utils.aot.fp32 import torch_fp32_reference
+from utils.aot.host_library import HostLibrary
+from utils.aot.model_file import images_to_input, load_model
+from utils.aot.torchscript import torch_int8_reference
 
 F746_FLASH_BYTES = 1024 * 1024
 QUICK_IMAGES = 1000
@@ -13,8 +27,6 @@ QUICK_IMAGES = 1000
 
 def parse_stage_args(argv, description):
     """The command line 0201 and 0202 share."""
-    import argparse
-    from utils import paths
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, default=paths.QAT_MODEL,
@@ -37,15 +49,13 @@ def parse_stage_args(argv, description):
     return args
 
 
-def run_stage(stage, argv, description, optim=False):
-    """main() of 0201 (optim=False) and 0202 (optim=True): compile, verify, report."""
-    import os
-    from utils.reports import write_report
+def run_stage(stage, argv, description, backend):
+    """main() of a compile stage: compile with `backend`, verify, report."""
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     args = parse_stage_args(argv, description)
     figures = compile_and_verify(args.model, args.kind, args.out, args.images, args.seed,
-                                 args.build_dir, quick=args.quick, started=started, optim=optim)
+                                 args.build_dir, backend, quick=args.quick, started=started)
     figures["load_average_at_start"] = round(load_before, 2)
     figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
     # the last run at the top level (the keys the issue names), and each kind's last run
@@ -61,8 +71,6 @@ def _say(text):
 
 
 def test_images(count, seed):
-    from utils.data import mnist_arrays
-    from utils.train import subset_indices
     images, labels = mnist_arrays(False)
     index = subset_indices(len(images), count if count < len(images) else None, seed)
     return images[index], labels[index]
@@ -70,25 +78,17 @@ def test_images(count, seed):
 
 def reference(source, compiled, images):
     """PyTorch's log-probabilities (and uint8 logits for int8) on float32 pixel/255."""
-    from utils.aot.model_file import images_to_input
     x = images_to_input(images)
     if source.kind == "int8":
-        from utils.aot.int8 import torch_int8_reference
         return torch_int8_reference(source.module, compiled.layers, x)
-    from utils.aot.fp32 import torch_fp32_reference
     return torch_fp32_reference(source.module, x), None
 
 
-def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=False, started=None, optim=False):
-    """Compile `model` to the MLF tar `out`, verify it, measure it; returns the figures.
-    The tar reaches `out` only if verification passes (a failed one is kept beside it).
-    With `optim` (0202) the library is also compared with 0201's on the same images: the
-    outputs must be the same bits (log-probabilities; int8: the uint8 logits too)."""
-    from utils.aot import verify
-    from utils.aot.compiler import compile_model
-    from utils.aot.host import HostLibrary
-    from utils.aot.model_file import load_model
-
+def compile_and_verify(model, kind, out, images, seed, build_dir, backend, quick=False, started=None):
+    """Compile `model` with `backend` to the MLF tar `out`, verify it, measure it; returns the
+    figures. The tar reaches `out` only if verification passes (a failed one is kept beside
+    it). A backend with a golden backend is also compared with that one's library on the same
+    images: the outputs must be the same bits (int8: the uint8 logits too)."""
     started = started or time.perf_counter()
     out = Path(out)
     source = load_model(model, kind)
@@ -96,7 +96,7 @@ def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=Fal
 
     candidate = out.with_name(out.stem + ".candidate.tar")
     t0 = time.perf_counter()
-    compiled = compile_model(source, candidate, optim=optim)
+    compiled = compile_model(source, candidate, backend)
     meta = compiled.metadata
     compile_seconds = time.perf_counter() - t0
     _say(f"compiled {len(meta['calls'])} kernel calls in {compile_seconds:.1f} s: arena {meta['arena_bytes']} B, "
@@ -105,15 +105,13 @@ def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=Fal
     t1 = time.perf_counter()
     lib = HostLibrary(candidate, build_dir=build_dir)
     test_x, test_y = test_images(images, seed)
-    if source.kind == "int8":
-        lib_out, lib_logits = lib.run_with_logits(test_x)
-    else:
-        lib_out, lib_logits = lib.run(test_x), None
+    lib_out, lib_logits = lib.outputs(test_x)
     ref_out, ref_logits = reference(source, compiled, test_x)
-    figures = verify.compare(source.kind, lib_out, ref_out, lib_logits, ref_logits)
+    figures = verify.compare_outputs(lib_out, ref_out, lib_logits, ref_logits)
     figures["library_accuracy"] = float(np.mean(lib_out.argmax(1) == test_y))
-    if optim:
-        figures.update(_compare_with_no_optim(source, test_x, lib_out, lib_logits, build_dir))
+    if backend.golden is not None:
+        figures["vs_golden"] = _compare_with_golden(source, backend.golden, test_x, lib_out, lib_logits,
+                                                    build_dir)
     verify_seconds = time.perf_counter() - t1
 
     arm = verify.measure_arm(candidate)
@@ -127,7 +125,7 @@ def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=Fal
         "arena_bytes": meta["arena_bytes"],
         "constant_bytes": meta["constant_bytes"],
         "kernels": len(meta["kernels"]),
-        "optim": bool(optim),
+        "backend": backend.name,
         "library_cflags": list(meta.get("cflags", [])),
         "tvm_version": meta["tvm_version"],
         "compile_seconds": round(compile_seconds, 2),
@@ -140,9 +138,10 @@ def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=Fal
     _print_figures(source.kind, figures)
 
     problems = verify.failures(source.kind, figures)
-    if optim and figures["bit_exact_with_no_optim"] < 1.0:
-        problems.append(f"outputs bit-identical to 0201's library on {figures['bit_exact_with_no_optim']:.4%} "
-                        f"of images < 100 %")
+    golden = figures.get("vs_golden")
+    if golden is not None and not golden["bit_exact"]:
+        problems.append(f"outputs not the same bits as the {backend.golden.name} backend's library "
+                        f"(identical on {golden['outputs_identical_fraction']:.4%} of images)")
     if bad_symbols:
         problems.append(f"the library needs {', '.join(bad_symbols)} (nm -u): not standalone")
     if problems:
@@ -156,35 +155,29 @@ def compile_and_verify(model, kind, out, images, seed, build_dir=None, quick=Fal
     return figures
 
 
-def _compare_with_no_optim(source, test_x, lib_out, lib_logits, build_dir):
-    """0201's library of the same model on the same images, next to 0202's."""
-    import tempfile
-    from utils.aot.compiler import compile_model
-    from utils.aot.host import HostLibrary
-    with tempfile.TemporaryDirectory(prefix="no-optim-") as tmp:
-        tar = compile_model(source, Path(tmp) / "no_optim.tar").tar
-        lib = HostLibrary(tar, build_dir=build_dir)
-        if source.kind == "int8":
-            base_out, base_logits = lib.run_with_logits(test_x)
-        else:
-            base_out, base_logits = lib.run(test_x), None
-    same_bits = np.all(lib_out.view(np.uint32) == base_out.view(np.uint32), axis=1)
-    if base_logits is not None:
-        same_bits &= np.all(lib_logits == base_logits, axis=1)
-    return {"bit_exact_with_no_optim": float(np.mean(same_bits)),
-            "max_abs_diff_with_no_optim": float(np.max(np.abs(lib_out.astype(np.float64) - base_out)))}
+def _compare_with_golden(source, golden_backend, test_x, lib_out, lib_logits, build_dir):
+    """The golden backend's library of the same model on the same images, next to this one's."""
+    with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
+        tar = compile_model(source, Path(tmp) / "golden.tar", golden_backend).tar
+        base_out, base_logits = HostLibrary(tar, build_dir=build_dir).outputs(test_x)
+    figures = verify.compare_outputs(lib_out, base_out, lib_logits, base_logits)
+    figures["backend"] = golden_backend.name
+    return figures
 
 
 def _print_figures(kind, f):
-    _say(f"verified on {f['images_checked']} MNIST test images against PyTorch:")
+    _say(f"verified on {f['images']} MNIST test images against PyTorch:")
     if kind == "int8":
-        _say(f"  uint8 logits identical      {f['int8_exact_fraction']:.2%}")
+        _say(f"  uint8 logits identical      {f['uint8_exact_fraction']:.2%}")
     _say(f"  argmax agreement            {f['argmax_agreement']:.2%}")
     _say(f"  max |log-prob difference|   {f['max_abs_diff']:.3g}")
     _say(f"  library accuracy            {f['library_accuracy']:.2%}")
-    if "bit_exact_with_no_optim" in f:
-        _say(f"  same bits as 0201's library {f['bit_exact_with_no_optim']:.2%} of images "
-             f"(max |diff| {f['max_abs_diff_with_no_optim']:.3g})")
+    if "vs_golden" in f:
+        golden = f["vs_golden"]
+        _say(f"  same bits as the {golden['backend']} backend's library: "
+             f"{golden['outputs_identical_fraction']:.2%} of images, uint8 logits "
+             f"{golden.get('uint8_exact_fraction', golden['outputs_identical_fraction']):.2%} "
+             f"(max |diff| {golden['max_abs_diff']:.3g})")
     _say(f"Cortex-M7 library objects ({' '.join(['-Os'] + f.get('library_cflags', []))}): text {f['arm_text_bytes']} B, data {f['arm_data_bytes']} B, "
          f"bss {f['arm_bss_bytes']} B (flash {f['arm_flash_bytes']} B = {f['arm_flash_bytes'] / 1024:.1f} KiB)")
     _say(f"  undefined symbols (nm -u): {' '.join(f['arm_undefined_symbols']) or 'none'}")

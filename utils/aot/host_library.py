@@ -179,11 +179,16 @@ class HostLibrary:
 
     def run_with_logits(self, images_uint8):
         """int8 models: (log-probabilities [N,10], uint8 logits [N,10] as the library computed them)."""
-        from utils.aot.compiler import uint8_logits_from_tap
         if "logits_quantization" not in self.metadata:
             raise StageError(f"{self.source} is not an int8 model library")
         out, tap = self._run(images_uint8, True)
-        return out, uint8_logits_from_tap(tap, self.metadata)
+        return out, mlf.uint8_logits_from_tap(tap, self.metadata)
+
+    def outputs(self, images_uint8):
+        """(outputs, uint8 logits) for a library of either kind; the logits are None for fp32."""
+        if "logits_quantization" in self.metadata:
+            return self.run_with_logits(images_uint8)
+        return self.run(images_uint8), None
 
     def predict(self, images_uint8) -> np.ndarray:
         return self.run(images_uint8).argmax(axis=1).astype(np.int64)

@@ -1,10 +1,10 @@
-"""0202's schedules for what goes through TVM's legalized TIR (the fp32 path).
+"""The Cortex-M backend's schedules for what goes through TVM's legalized TIR (the fp32 path).
 
 On a Cortex-M7 the FPU is scalar: what costs is everything around each multiply-accumulate
 (loads, address arithmetic, loop counters, branches, intermediates going through memory).
-Three Relax rewrites run before legalization (optim_relax_passes, hooked into
-utils.aot.lower) and one dlight rule schedules the kernels (optim_schedule_rules), tried
-before 0201's McuNoWorkspace rule.
+Three Relax rewrites run before legalization (cortex_m_relax_passes) and one dlight rule
+schedules the kernels (cortex_m_schedule_rules), tried before the generic backend's
+McuNoWorkspace rule.
 
 Relax
 - SplitConvPadding: a float conv2d with zero padding becomes nn.pad (a small kernel that
@@ -46,6 +46,8 @@ from tvm.relax.dpl import is_op, rewrite_call, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.s_tir import dlight
 
+from utils.aot.backends.generic import inlined_blocks
+
 REDUCE_ITER = 2  # IterVar.CommReduce
 # A conv's register tile: at most this many outputs of one row (28 → 14, 10 → 10, 24 → 12).
 CONV_ROW_TILE = 14
@@ -60,8 +62,8 @@ ELEMENTWISE_UNROLL = 16
 
 # ============================================================================ Relax
 
-def optim_relax_passes():
-    """Relax passes run before LegalizeOps when compiling with optim=True."""
+def cortex_m_relax_passes():
+    """Relax passes run before LegalizeOps."""
     return [split_conv_padding, pool_before_bias_relu, _fuse_conv_pool()]
 
 
@@ -167,7 +169,7 @@ def _fuse_conv_pool():
 
 # ============================================================================ TIR
 
-def optim_schedule_rules():
+def cortex_m_schedule_rules():
     """Rules tried in order on every PrimFunc TVM legalized (the fp32 path); a rule that
     returns None leaves the function to the next one."""
     return [mcu_register_tiles]
@@ -175,7 +177,6 @@ def optim_schedule_rules():
 
 @dlight.ScheduleRule.from_callable("McuRegisterTiles")
 def mcu_register_tiles(func, target, tunable):
-    from utils.aot.lower import inlined_blocks
     start = inlined_blocks(func)
     if start is None:
         return None
@@ -183,7 +184,7 @@ def mcu_register_tiles(func, target, tunable):
     if not all(_simple_loop_nest(sch, b.block_rv) for b in blocks):
         return None
     if any(_written_dtype(sch, b.block_rv) != "float32" for b in blocks):
-        return None  # the int8 path has its own kernels (utils.aot.optim.int8)
+        return None  # the int8 path has its own kernels (utils.aot.backends.cortex_m.int8)
     kinds = ["R" if b.is_reduction() else "S" for b in blocks]
     try:
         if kinds == ["R", "R"] and _reads_products(sch, blocks[0].block_rv):

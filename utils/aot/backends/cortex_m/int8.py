@@ -1,6 +1,6 @@
-"""0202's int8 lowering: the parsed layers → Relax calls of hand-scheduled TIR kernels.
+"""The Cortex-M backend's int8 lowering: the parsed layers → Relax calls of hand-scheduled TIR kernels.
 
-0201 hands TVM generic Relax ops (int16 conv2d on a centered copy of the input, then float
+The generic backend hands TVM Relax ops (int16 conv2d on a centered copy of the input, then float
 requantization, then max-pool) and schedules what TVM legalizes from them. Here each stage of
 the network is one TIR kernel written for a Cortex-M:
 
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import StageError
-from utils.aot.int8 import (Dequantize, Flatten, FloatScalarOps, LogSoftmax, MaxPool2d, QConv2d, QLinear,
-                            QRelu, Quantize)
+from utils.aot.layers import (Dequantize, Flatten, FloatScalarOps, LogSoftmax, MaxPool2d, QConv2d, QLinear,
+                              QRelu, Quantize)
 
 MICROKERNELS_H = Path(__file__).with_name("microkernels.h")
 MICROKERNEL_PREFIX = "utvm_"
@@ -52,7 +52,7 @@ def with_microkernels(kernels_c):
     if called and count == 0:
         raise StageError("TVM's C codegen declared the micro-kernels in an unexpected form")
     source = MICROKERNELS_H.read_text()
-    return stripped, f"/* ---- micro-kernels (utils/aot/optim/microkernels.h) ---- */\n{source}\n"
+    return stripped, f"/* ---- micro-kernels (utils/aot/backends/cortex_m/microkernels.h) ---- */\n{source}\n"
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -305,7 +305,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
       utvm_pool_s16_p4c2 call per pooling window and channel pair, on weights widened into
       int16 pairs in `wide` (arena scratch, the kernel's second output);
     - pooled, uint8 input too big for that: the window's two pixel rows are two
-      utvm_dot_p2c2 calls (2 pixels x 2 channels, widening in the inner loop);
+      utvm_dot_u8s8_p2c2 calls (2 pixels x 2 channels, widening in the inner loop);
     - no pool: one call per 2 pixels x 2 channels (utvm_dot_s16_p2c2 on int16 input)."""
     from tvm.script import tirx as T
     layer = stage.conv
@@ -338,11 +338,11 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
         if wide16:
             return T.call_extern("int32", "utvm_dot_s16_p2c2", x.data, x_off, x_step, x_row, wide.data,
                                  kh, pairs, acc.data, acc_off)
-        return T.call_extern("int32", "utvm_dot_p2c2", x.data, x_off, x_step, x_row, w.data, oc * 2 * w_ch,
+        return T.call_extern("int32", "utvm_dot_u8s8_p2c2", x.data, x_off, x_step, x_row, w.data, oc * 2 * w_ch,
                              w_ch, kh, seg, acc.data, acc_off)
 
     def widen(T, w, wide, oc):
-        return T.call_extern("int32", "utvm_widen_pairs", w.data, oc * 2 * w_ch, 2, w_ch, kh, seg, wide.data)
+        return T.call_extern("int32", "utvm_widen_s8_s16_pairs", w.data, oc * 2 * w_ch, 2, w_ch, kh, seg, wide.data)
 
     @T.macro
     def fill_border(y):
@@ -368,9 +368,9 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
             fill_border(y)
             rows[n_rows - 2] = T.int16(0)  # read past the last row, against zero weights
             rows[n_rows - 1] = T.int16(0)
-            T.evaluate(T.call_extern("int32", "utvm_widen_pairs", w.data, 0, o, w_ch, kh, seg, wide.data))
+            T.evaluate(T.call_extern("int32", "utvm_widen_s8_s16_pairs", w.data, 0, o, w_ch, kh, seg, wide.data))
             for py in range(ph_out):
-                T.evaluate(T.call_extern("int32", "utvm_widen_u8", x.data, py * 2 * x_row, n_rows - 2, rows.data))
+                T.evaluate(T.call_extern("int32", "utvm_widen_u8_s16", x.data, py * 2 * x_row, n_rows - 2, rows.data))
                 for px, oc in T.grid(pw_out, o // 2):
                     T.evaluate(T.call_extern("int32", "utvm_pool_s16_p4c2", rows.data, px * 2 * x_pix, x_pix,
                                              x_row, wide.data, oc * 2 * pairs * kh, kh, pairs, acc.data))
@@ -464,7 +464,7 @@ def head_kernel(stages, n_in, dequantize, bias_dtypes):
                 with T.serial(0, (o + 3) // 4) as q:
                     for a in range(4):
                         T.buffer_store(acc, T.int32(0), [a])
-                    T.evaluate(T.call_extern("int32", "utvm_dot_p1c4", src.data, w.data, q * 4 * n, n,
+                    T.evaluate(T.call_extern("int32", "utvm_dot_u8s8_p1c4", src.data, w.data, q * 4 * n, n,
                                              T.min(o - q * 4, 4), n, acc.data))
                     # rolled: these loops run 54 times in LeNet-5, and flash is the tighter budget
                     with T.serial(0, 4) as a:
@@ -485,7 +485,7 @@ def head_kernel(stages, n_in, dequantize, bias_dtypes):
 
 # ----------------------------------------------------------------------------- Relax
 
-def int8_to_relax_optim(layers, input_shape):
+def int8_to_relax_cortex_m(layers, input_shape):
     """An IRModule whose `main(input0: float32[input_shape])` computes the layers with the
     kernels above; what follows the dequantization is 0201's generic Relax."""
     from tvm import relax

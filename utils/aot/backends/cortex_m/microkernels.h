@@ -1,4 +1,4 @@
-/* Micro-kernels that 0202's TIR kernels call through T.call_extern (utils/aot/optim/int8.py).
+/* Micro-kernels the Cortex-M backend's TIR kernels call through T.call_extern (its int8.py).
  *
  * Integer dot products of uint8 activations with int8 weights, the one thing the Cortex-M's
  * DSP extension does fast: __smlad multiplies two pairs of int16 and adds both products to an
@@ -7,9 +7,9 @@
  * - uint8 activations and weights used once (fully connected layers; convolutions without
  *   a pool): a word of 4 bytes becomes the pairs (x0, x2) and (x1, x3) (__uxtb16 / __sxtb16,
  *   and the same on the word rotated by 8 bits), in the inner loop;
- * - convolutions reuse each weight over many pixels: utvm_widen_pairs widens them once into
+ * - convolutions reuse each weight over many pixels: utvm_widen_s8_s16_pairs widens them once into
  *   natural pairs (w0, w1), (w2, w3) in arena scratch, and the activations are int16 (a
- *   convolution's int16 output, or rows widened by utvm_widen_u8), already such pairs.
+ *   convolution's int16 output, or rows widened by utvm_widen_u8_s16), already such pairs.
  *
  * Targets without the DSP extension (the host stand-in, native64) get plain loops over the
  * same data layouts. Integer sums are exact in any order, so both give the same bits.
@@ -21,8 +21,8 @@
  * `x_row` bytes apart; the next pixel starts `x_pix` bytes later. A channel's weights are
  * its window's rows, packed (`len` apart); channels are `w_ch` bytes apart.
  */
-#ifndef UTVM_OPTIM_MICROKERNELS_H_
-#define UTVM_OPTIM_MICROKERNELS_H_
+#ifndef UTVM_CORTEX_M_MICROKERNELS_H_
+#define UTVM_CORTEX_M_MICROKERNELS_H_
 
 #include <stdint.h>
 #include <string.h>
@@ -46,7 +46,7 @@ UTVM_INLINE uint32_t utvm_load32(const void* p) {
 /* Weights of `channels` output channels (w_ch bytes apart, rows x len each) as int16 pairs
  * (w[2j], w[2j + 1]), zero past len: out[(c * rows + r) * ceil(len / 2) + j]. For the int16
  * input path, where the activations are already pairs in this order. */
-UTVM_NOINLINE int32_t utvm_widen_pairs(int8_t* w_base, int32_t w_off, int32_t channels, int32_t w_ch,
+UTVM_NOINLINE int32_t utvm_widen_s8_s16_pairs(int8_t* w_base, int32_t w_off, int32_t channels, int32_t w_ch,
                                        int32_t rows, int32_t len, uint32_t* out) {
   const int32_t pairs = (len + 1) / 2;
   for (int32_t c = 0; c < channels; ++c) {
@@ -62,7 +62,7 @@ UTVM_NOINLINE int32_t utvm_widen_pairs(int8_t* w_base, int32_t w_off, int32_t ch
 }
 
 /* out[i] = x[i], uint8 → int16, for i < n. */
-UTVM_NOINLINE int32_t utvm_widen_u8(uint8_t* x_base, int32_t x_off, int32_t n, int16_t* out) {
+UTVM_NOINLINE int32_t utvm_widen_u8_s16(uint8_t* x_base, int32_t x_off, int32_t n, int16_t* out) {
   const uint8_t* x = x_base + x_off;
   int32_t i = 0;
 #if UTVM_DSP
@@ -98,7 +98,7 @@ UTVM_INLINE uint32_t utvm_sxtb16_ror8(uint32_t v) {
 }
 
 /* acc[c * 2 + p] += window(x + p * x_pix) . channel c of w, for 2 pixels and 2 channels. */
-UTVM_INLINE int32_t utvm_dot_p2c2(uint8_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
+UTVM_INLINE int32_t utvm_dot_u8s8_p2c2(uint8_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
                                   int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t rows, int32_t len,
                                   int32_t* acc_base, int32_t acc_off) {
   const uint8_t* x = x_base + x_off;
@@ -144,7 +144,7 @@ UTVM_INLINE int32_t utvm_dot_p2c2(uint8_t* x_base, int32_t x_off, int32_t x_pix,
 
 /* The int16 input path: acc[c * 2 + p] += window(x + p * x_pix) . channel c, for 2 pixels
  * and 2 channels; x holds int16 values whose window rows start on 4-byte boundaries, w the
- * pairs of utvm_widen_pairs (channel 1 right after channel 0). A row of odd length reads one
+ * pairs of utvm_widen_s8_s16_pairs (channel 1 right after channel 0). A row of odd length reads one
  * element past its end, which meets a zero weight. */
 UTVM_INLINE int32_t utvm_dot_s16_p2c2(int16_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
                                       uint32_t* w, int32_t rows, int32_t pairs, int32_t* acc_base,
@@ -174,8 +174,8 @@ UTVM_INLINE int32_t utvm_dot_s16_p2c2(int16_t* x_base, int32_t x_off, int32_t x_
 }
 
 /* A conv followed by a 2x2 max-pool, on int16 activations (a convolution's int16 output, or
- * uint8 rows widened by utvm_widen_u8): the 4 pixels of a pooling window (x, x + x_pix,
- * x + x_row, x + x_row + x_pix) x 2 channels (pairs of utvm_widen_pairs at w + w_off), all 8
+ * uint8 rows widened by utvm_widen_u8_s16): the 4 pixels of a pooling window (x, x + x_pix,
+ * x + x_row, x + x_row + x_pix) x 2 channels (pairs of utvm_widen_s8_s16_pairs at w + w_off), all 8
  * sums in registers; writes acc[c] = the largest of channel c's 4 sums. Each weight pair
  * loaded serves 4 pixels. */
 UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
@@ -217,7 +217,7 @@ UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x
 
 /* acc[c] += x . w[c] over len bytes, for up to 4 channels (nch) whose int8 rows are w_ch
  * apart; with nch < 4 the last row is read again into sums the caller ignores. */
-UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t nch,
+UTVM_NOINLINE int32_t utvm_dot_u8s8_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t nch,
                                     int32_t len, int32_t* acc) {
   const int8_t* w0 = w_base + w_off;
   const int8_t* w1 = w0 + (nch > 1 ? 1 : 0) * w_ch;
@@ -257,7 +257,7 @@ UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, i
 
 #else /* plain C over the same layouts: the reference the DSP path is tested against */
 
-UTVM_INLINE int32_t utvm_dot_p2c2(uint8_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
+UTVM_INLINE int32_t utvm_dot_u8s8_p2c2(uint8_t* x_base, int32_t x_off, int32_t x_pix, int32_t x_row,
                                   int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t rows, int32_t len,
                                   int32_t* acc_base, int32_t acc_off) {
   for (int32_t c = 0; c < 2; ++c) {
@@ -312,7 +312,7 @@ UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x
   return 0;
 }
 
-UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t nch,
+UTVM_NOINLINE int32_t utvm_dot_u8s8_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, int32_t w_ch, int32_t nch,
                                     int32_t len, int32_t* acc) {
   for (int32_t c = 0; c < nch; ++c) {
     int32_t sum = 0;
@@ -326,4 +326,4 @@ UTVM_NOINLINE int32_t utvm_dot_p1c4(uint8_t* x, int8_t* w_base, int32_t w_off, i
 
 #endif /* UTVM_DSP */
 
-#endif /* UTVM_OPTIM_MICROKERNELS_H_ */
+#endif /* UTVM_CORTEX_M_MICROKERNELS_H_ */

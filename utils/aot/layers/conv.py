@@ -1,0 +1,92 @@
+"""Quantized Conv2d / ConvReLU2d (fused conv-bn-relu included, as torch converts them)."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tvm import relax
+
+from utils.aot.layers.base import (Layer, golden_requantize, is_quantized_module, module_rule, quantized_op,
+                                   requant_multiplier)
+from utils.aot.layers.linear import weight_fields
+
+QUANTIZED_CONV = ("Conv2d", "ConvReLU2d")
+
+
+@dataclass
+class QConv2d(Layer):
+    name: str
+    weight: np.ndarray          # int8 [O, I, kh, kw]
+    bias: np.ndarray            # int32 [O]
+    in_zero_point: int
+    multiplier: np.float32      # requantization factor M
+    out_scale: float
+    out_zero_point: int
+    relu: bool
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+
+    def golden(self, x):
+        acc = conv_int(x.astype(np.int64) - self.in_zero_point, self.weight.astype(np.int64),
+                       self.stride, self.padding, self.dilation, self.groups)
+        if self.bias is not None:
+            acc = acc + self.bias.reshape(1, -1, 1, 1)
+        return golden_requantize(acc.astype(np.int32), self)
+
+    def to_relax(self, r, x):
+        x = r.centered(x, self.in_zero_point)
+        # never astype a weight constant: FoldConstant would store it widened
+        acc = r.bb.emit(relax.op.nn.conv2d(
+            x, r.const(self.weight, "int8"), strides=self.stride, padding=self.padding,
+            dilation=self.dilation, groups=self.groups, out_dtype="int32"))
+        if self.bias is not None:
+            acc = r.bb.emit(relax.op.add(acc, r.const(self.bias.reshape(1, -1, 1, 1), "int32")))
+        return r.requantize(acc, self)
+
+
+def conv_int(x, w, stride, padding, dilation, groups):
+    """Integer NCHW convolution, accumulating in int64 (exact), via im2col."""
+    n, c, h, wd = x.shape
+    o, ci, kh, kw = w.shape
+    x = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
+    oh = (x.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (x.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, o, oh, ow), np.int64)
+    per_group = o // groups
+    for g in range(groups):
+        xs = x[:, g * ci:(g + 1) * ci]
+        cols = np.empty((n, ci, kh, kw, oh, ow), np.int64)
+        for i in range(kh):
+            for j in range(kw):
+                cols[:, :, i, j] = xs[:, :, i * dilation[0]: i * dilation[0] + stride[0] * oh: stride[0],
+                                      j * dilation[1]: j * dilation[1] + stride[1] * ow: stride[1]]
+        wg = w[g * per_group:(g + 1) * per_group].reshape(per_group, -1).astype(np.int64)
+        out[:, g * per_group:(g + 1) * per_group] = np.einsum("ok,nkhw->nohw", wg,
+                                                              cols.reshape(n, -1, oh, ow))
+    return out
+
+
+@module_rule(*QUANTIZED_CONV)
+def parse_conv(parser, name, module):
+    if not is_quantized_module(module):
+        return None
+    parser.need_quantized(name)
+    op, out_scale, out_zp = quantized_op(module, name)
+    if op not in ("quantized::conv2d", "quantized::conv2d_relu"):
+        parser.fail(f"op {op} in {name}")
+    relu = op.endswith("_relu")
+    packed = module._packed_params
+    if packed.transpose():
+        parser.fail(f"module {name} (transposed convolution)")
+    weight, bias = torch.ops.quantized.conv2d_unpack(packed)
+    if weight.dim() != 4:
+        parser.fail(f"module {name} ({weight.dim() - 2}-d convolution)")
+    fields, w_scale = weight_fields(parser, name, weight, bias)
+    layer = QConv2d(name=name, **fields,
+                    multiplier=requant_multiplier(w_scale, parser.qparams[0], out_scale),
+                    out_scale=out_scale, out_zero_point=out_zp, relu=relu,
+                    stride=tuple(packed.stride()), padding=tuple(packed.padding()),
+                    dilation=tuple(packed.dilation()), groups=int(packed.groups()))
+    parser.qparams = (out_scale, out_zp)
+    return layer

@@ -1,0 +1,68 @@
+"""Quantized Linear / LinearReLU."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tvm import relax
+
+from utils.cli import StageError
+from utils.aot.layers.base import (Layer, golden_requantize, is_quantized_module, module_rule, per_tensor_weight,
+                                   quantize_bias, quantized_op, requant_multiplier)
+
+QUANTIZED_LINEAR = ("Linear", "LinearReLU")
+
+
+@dataclass
+class QLinear(Layer):
+    name: str
+    weight: np.ndarray          # int8 [O, I]
+    bias: np.ndarray            # int32 [O]
+    in_zero_point: int
+    multiplier: np.float32
+    out_scale: float
+    out_zero_point: int
+    relu: bool
+
+    def golden(self, x):
+        acc = (x.astype(np.int64) - self.in_zero_point) @ self.weight.astype(np.int64).T
+        if self.bias is not None:
+            acc = acc + self.bias
+        return golden_requantize(acc.astype(np.int32), self)
+
+    def to_relax(self, r, x):
+        x = r.centered(x, self.in_zero_point)
+        weight_t = np.ascontiguousarray(self.weight.T)
+        acc = r.bb.emit(relax.op.matmul(x, r.const(weight_t, "int8"), out_dtype="int32"))
+        if self.bias is not None:
+            acc = r.bb.emit(relax.op.add(acc, r.const(self.bias, "int32")))
+        return r.requantize(acc, self)
+
+
+def weight_fields(parser, name, weight, bias):
+    """(the record fields conv and linear share: int8 weight, int32 bias, input zero point;
+    the weight scale)."""
+    w_scale, w_zp = per_tensor_weight(weight, name)
+    if w_zp != 0:
+        raise StageError(f"{name}: weight zero point {w_zp}; 0201 needs symmetric int8 weights (zero point 0)")
+    in_scale, in_zp = parser.qparams
+    b = None if bias is None else bias.detach().float().numpy()
+    return dict(weight=weight.int_repr().numpy().astype(np.int8),
+                bias=quantize_bias(b, w_scale, in_scale), in_zero_point=in_zp), w_scale
+
+
+@module_rule(*QUANTIZED_LINEAR)
+def parse_linear(parser, name, module):
+    if not is_quantized_module(module):
+        return None
+    parser.need_quantized(name)
+    op, out_scale, out_zp = quantized_op(module, name)
+    if op not in ("quantized::linear", "quantized::linear_relu"):
+        parser.fail(f"op {op} in {name}")
+    relu = op.endswith("_relu")
+    weight, bias = torch.ops.quantized.linear_unpack(module._packed_params._packed_params)
+    fields, w_scale = weight_fields(parser, name, weight, bias)
+    layer = QLinear(name=name, **fields,
+                    multiplier=requant_multiplier(w_scale, parser.qparams[0], out_scale),
+                    out_scale=out_scale, out_zero_point=out_zp, relu=relu)
+    parser.qparams = (out_scale, out_zp)
+    return layer
