@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from utils import paths
-from utils.cli import run
+from utils.cli import DefaultsHelpFormatter, check_output_dir, check_output_path, run
 from utils.model import MnistModel
 from utils.quantize import save_state
 from utils.reports import model_hash, write_report
@@ -24,18 +24,20 @@ QUICK_TEST_IMAGES = 1000
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--test-batch-size", type=int, default=1000)
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    parser.add_argument("--test-batch-size", type=int, default=1000,
+                        help="batch size of the evaluation")
     parser.add_argument("--recipe", choices=["onecycle", "adadelta"], default="onecycle",
                         help="onecycle: SGD, peak --lr; adadelta: the example's Adadelta, "
                              "--lr x --gamma per epoch")
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate (default: 0.05 onecycle, 1.0 adadelta)")
     parser.add_argument("--gamma", type=float, default=0.7, help="adadelta: decay per epoch")
-    parser.add_argument("--weight-decay", type=float, default=5e-4, help="onecycle")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4,
+                        help="onecycle: SGD weight decay")
+    parser.add_argument("--seed", type=int, default=1, help="random seed")
     parser.add_argument("--quick", action="store_true",
                         help=f"tests: {QUICK_TRAIN_IMAGES} training images, "
                              f"{QUICK_TEST_IMAGES} test images, 1 epoch")
@@ -56,6 +58,12 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    # paths.REPORTS_DIR is read now, not at import, so tests' temporary reports dir applies.
+    args.plot = args.plot or paths.REPORTS_DIR / f"{STAGE}_curves.png"
+    # before the minutes of training, not after
+    check_output_path(args.out, "--out")
+    check_output_path(args.plot, "--plot")
+    check_output_dir(paths.REPORTS_DIR, "reports folder")
     train_loader, test_loader = stage_loaders(args, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
 
     model = MnistModel()
@@ -66,8 +74,7 @@ def main(argv=None):
         history = train_adadelta(model, train_loader, test_loader, args.epochs, args.lr,
                                  args.gamma)
     save_state(model, args.out)
-    # paths.REPORTS_DIR is read now, not at import, so tests' temporary reports dir applies.
-    plot = plot_history(history, args.plot or paths.REPORTS_DIR / f"{STAGE}_curves.png",
+    plot = plot_history(history, args.plot,
                         f"MnistModel fp32 on MNIST ({len(train_loader.dataset)} training images)")
 
     figures = {

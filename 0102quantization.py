@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from utils import paths
-from utils.cli import run
+from utils.cli import DefaultsHelpFormatter, check_output_dir, check_output_path, run
 from utils.model import MnistModel
 from utils.qmodel import QMnistModel
 from utils.quantize import (calibrate, check_round_trip, load_fp32_model, prepare_ptq,
@@ -39,13 +39,15 @@ MODELS = {
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", choices=sorted(MODELS), default="mnist")
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="mnist",
+                        help="mnist: MnistModel of 0101; lenet5: the LeNet-5 of 0103")
     parser.add_argument("--calib-batches", type=int, default=32,
                         help="training batches run through the observers")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="batch size of calibration (and of --train-epochs)")
-    parser.add_argument("--test-batch-size", type=int, default=1000)
+    parser.add_argument("--test-batch-size", type=int, default=1000,
+                        help="batch size of the evaluation")
     parser.add_argument("--weights", type=Path, default=None,
                         help="float weights to quantize (default: weights/mnist_cnn.pth for "
                              "mnist, weights/qmnist_lenet5_fp32.pth for lenet5)")
@@ -54,7 +56,7 @@ def parse_args(argv):
                              "(0103's float recipe) and save it to --weights")
     parser.add_argument("--out-dir", type=Path, default=paths.WEIGHTS_DIR,
                         help="where the int8 state_dict and TorchScript go")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="random seed")
     parser.add_argument("--quick", action="store_true",
                         help=f"tests: evaluate on {QUICK_TEST_IMAGES} test images, "
                              f"train (if asked) on {QUICK_TRAIN_IMAGES}")
@@ -74,6 +76,11 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     network, _, state_name, scripted_name, made_by = MODELS[args.model]
+    # before training or calibrating, not after
+    check_output_dir(args.out_dir, "--out-dir")
+    if args.train_epochs:
+        check_output_path(args.weights, "--weights")
+    check_output_dir(paths.REPORTS_DIR, "reports folder")
     train_loader, test_loader = stage_loaders(args, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
 
     model = network()
@@ -125,9 +132,10 @@ def main(argv=None):
         "fp32_model_hash": model_hash(args.weights),
         "torchscript_matches_eager": True,
     }
-    # Per-model sections; MnistModel, the subject of this stage, also at the top level.
+    # One section per model, so a run of one never hides the other's figures; the top level
+    # is the latest run's, and its "model" says which one that was.
     write_report(STAGE, figures, section=args.model)
-    report = write_report(STAGE, figures) if args.model == "mnist" else None
+    report = write_report(STAGE, figures)
     drop = fp32_accuracy - int8_accuracy
     print(f"{args.model}: fp32 {fp32_accuracy:.2f} % → int8 {int8_accuracy:.2f} % "
           f"({drop:+.2f} points lost, argmax agreement {agreement:.2f} %) on {len(labels)} "
@@ -135,7 +143,7 @@ def main(argv=None):
     print(f"sizes: fp32 {figures['fp32_bytes']} bytes, int8 state_dict {figures['int8_bytes']} "
           f"bytes, int8 TorchScript {figures['model_bytes']} bytes")
     print(f"saved {state_path} and {scripted_path} (hash {figures['model_hash']}); "
-          f"report {report or paths.REPORTS_DIR / (STAGE + '.json')} [{args.model}]")
+          f"report {report} (section {args.model!r})")
     return figures
 
 

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from utils import paths
-from utils.cli import run
+from utils.cli import DefaultsHelpFormatter, check_output_dir, check_output_path, run
 from utils.qmodel import QMnistModel
 from utils.quantize import (check_round_trip, freeze_observers, prepare_qat, save_scripted,
                             save_state, to_int8)
@@ -23,19 +23,21 @@ QUICK_TEST_IMAGES = 2000
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10, help="float training epochs")
     parser.add_argument("--qat-epochs", type=int, default=3, help="QAT fine-tuning epochs")
     parser.add_argument("--freeze-after", type=int, default=2,
                         help="QAT epochs after which the quantization ranges stop moving")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--test-batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    parser.add_argument("--test-batch-size", type=int, default=1000,
+                        help="batch size of the evaluation")
     parser.add_argument("--lr", type=float, default=0.05,
                         help="peak learning rate of the float training (SGD, one-cycle)")
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--weight-decay", type=float, default=5e-4,
+                        help="SGD weight decay of both trainings")
     parser.add_argument("--qat-lr", type=float, default=0.002,
                         help="initial learning rate of the QAT fine-tuning (SGD, cosine to 0)")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="random seed")
     parser.add_argument("--quick", action="store_true",
                         help=f"tests: {QUICK_TRAIN_IMAGES} training images, "
                              f"{QUICK_TEST_IMAGES} test images, 1 + 1 epochs")
@@ -57,6 +59,10 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    # before the minutes of training, not after
+    check_output_path(args.out, "--out")
+    check_output_path(args.fp32_out, "--fp32-out")
+    check_output_dir(paths.REPORTS_DIR, "reports folder")
     train_loader, test_loader = stage_loaders(args, QUICK_TRAIN_IMAGES, QUICK_TEST_IMAGES)
 
     model = QMnistModel()

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import io
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -195,22 +196,84 @@ def _require_file(path: Path, made_by: str = None, hint: str = ""):
         raise StageError(f"model file {path} not found; make it with `python3 {made_by}`{hint}")
 
 
+def _fits(network, state: dict) -> bool:
+    expected = network().state_dict()
+    return set(expected) == set(state) and all(
+        isinstance(state[k], torch.Tensor) and state[k].shape == expected[k].shape
+        for k in expected)
+
+
+def describe_state(state) -> str:
+    """What a loaded torch.save object is, as a noun phrase for an error message."""
+    if not isinstance(state, dict):
+        return f"a PyTorch file holding a {type(state).__name__}, not a state_dict"
+    if any(isinstance(v, torch.Tensor) and v.is_quantized for v in state.values()) \
+            or any(str(k).endswith("_packed_params") for k in state):
+        return "an int8 state_dict (quantized weights)"
+    for network, name in ((MnistModel, "MnistModel"), (QMnistModel, "QMnistModel (LeNet-5)")):
+        if _fits(network, state):
+            return f"a float state_dict of {name}"
+    return f"a state_dict of another network ({len(state)} entries, neither MnistModel's nor " \
+           f"QMnistModel's)"
+
+
+def describe_model_file(path) -> str:
+    """What kind of file `path` is, as a noun phrase ("a float state_dict of MnistModel", "a
+    TorchScript int8 model", "a damaged PyTorch file", ...), so an error names what was found
+    instead of passing torch's own message through. Never raises for an existing file."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):
+            return "a damaged or truncated PyTorch file"
+        if not head:
+            return "an empty file"
+        return "not a PyTorch file (neither torch.save nor TorchScript)"
+    except OSError as exc:
+        return f"an unreadable file ({exc.strerror or one_line(exc)})"
+    if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = torch.jit.load(str(path), map_location="cpu")
+        except Exception:
+            return "a damaged TorchScript model"
+        kinds = {node.kind() for node in module.inlined_graph.nodes()}
+        quantized = any(kind.startswith("quantized::") for kind in kinds)
+        return f"a TorchScript {'int8' if quantized else 'float'} model"
+    if not any(name.endswith("data.pkl") for name in names):
+        return "a zip archive, not a PyTorch file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the answer is the description, not torch's notes
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:
+        return "a PyTorch file holding Python objects, not a state_dict of tensors"
+    return describe_state(state)
+
+
 def load_int8_model(path, made_by: str = None) -> torch.jit.ScriptModule:
     """Load a TorchScript int8 model (the deployed format) on qnnpack, with one-line errors:
-    a missing file names the stage that makes it; a corrupt file or a model that is not an
-    int8 [1,1,28,28] → 10 classifier raises StageError."""
+    a missing file names the stage that makes it; any other file says what it is instead
+    (a float state_dict, a damaged file, ...) and what is expected."""
     path = Path(path)
     _require_file(path, made_by)
+    expected = ("expected a TorchScript int8 model, as `python3 0103mnist_QAT.py` or "
+                "`python3 0102quantization.py` save")
     use_qnnpack()
     try:
         with _quiet_deprecations():
             model = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        raise StageError(f"{path} is not a readable TorchScript model ({one_line(exc)})") from None
+    except Exception:
+        raise StageError(f"{path} is {describe_model_file(path)}; {expected}") from None
     model.eval()
     kinds = {node.kind() for node in model.inlined_graph.nodes()}
     if not any(kind.startswith("quantized::") for kind in kinds):
-        raise StageError(f"{path} is a TorchScript model but not an int8 (quantized) one")
+        raise StageError(f"{path} is a TorchScript float model; {expected}")
     try:
         with torch.no_grad():
             out = model(torch.zeros(INPUT_SHAPE))
@@ -222,19 +285,26 @@ def load_int8_model(path, made_by: str = None) -> torch.jit.ScriptModule:
 
 
 def load_fp32_model(model: nn.Module, path, made_by: str = None, hint: str = "") -> nn.Module:
-    """Load a float state_dict file into model, with one-line errors; returns model in eval."""
+    """Load a float state_dict file into model, with one-line errors (a missing file names
+    the stage that makes it; any other file says what it is and what is expected); returns
+    model in eval mode."""
     path = Path(path)
     _require_file(path, made_by, hint)
+    network = type(model).__name__
+    made_by = made_by or MADE_BY.get(path.name)
+    expected = f"expected a float state_dict of {network}" + (
+        f", as `python3 {made_by}` saves" if made_by else "")
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise StageError(f"{path} is not a readable weights file ({one_line(exc)})") from None
-    if not isinstance(state, dict):
-        raise StageError(f"{path} holds a {type(state).__name__}, not a state_dict")
+        with warnings.catch_warnings():
+            # e.g. "looks like a TorchScript archive": the error below says so in our words
+            warnings.simplefilter("ignore")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:
+        raise StageError(f"{path} is {describe_model_file(path)}; {expected}") from None
     try:
         model.load_state_dict(state)
-    except Exception as exc:
-        raise StageError(f"{path} does not fit {type(model).__name__} ({one_line(exc)})") from None
+    except Exception:
+        raise StageError(f"{path} is {describe_state(state)}; {expected}") from None
     return model.eval()
 
 
