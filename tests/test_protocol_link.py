@@ -45,6 +45,42 @@ def test_board_gone_when_the_other_side_closes(pty_pair):
             board.info()
 
 
+def test_board_gone_when_the_pty_vanishes_mid_read(pty_pair):
+    """Half a reply, then the device side closes while the client reads: BoardGone, one line."""
+    master, port = pty_pair
+    with L.Board(port, timeout=3) as board:
+        os.write(master, P.encode_info_reply(1, {"board": "half"})[:6])
+
+        def vanish():
+            os.close(master)
+        threading.Timer(0.2, vanish).start()
+        with pytest.raises(L.BoardGone) as err:
+            board.read_messages(3)
+    assert port in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_call_on_a_vanished_pty_is_a_link_error(pty_pair):
+    """After the device side is gone, each request fails as BoardGone, never with pyserial's or
+    termios' own exceptions."""
+    master, port = pty_pair
+    with L.Board(port, timeout=1) as board:
+        os.close(master)
+        for call in (board.info, lambda: board.infer(bytes(P.PIXELS)),
+                     lambda: board.infer_text(bytes(P.PIXELS)), lambda: board.send_raw(b"info\n"),
+                     lambda: board.read_messages(0.2)):
+            with pytest.raises(L.BoardGone) as err:
+                call()
+            assert "\n" not in str(err.value)
+
+
+def test_a_path_that_is_no_serial_port_is_a_link_error(tmp_path):
+    not_a_port = tmp_path / "notes.txt"
+    not_a_port.write_text("not a tty")
+    with pytest.raises(L.LinkError) as err:
+        L.Board(str(not_a_port))
+    assert str(not_a_port) in str(err.value) and "\n" not in str(err.value)
+
+
 def _read_request_seq(master: int, like: bytes) -> int:
     """Read one whole request, as long as `like`, from the device side; return its seq."""
     request = b""

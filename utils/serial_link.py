@@ -12,13 +12,16 @@ import time
 import serial
 import serial.tools.list_ports
 
-from utils import protocol
+from utils import protocol, running_standins
 from utils.cli import one_line
 
 STLINK_VID = 0x0483          # STMicroelectronics: the ST-LINK/V2-1 virtual COM port
 DEFAULT_PORT = "/dev/ttyACM0"
 DEFAULT_BAUD = 115200
 MAX_EVENTS = 1000
+# What pyserial raises when the port goes away under it. termios.error is no OSError: pyserial's
+# flush() calls tcdrain(), which raises it on a pty whose other end has just closed.
+PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 
 
 class LinkError(Exception):
@@ -48,12 +51,7 @@ class DeviceErrorReply(LinkError):
 def list_port_names() -> list:
     """Every serial port a user could pick: the system's, then running stand-ins' links."""
     names = [p.device for p in serial.tools.list_ports.comports()]
-    try:
-        from utils.standin import running_standin_ports
-        names += [p for p in running_standin_ports() if p not in names]
-    except ImportError:
-        pass
-    return names
+    return names + [p for p in running_standins.ports() if p not in names]
 
 
 def auto_detect_port():
@@ -61,11 +59,7 @@ def auto_detect_port():
     for info in serial.tools.list_ports.comports():
         if info.vid == STLINK_VID:
             return info.device
-    try:
-        from utils.standin import running_standin_ports
-        ports = running_standin_ports()
-    except ImportError:
-        ports = []
+    ports = running_standins.ports()
     return ports[0] if ports else None
 
 
@@ -96,7 +90,7 @@ class Board:
             # The read timeout only paces the wait loop; the real deadline is self.timeout.
             self._serial = serial.serial_for_url(port, baudrate=baud, timeout=0.05,
                                                  write_timeout=max(timeout, 1.0))
-        except serial.SerialException as exc:
+        except (*PORT_ERRORS, ValueError) as exc:  # ValueError: a baud rate pyserial refuses
             if not os.path.exists(port):
                 raise PortNotFound(f"serial port {port} does not exist; ports that exist: "
                                    f"{_describe_ports()}") from None
@@ -113,7 +107,7 @@ class Board:
         if getattr(self, "_serial", None) is not None:
             try:
                 self._serial.close()
-            except (serial.SerialException, OSError):
+            except PORT_ERRORS:
                 pass
             self._serial = None
 
@@ -153,8 +147,7 @@ class Board:
         except serial.SerialTimeoutException:
             raise BoardTimeout(f"no progress writing to {self.port} at {self.baud} baud "
                                f"for {self.timeout:g} s; is the board running?") from None
-        except (serial.SerialException, OSError, termios.error) as exc:
-            # termios.error: tcdrain on a pty whose other end has just closed
+        except PORT_ERRORS as exc:
             raise BoardGone(f"{self.port} went away while writing: {one_line(exc)}") from None
 
     def read_messages(self, duration: float) -> list:
@@ -172,7 +165,7 @@ class Board:
             raise BoardGone(f"{self.port} is closed")
         try:
             data = self._serial.read(max(1, self._serial.in_waiting))
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             raise BoardGone(f"{self.port} went away: {one_line(exc)}") from None
         return self._parser.feed(data) if data else []
 

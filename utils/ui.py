@@ -12,7 +12,6 @@ import json
 import math
 import queue
 import sys
-import termios
 import threading
 import time
 import traceback
@@ -112,8 +111,7 @@ class LinkWorker:
         started = time.perf_counter()
         try:
             result = self.board.infer(pixels)
-        except (BoardGone, OSError, termios.error) as exc:
-            # (pyserial's flush lets a vanished pty's termios error through serial_link)
+        except BoardGone as exc:
             self._close()
             self.post("disconnected", f"{exc} — press Reconnect when the board is back")
             self.post("failed", tag)

@@ -26,7 +26,6 @@ Summary keys (also the keys of reports/0401pc_terminal_sendimage.json):
 """
 import os
 import sys
-import termios
 import time
 from dataclasses import dataclass
 
@@ -38,7 +37,6 @@ from utils.serial_link import BoardGone, BoardTimeout, DeviceErrorReply, LinkErr
 # A board that misses this many replies in a row is not coming back; stop instead of waiting
 # out a timeout for every remaining image.
 MAX_CONSECUTIVE_TIMEOUTS = 3
-LINK_OS_ERRORS = (OSError, termios.error)
 REPLY_BYTES = protocol.HEADER_BYTES + protocol.RESULT_PAYLOAD_BYTES + protocol.CRC_BYTES
 FRAME_BYTES = protocol.INFER_FRAME_BYTES
 MAX_LISTED = 100  # keep reports readable: list at most this many indices
@@ -244,14 +242,6 @@ def validate(board, images, labels=None, *, indices=None, host_model=None, host_
                 outcome.error = f"board_gone: {exc}"
                 run.record(outcome)
                 run.stopped = f"board gone after {_answered(run)} answered images: {exc}"
-                break
-            except LINK_OS_ERRORS as exc:
-                # serial_link lets termios errors of a vanished pty through (pyserial's flush);
-                # they mean the same as BoardGone
-                outcome.error = f"board_gone: {exc}"
-                run.record(outcome)
-                run.stopped = (f"board gone after {_answered(run)} answered images: "
-                               f"{run.port} went away: {exc}")
                 break
             except LinkError as exc:  # any other link failure: the link is not usable
                 outcome.error = f"link_error: {exc}"
