@@ -15,7 +15,10 @@ import subprocess
 
 import pytest
 
+from utils.aot.host_library import HostLibrary
+from utils.data import mnist_arrays
 from utils.paths import ROOT
+from utils.standin import StandIn
 
 
 def _require_tools(*tools):
@@ -37,7 +40,6 @@ def protocol_check(tmp_path_factory):
 
 
 def _start(target, mlf_tar, directory):
-    from utils.standin import StandIn
     standin = StandIn(target, mlf_tar, link=directory / f"tinyml-{target}",
                       build_dir=directory / f"build-{target}")
     standin.start()
@@ -67,7 +69,6 @@ def standin_factory(quick_mlf_tar, tmp_path_factory):
     builds = tmp_path_factory.getbasetemp() / "standin-factory-builds"
 
     def start_standin(target="host"):
-        from utils.standin import StandIn
         link = tmp_path_factory.mktemp(f"fresh-{target}") / f"tinyml-{target}"
         standin = StandIn(target, quick_mlf_tar, link=link, build_dir=builds / target)
         started.append(standin)
@@ -81,18 +82,15 @@ def standin_factory(quick_mlf_tar, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mnist_test_100():
-    from utils.data import mnist_arrays
     images, labels = mnist_arrays(train=False)
     return images[:100].copy(), labels[:100].copy()
 
 
 @pytest.fixture(scope="session")
 def host_scores_100(quick_mlf_tar, mnist_test_100):
-    from utils.aot.host import HostLibrary
     return HostLibrary(quick_mlf_tar).run(mnist_test_100[0])
 
 
 @pytest.fixture(scope="session")
 def host_digits_100(quick_mlf_tar, mnist_test_100):
-    from utils.aot.host import HostLibrary
     return [int(d) for d in HostLibrary(quick_mlf_tar).predict(mnist_test_100[0])]

@@ -13,7 +13,10 @@ import pytest
 
 from utils import protocol as P
 from utils import serial_link as L
+from utils.aot import mlf
 from utils.paths import ROOT
+from utils.reports import read_report
+from utils.targets import elf_sizes
 
 TARGETS = ["host", "qemu-m7"]
 
@@ -39,7 +42,7 @@ def replies_before_barrier(board) -> list:
 
 
 def header_macros(standin):
-    header = (standin.build_dir / "mlf" / "codegen" / "host" / "include" / "tvmgen_default.h").read_text()
+    header = mlf.Unpacked(standin.build_dir / "mlf").header.read_text()
     return dict(re.findall(r"#define\s+(TVMGEN_DEFAULT_\w+)\s+(.+)", header))
 
 
@@ -158,7 +161,6 @@ def test_host_banner_and_eof(host_standin):
 
 
 def test_qemu_elf_fits_the_f746_budget(qemu_standin):
-    from utils.targets import elf_sizes
     sizes = elf_sizes(qemu_standin.elf, "arm-none-eabi-size")
     assert 0 < sizes["text_bytes"] + sizes["data_bytes"] <= 1024 * 1024
     assert 0 < sizes["data_bytes"] + sizes["bss_bytes"] <= 320 * 1024
@@ -222,16 +224,20 @@ def test_cli_prints_the_port_and_leaves_no_orphans(quick_mlf_tar, host_standin, 
 
 
 def test_cli_check_writes_the_figures(quick_mlf_tar, qemu_standin, tmp_path):
-    from utils.reports import read_report
     result = subprocess.run([sys.executable, "-m", "utils.standin", "--target", "qemu-m7",
                              "--tar", str(quick_mlf_tar), "--link", str(tmp_path / "check-qemu"),
                              "--build-dir", str(qemu_standin.build_dir), "--check", "20"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+                            cwd=ROOT, capture_output=True, timeout=300)
+    # bytes, not text: text mode would turn the progress bar's \r into \n
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
     figures = read_report("firmware")["qemu-m7"]
     assert figures["images"] == 20 and figures["predictions_match_host"] == 1.0
     assert figures["instructions_per_inference"] > 0 and figures["text_bytes"] > 0
     assert {"data_bytes", "bss_bytes", "images_per_second"} <= set(figures)
+    # one progress bar, redrawn in place (\r), not a line per image
+    bar_lines = [line for line in stderr.split("\n") if "qemu-m7" in line]
+    assert len(bar_lines) == 1 and "20/20" in bar_lines[0], stderr
 
 
 def test_missing_tar_is_one_line(tmp_path):
@@ -240,3 +246,20 @@ def test_missing_tar_is_one_line(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "0201" in result.stderr
+
+
+# /proc refuses new files even to root, for whom a chmod'ed folder would still be writable.
+@pytest.mark.parametrize("link, says", [("/proc/tinyml-link-test", "cannot write in folder /proc"),
+                                        ("{tmp}/missing/parent/port", "does not exist")])
+@pytest.mark.parametrize("check", [[], ["--check", "5"]])
+def test_unwritable_link_is_one_line_before_any_build(quick_mlf_tar, tmp_path, link, says, check):
+    link = link.format(tmp=tmp_path)
+    build_dir = tmp_path / "build"
+    result = subprocess.run([sys.executable, "-m", "utils.standin", "--target", "host",
+                             "--tar", str(quick_mlf_tar), "--link", link,
+                             "--build-dir", str(build_dir), *check],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and "--link" in result.stderr and says in result.stderr, \
+        result.stderr
+    assert "Traceback" not in result.stderr and not build_dir.exists()

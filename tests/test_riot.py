@@ -6,11 +6,15 @@ Needs a RIOT clone (RIOTBASE, default ./RIOT); without one these tests skip, say
 import os
 import random
 import subprocess
+import sys
 
 import pytest
 
 from utils import paths, protocol
+from utils.reports import read_report
 from utils.serial_link import Board
+from utils.standin import StandIn
+from utils.targets import native64
 
 
 def test_make_without_riot_says_in_one_line_how_to_get_it(tmp_path):
@@ -30,7 +34,6 @@ def native64_build_dir(riot_base, tmp_path_factory):
 @pytest.fixture(scope="module")
 def native64_board(native64_build_dir, quick_mlf_tar, tmp_path_factory):
     """The native64 stand-in as every stand-in runs (utils.standin), on a link of its own."""
-    from utils.standin import StandIn
     standin = StandIn("native64", quick_mlf_tar,
                       link=tmp_path_factory.mktemp("native64-link") / "tinyml-native64",
                       build_dir=native64_build_dir)
@@ -81,7 +84,6 @@ def test_native64_survives_garbage(riot_base, native64_board, mnist_test_100, ho
 
 
 def test_native64_exits_when_the_terminal_hangs_up(riot_base, native64_board, tmp_path):
-    from utils.targets import native64
     launched = native64.launch(native64_board.elf, tmp_path / "run.log")
     process = launched.processes[0]
     try:
@@ -103,3 +105,21 @@ def test_make_test_passes_on_native64(riot_base, native64_board, quick_mlf_tar):
         env={**os.environ, "MNIST_TEST_IMAGES": "5", "TESTRUNNER_START_DELAY": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "binary frames: 5 images" in result.stdout and "[SUCCESS]" in result.stdout
+
+
+def test_riot_cli_measures_native64_with_one_progress_bar(riot_base, quick_mlf_tar):
+    """`python -m utils.riot` for native64: the figures every stand-in gets, and one bar
+    redrawn in place on stderr instead of a line per image."""
+    images = 20
+    result = subprocess.run([sys.executable, "-m", "utils.riot", "--boards", "native64",
+                             "--tar", str(quick_mlf_tar), "--images", str(images)],
+                            cwd=paths.ROOT, capture_output=True, timeout=600)
+    # bytes, not text: text mode would turn the progress bar's \r into \n
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr[-2000:]
+    figures = read_report("firmware")["native64"]
+    assert figures["images"] == images and figures["predictions_match_host"] == 1.0
+    assert figures["riot_commit"] and figures["text_bytes"] > 0
+    # tqdm redraws with \r: one \n-ended line holds every state of the bar
+    bar_lines = [line for line in stderr.split("\n") if "native64" in line]
+    assert len(bar_lines) == 1 and f"{images}/{images}" in bar_lines[0], stderr

@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from utils import paths
+from utils import data, paths
 from utils.cli import StageError, run
 from utils.reports import read_report, write_report
-from utils.standin import DEFAULT_TARGET, TARGETS, StandIn
+from utils.standin import StandIn
+from utils.targets.registry import DEFAULT_TARGET, TARGETS
 
 PY = sys.executable
 
@@ -57,15 +58,16 @@ def summary_lines(reports_dir: Path, target: str, seconds: dict) -> list:
         f"TVM library      flash {aot.get('arm_text_bytes', 0) + aot.get('arm_data_bytes', 0)} B"
         f" (text+data, Cortex-M7 -Os)   arena {aot.get('arena_bytes')} B"
         f"   constants {aot.get('constant_bytes')} B",
-        f"                 host check: {aot.get('images_checked')} images, argmax agreement "
-        f"{_pct(aot.get('argmax_agreement'))}, int8 exact {_pct(aot.get('int8_exact_fraction'))}",
+        f"                 host check: {aot.get('images')} images, argmax agreement "
+        f"{_pct(aot.get('argmax_agreement'))}, int8 exact {_pct(aot.get('uint8_exact_fraction'))}",
     ]
     if opt and "optimize" in seconds:  # this run deployed 0202's library
         lines += [
             f"TVM optimized    flash {opt.get('arm_flash_bytes')} B (text+data, Cortex-M7"
             f" {' '.join(['-Os'] + opt.get('library_cflags', []))})   arena {opt.get('arena_bytes')} B",
-            f"                 host check: {opt.get('images_checked')} images, int8 exact "
-            f"{_pct(opt.get('int8_exact_fraction'))}, same bits as 0201 {_pct(opt.get('bit_exact_with_no_optim'))}",
+            f"                 host check: {opt.get('images')} images, int8 exact "
+            f"{_pct(opt.get('uint8_exact_fraction'))}, same bits as 0201 "
+            f"{_pct((opt.get('vs_golden') or {}).get('outputs_identical_fraction'))}",
         ]
     lines += [
         f"firmware {target:<8}text {fw.get('text_bytes')} B  data {fw.get('data_bytes')} B"
@@ -109,9 +111,8 @@ def main(argv=None):
     images = args.images if args.images is not None else (300 if args.quick else 10000)
     quick = ["--quick"] if args.quick else []
 
-    from utils.data import fetch, check
-    fetch()
-    check()
+    data.fetch()
+    data.check()
     seconds = {}
     started = time.monotonic()
     if args.retrain or args.quick or not weights.is_file():

@@ -1,7 +1,8 @@
-"""What every stand-in target shares: the model library unpacked once per tar, make-like
-rebuilds, raw ptys, child processes that die with their launcher, and the ready check.
+"""What every stand-in target shares: make-like rebuilds against the model library (unpacked
+once per tar by utils.aot.mlf), raw ptys, child processes that die with their launcher, and
+the ready check.
 
-A target module (host.py, qemu_m7.py, native64.py) provides:
+A target module (linux_process.py, qemu_m7.py, native64.py; listed in registry.py) provides:
     NAME                     the target's name in reports and on the command line
     SIZE_TOOL                the `size` program for its ELF
     build(mlf_tar, out_dir=None) -> Path of the ELF (builds only what is missing or stale)
@@ -14,14 +15,14 @@ import re
 import select
 import signal
 import subprocess
-import tarfile
 import time
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils import paths, protocol
-from utils.cli import StageError
+from utils.aot import mlf
+from utils.cli import StageError, one_line
 
 FIRMWARE_DIR = paths.ROOT / "firmware"
 MAIN_SOURCE = paths.ROOT / "0301mcu_mnist.c"
@@ -35,10 +36,6 @@ class TargetError(StageError):
 
 # ------------------------------------------------------------------ the model library
 
-def tar_hash(mlf_tar) -> str:
-    return hashlib.sha256(Path(mlf_tar).read_bytes()).hexdigest()[:16]
-
-
 def require_tar(mlf_tar) -> Path:
     mlf_tar = Path(mlf_tar)
     if not mlf_tar.is_file():
@@ -48,65 +45,7 @@ def require_tar(mlf_tar) -> Path:
 
 
 def default_build_dir(target: str, mlf_tar) -> Path:
-    return paths.BUILD_DIR / target / tar_hash(mlf_tar)
-
-
-@dataclass
-class Mlf:
-    """An unpacked Model Library Format tar."""
-    root: Path
-
-    @property
-    def include_dirs(self) -> list:
-        return [self.root / "codegen" / "host" / "include", self.root / "runtime" / "include"]
-
-    @property
-    def sources(self) -> list:
-        return sorted((self.root / "codegen" / "host" / "src").glob("*.c"))
-
-    @property
-    def files(self) -> list:
-        return [p for p in self.root.rglob("*") if p.is_file()]
-
-    @property
-    def cflags(self) -> list:
-        """Flags the compiler asks for in metadata.json (0202: -O2), after the target's own."""
-        from utils.aot.mlf import read_metadata
-        try:
-            return list(read_metadata(self.root).get("cflags", []))
-        except (OSError, ValueError):
-            return []
-
-
-def unpack_mlf(mlf_tar, into: Path) -> Mlf:
-    """Unpack the tar into `into`/mlf once (the directory is named after the tar's content)."""
-    mlf_tar = require_tar(mlf_tar)
-    root = Path(into) / "mlf"
-    stamp = root / ".tar-sha256"
-    digest = tar_hash(mlf_tar)
-    if not (stamp.is_file() and stamp.read_text() == digest):
-        tmp = Path(into) / "mlf.tmp"
-        _rmtree(tmp)
-        tmp.mkdir(parents=True)
-        try:
-            with tarfile.open(mlf_tar) as tar:
-                tar.extractall(tmp, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            raise TargetError(f"cannot unpack {mlf_tar}: {exc}; remake it with "
-                              f"`python 0201tvm_no_optim.py`") from None
-        (tmp / ".tar-sha256").write_text(digest)
-        _rmtree(root)
-        tmp.rename(root)
-    mlf = Mlf(root)
-    if not (mlf.include_dirs[0] / "tvmgen_default.h").is_file() or not mlf.sources:
-        raise TargetError(f"{mlf_tar} is no Model Library Format tar (no codegen/host/include/"
-                          f"tvmgen_default.h or codegen/host/src/*.c); remake it with stage 0201")
-    return mlf
-
-
-def _rmtree(path: Path):
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
+    return paths.BUILD_DIR / target / mlf.tar_hash(mlf_tar)
 
 
 # ------------------------------------------------------------------ building
@@ -147,10 +86,10 @@ def _first_error(log: Path) -> str:
     return "see the log"
 
 
-def library_flags(mlf: Mlf, lib_flags, lib_flags_last=()) -> list:
+def library_flags(library: mlf.Unpacked, lib_flags, lib_flags_last=()) -> list:
     """The model library's compiler flags: the target's, then what metadata.json asks for,
     then `lib_flags_last` (the benchmark's opt level, which must win over the library's)."""
-    return list(lib_flags) + mlf.cflags + list(lib_flags_last)
+    return list(lib_flags) + library.cflags + list(lib_flags_last)
 
 
 def library_objects_dir(out_dir: Path, flags) -> Path:
@@ -163,16 +102,16 @@ def compile_and_link(name: str, cc: str, our_sources: list, our_flags: list, lib
     """Build a stand-in's ELF from our firmware sources and the model library, recompiling
     only what is stale. Objects live under a folder named by their flags, so a change of
     flags rebuilds them."""
-    mlf = unpack_mlf(mlf_tar, out_dir)
+    library = mlf.unpack_once(require_tar(mlf_tar), out_dir)
     elf = out_dir / elf_name
     log = out_dir / "build.log"
-    includes = [f"-I{FIRMWARE_DIR}"] + [f"-I{d}" for d in mlf.include_dirs]
+    includes = [f"-I{FIRMWARE_DIR}"] + [f"-I{d}" for d in library.include_dirs]
     objects = []
-    for source in our_sources + mlf.sources:
+    for source in our_sources + library.sources:
         ours = source in our_sources
-        flags = our_flags if ours else library_flags(mlf, lib_flags, lib_flags_last)
+        flags = our_flags if ours else library_flags(library, lib_flags, lib_flags_last)
         obj = library_objects_dir(out_dir, flags) / (("" if ours else "lib_") + source.stem + ".o")
-        deps = [source] + (CORE_HEADERS if ours else []) + mlf.files
+        deps = [source] + (CORE_HEADERS if ours else []) + library.files
         if stale(obj, deps):
             obj.parent.mkdir(parents=True, exist_ok=True)
             run_build([cc] + flags + includes + ["-c", source, "-o", obj],
@@ -189,7 +128,7 @@ def elf_sizes(elf: Path, size_tool: str = "size") -> dict:
     try:
         out = subprocess.run([size_tool, str(elf)], capture_output=True, text=True, check=True).stdout
     except (FileNotFoundError, subprocess.CalledProcessError) as exc:
-        raise TargetError(f"cannot measure {elf} with {size_tool}: {exc}") from None
+        raise TargetError(f"cannot measure {elf} with {size_tool}: {one_line(exc)}") from None
     text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
     return {"text_bytes": text, "data_bytes": data, "bss_bytes": bss}
 

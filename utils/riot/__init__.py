@@ -4,16 +4,18 @@ RIOT is on no package registry: a developer clones it into ./RIOT (git-ignored) 
 RIOTBASE at a clone (README, "RIOT"). Builds go through the project's top-level Makefile,
 exactly as `make BOARD=...` does, with the model tar and the output folder as arguments.
 
-`python -m utils.riot` builds the firmware for the STM32F746G-DISCO and native64 with the
-real model (pkg/mnistCNN/mnistCNN.tar), runs 100 MNIST test images through native64 behind a
-pty, and writes the figures to reports/firmware.json (sections `stm32f746g-disco`, `native64`).
+`python -m utils.riot` (utils/riot/__main__.py) builds the firmware for the STM32F746G-DISCO
+and native64 with the real model (pkg/mnistCNN/mnistCNN.tar), runs 100 MNIST test images
+through native64 behind a pty, and writes the figures to reports/firmware.json (sections
+`stm32f746g-disco`, `native64`). That command lives apart from this library because it runs
+native64 as a stand-in (utils.standin), whose target module builds through this one.
 """
-import argparse
 import os
+import re
 import subprocess
 from pathlib import Path
 
-from utils import paths
+from utils import paths, stack_usage
 from utils.targets import TargetError, elf_sizes, require_tar, run_build
 
 RIOT_URL = "https://github.com/RIOT-OS/RIOT.git"
@@ -24,13 +26,16 @@ SIZE_TOOLS = {STM32: "arm-none-eabi-size", NATIVE64: "size"}
 # STM32F746NG: 1 MiB of flash, 320 KiB of RAM (DTCM 64 + SRAM1 240 + SRAM2 16).
 F746_FLASH_BYTES = 1024 * 1024
 F746_RAM_BYTES = 320 * 1024
-# The three packages RIOT git-clones for the stm32f746g-disco build; where a clone lands
-# under RIOT's build folder once it has been fetched.
-STM32_PACKAGES = {
-    "https://github.com/STMicroelectronics/cmsis-device-f7": "build/stm32/cmsis/f7",
+# The packages RIOT git-clones for an STM32 build besides the family's CMSIS device headers
+# (stm32_packages); where a clone lands under the RIOT folder once it has been fetched.
+STM32_COMMON_PACKAGES = {
     "https://github.com/ARM-software/CMSIS_5": "build/pkg/cmsis",
     "https://github.com/mpaland/printf": "build/pkg/mpaland-printf",
 }
+# RIOT fetches one cmsis-device package per STM32 family (f7 for the F746) from the URL in
+# cpu/stm32/Makefile.cmsis, `$(CPU_FAM)` standing for the family; this when it names none.
+CMSIS_DEVICE_URL = "https://github.com/STMicroelectronics/cmsis-device-$(CPU_FAM)"
+STM32_FAMILY = "f7"
 PREPARED = ".pkg-state.git-prepared"
 
 
@@ -64,12 +69,36 @@ def riot_commit(base=None) -> str:
         return "unknown (not a git clone)"
 
 
-def stm32_packages_problem(base=None, timeout: float = 30.0):
+def cmsis_device_url(family: str, base=None) -> str:
+    """Where RIOT fetches the CMSIS device headers of an STM32 family (its Makefile.cmsis)."""
+    template = CMSIS_DEVICE_URL
+    try:
+        text = (Path(base or riot_base()) / "cpu" / "stm32" / "Makefile.cmsis").read_text()
+        match = re.search(r"^PKG_URL\s*\??=\s*(\S+)", text, re.MULTILINE)
+        if match:
+            template = match.group(1)
+    except OSError:
+        pass
+    return template.replace("$(CPU_FAM)", family)
+
+
+def stm32_packages(family: str = STM32_FAMILY, base=None) -> dict:
+    """URL → where its clone lands, of every package RIOT git-clones for an STM32 build."""
+    return {cmsis_device_url(family, base): f"build/stm32/cmsis/{family}", **STM32_COMMON_PACKAGES}
+
+
+def fetch_hint(urls) -> str:
+    """The one line said when RIOT cannot fetch packages (the Makefile says the same)."""
+    return (f"RIOT cannot fetch {', '.join(urls)} (no network and no local mirror configured "
+            f"with git's url.<mirror>.insteadOf; see README, RIOT offline)")
+
+
+def stm32_packages_problem(base=None, timeout: float = 30.0, family: str = STM32_FAMILY):
     """None when RIOT can get the stm32 packages (already fetched, or git reaches them —
     directly or through url.<local>.insteadOf), else one line saying what is missing."""
     base = require_riot(base)
     missing = []
-    for url, where in STM32_PACKAGES.items():
+    for url, where in stm32_packages(family, base).items():
         if (base / where / PREPARED).is_file():
             continue
         try:
@@ -81,10 +110,7 @@ def stm32_packages_problem(base=None, timeout: float = 30.0):
         except (OSError, subprocess.TimeoutExpired):
             pass
         missing.append(url)
-    if missing:
-        return (f"RIOT cannot fetch {', '.join(missing)} (no network and no local mirror "
-                f"configured with git's url.<mirror>.insteadOf; see README, RIOT offline)")
-    return None
+    return fetch_hint(missing) if missing else None
 
 
 def elf_path(board: str, out_dir) -> Path:
@@ -165,8 +191,6 @@ THREAD_OVERHEAD_BYTES = 108 + 36 + 64 + 64
 
 def main_stack(elf) -> dict:
     """The main thread's stack: its size in the image and the worst case it may need."""
-    from utils import stack_usage
-
     text = subprocess.run([stack_usage.objdump_for(elf), "-d", "--no-show-raw-insn", str(elf)],
                           check=True, capture_output=True, text=True).stdout
     functions = stack_usage.parse_disassembly(text)
@@ -187,81 +211,3 @@ def main_stack(elf) -> dict:
         "main_stack_not_followed": report.indirect + report.recursive + report.dynamic
         + report.unknown,
     }
-
-
-# ------------------------------------------------------------------ figures
-
-STACK_FIGURES = ("main_stack_bytes", "main_stack_worst_case_bytes", "main_stack_calls_bytes",
-                 "main_stack_deepest_chain", "main_stack_bound_complete")
-
-
-def stm32_figures(mlf_tar=None, out_dir=None) -> dict:
-    """Build for the STM32F746G-DISCO; sizes, the share of the chip, the stack bound."""
-    from utils.targets import tar_hash
-    problem = stm32_packages_problem()
-    if problem:
-        raise TargetError(problem)
-    mlf_tar = Path(mlf_tar or paths.MLF_TAR)
-    elf = build(STM32, mlf_tar, out_dir)
-    figures = {"elf": _shown(elf), "mlf_tar_sha256": tar_hash(mlf_tar),
-               "riot_commit": riot_commit(), **sizes(STM32, elf)}
-    figures.update(f746_budget(figures))
-    stack = main_stack(elf)
-    figures.update({key: stack[key] for key in STACK_FIGURES})
-    return figures
-
-
-def native64_figures(mlf_tar=None, images: int = 100, progress=None) -> dict:
-    """The native64 stand-in measured like every stand-in (utils.standin), plus the RIOT commit."""
-    from utils import standin
-    figures = standin.measure(NATIVE64, mlf_tar, images, progress=progress)
-    figures["riot_commit"] = riot_commit()
-    return figures
-
-
-def _shown(path: Path) -> str:
-    return str(path.relative_to(paths.ROOT)) if path.is_relative_to(paths.ROOT) else str(path)
-
-
-def main(argv=None):
-    import sys
-
-    from utils.cli import StageError
-    from utils.reports import write_report
-    from utils.serial_link import LinkError
-
-    parser = argparse.ArgumentParser(
-        description="Build the RIOT firmware for the STM32F746G-DISCO and native64, run MNIST "
-                    "test images through native64 behind a pty, write reports/firmware.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--tar", default=str(paths.MLF_TAR), help="Model Library Format tar")
-    parser.add_argument("--images", type=int, default=100,
-                        help="MNIST test images sent to native64 (0: sizes only)")
-    parser.add_argument("--boards", nargs="+", default=[STM32, NATIVE64],
-                        choices=[STM32, NATIVE64])
-    args = parser.parse_args(argv)
-    results = {}
-    try:
-        for board in args.boards:
-            if board == STM32:
-                figures = stm32_figures(args.tar)
-            else:
-                figures = native64_figures(
-                    args.tar, args.images,
-                    progress=lambda i, n: print(f"\rnative64: {i}/{n} images", end="",
-                                                file=sys.stderr, flush=True))
-                if args.images:
-                    print(file=sys.stderr)
-            path = write_report("firmware", figures, section=board)
-            for key, value in figures.items():
-                print(f"{board}.{key}: {value}")
-            results[board] = figures
-    except (TargetError, LinkError) as exc:
-        raise StageError(str(exc)) from None
-    print(f"written to {path}")
-    return results
-
-
-if __name__ == "__main__":
-    from utils.cli import run
-    run(main)
