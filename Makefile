@@ -38,14 +38,14 @@ ifeq (,$(filter $(NATIVE_BOARDS),$(BOARD)))
   # so a client may send the next image while the current one is still being classified.
   # (tsrb needs a power of two.)
   CFLAGS += -DSTDIO_RX_BUFSIZE=1024
-  # Main thread stack. Worst case, bounded from the linked ELF by `python3 -m utils.riot`
+  # Main thread stack. Its worst case is bounded from the linked ELF by `python3 -m utils.riot`
   # (utils/stack_usage.py: every call chain from main_trampoline, plus the FPU interrupt
-  # frame, the context switch and thread_t): 920 B with this model, of which
-  # tvmgen_default_run 392 B; 952 B with DEVELHELP=1. RIOT's default (1536 B) would hold
-  # that; 2 KiB keeps twice the bound for a model whose kernels need more and room for a
-  # debugging printf("%f") (printf_float: 536 B a call) at the deepest point. An overflow
-  # here corrupts memory silently, and 2 KiB is 0.6 % of the F746's RAM.
-  # tests/test_riot_build.py checks the bound against this size.
+  # frame, the context switch and thread_t) and recorded in reports/firmware.json, section
+  # stm32f746g-disco, key main_stack_worst_case_bytes (the chain under
+  # main_stack_deepest_chain). The size leaves room above that bound for a model whose
+  # kernels need more and for a debugging printf("%f") at the deepest point: an overflow
+  # here corrupts memory silently, and the F746's RAM can spare the margin.
+  # tests/test_riot_build.py fails when the bound outgrows this size.
   CFLAGS += -DTHREAD_STACKSIZE_MAIN=2048
 endif
 # native boards: no `stdin` module. Its reader and the firmware would both read fd 0 and take
@@ -70,6 +70,26 @@ DEVELHELP ?= 0
 QUIET ?= 1
 
 include $(RIOTBASE)/Makefile.include
+
+# An STM32 build makes RIOT git-clone the CMSIS device headers of the board's family, one
+# package per family (cmsis-device-f7 for the F746, cmsis-device-l4 for nucleo-l476rg...).
+# Offline, git's own "Could not resolve host" does not say what to do; say what
+# `python3 -m utils.riot` says. Asked only while the family's headers are missing (RIOT's
+# STM32FAM_INCLUDE_FILE) and for goals that build; the URL is RIOT's own (Makefile.cmsis).
+UTVM_BUILD_GOALS = all flash elffile binfile hexfile
+ifneq (,$(STM32FAM_INCLUDE_FILE))
+  ifeq (,$(wildcard $(STM32FAM_INCLUDE_FILE)))
+    ifneq (,$(filter $(UTVM_BUILD_GOALS),$(or $(MAKECMDGOALS),all)))
+      UTVM_CMSIS_URL := $(subst $$(CPU_FAM),$(CPU_FAM),$(shell sed -n 's/^PKG_URL *?*= *//p' \
+        $(RIOTCPU)/stm32/Makefile.cmsis 2>/dev/null))
+      UTVM_CMSIS_URL := $(or $(UTVM_CMSIS_URL),https://github.com/STMicroelectronics/cmsis-device-$(CPU_FAM))
+      ifeq (,$(shell GIT_TERMINAL_PROMPT=0 timeout 30 git ls-remote --exit-code \
+                 $(UTVM_CMSIS_URL) HEAD >/dev/null 2>&1 && echo reachable))
+        $(error RIOT cannot fetch $(UTVM_CMSIS_URL) (no network and no local mirror configured with git's url.<mirror>.insteadOf; see README, RIOT offline))
+      endif
+    endif
+  endif
+endif
 
 # The seed's flags, after RIOT's own (RIOT adds -Wstrict-prototypes and -Wmissing-include-dirs
 # in Makefile.include; only a later flag overrides them): RIOT builds with -Werror, and the

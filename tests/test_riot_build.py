@@ -1,15 +1,23 @@
 """The RIOT builds: the STM32F746G-DISCO firmware links, fits the chip with room to spare and
 its main thread's stack covers the worst case; the model package (makefiles/utvm*) follows
-its tar; a missing tar is one line. Needs a RIOT clone (RIOTBASE, default ./RIOT); the stm32
-build also needs RIOT's three packages (network or local mirrors). Skipped, saying so, without.
+its tar; a missing tar is one line; an STM32 family whose CMSIS headers RIOT cannot fetch is
+one line naming the package to mirror. Needs a RIOT clone (RIOTBASE, default ./RIOT); the
+stm32 build also needs RIOT's packages (network or local mirrors). Skipped, saying so,
+without, except the offline hint's logic, also checked against a stub of the few RIOT
+variables it reads.
 """
 import io
+import os
 import subprocess
 import tarfile
 
 import pytest
 
 from utils import paths, riot
+
+# Every github.com URL points nowhere: git fails as it does offline, whatever the network.
+OFFLINE = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "url.file:///nonexistent/.insteadOf",
+           "GIT_CONFIG_VALUE_0": "https://github.com/"}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +47,10 @@ def test_stm32_main_stack_covers_the_worst_case(riot_base, stm32_elf):
     assert stack["main_stack_worst_case_bytes"] <= stack["main_stack_bytes"], stack
 
 
-def _make(*args, timeout=300):
+def _make(*args, timeout=300, env=None):
     return subprocess.run(["make", "-C", str(paths.ROOT), "-j2", *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def _with_extra_source(tar_path, out_path, name, text):
@@ -83,3 +92,64 @@ def test_a_missing_tar_is_one_line_saying_how_to_make_it(riot_base, tmp_path):
                   and "not found" in line]
     assert complaints == [f"{tmp_path / 'absent.tar'} not found: run python3 0201tvm_no_optim.py "
                           f"to compile the model into it"]
+
+
+def _stub_riot(base, family="l4"):
+    """The RIOT variables the Makefile's offline check reads, as an STM32 board of `family`
+    sets them (RIOT's cpu/stm32/Makefile.include and Makefile.cmsis); `all` only says so."""
+    (base / "cpu" / "stm32").mkdir(parents=True)
+    (base / "Makefile.include").write_text(
+        "RIOTCPU = $(RIOTBASE)/cpu\nCPU = stm32\n"
+        f"CPU_FAM = {family}\n"
+        "STM32FAM_INCLUDE_FILE = $(RIOTBASE)/build/stm32/cmsis/$(CPU_FAM)/Include/stm32$(CPU_FAM)xx.h\n"
+        "all:\n\t@echo stub build of $(BOARD)\n")
+    (base / "cpu" / "stm32" / "Makefile.cmsis").write_text(
+        "PKG_URL=https://github.com/STMicroelectronics/cmsis-device-$(CPU_FAM)\n")
+    return base
+
+
+def _one_line_hint(result, base, family, alone=True):
+    """make stopped with the hint utils.riot gives; `alone`: nothing else on stderr (a real
+    RIOT may warn about other things first)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and lines, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len(lines) == 1 or not alone, result.stderr
+    assert riot.fetch_hint([riot.cmsis_device_url(family, base)]) in lines[-1]
+    assert f"cmsis-device-{family}" in lines[-1] or f"cmsis_device_{family}" in lines[-1]
+    assert "Could not resolve" not in result.stderr
+
+
+def test_offline_stm32_family_is_one_line_naming_its_package(tmp_path):
+    base = _stub_riot(tmp_path / "riot")
+    result = _make("BOARD=nucleo-l476rg", f"RIOTBASE={base}", f"BINDIRBASE={tmp_path / 'bin'}",
+                   env=OFFLINE, timeout=60)
+    _one_line_hint(result, base, "l4")
+
+
+def test_offline_hint_stays_quiet_with_a_mirror_or_the_headers(tmp_path):
+    base = _stub_riot(tmp_path / "riot")
+    mirror = tmp_path / "cmsis-device-l4"
+    subprocess.run(["git", "init", "-q", str(mirror)], check=True)
+    subprocess.run(["git", "-C", str(mirror), "-c", "user.name=t", "-c", "user.email=t@t",
+                    "commit", "-q", "--allow-empty", "-m", "mirror"], check=True)
+    url = riot.cmsis_device_url("l4", base)
+    mirrored = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"url.{mirror}.insteadOf",
+                "GIT_CONFIG_VALUE_0": url}
+    common = ["BOARD=nucleo-l476rg", f"RIOTBASE={base}", f"BINDIRBASE={tmp_path / 'bin'}"]
+    through_mirror = _make(*common, env=mirrored, timeout=60)
+    assert through_mirror.returncode == 0 and "stub build" in through_mirror.stdout, \
+        through_mirror.stderr
+    header = base / "build" / "stm32" / "cmsis" / "l4" / "Include" / "stm32l4xx.h"
+    header.parent.mkdir(parents=True)
+    header.write_text("")
+    fetched = _make(*common, env=OFFLINE, timeout=60)
+    assert fetched.returncode == 0 and "stub build" in fetched.stdout, fetched.stderr
+
+
+def test_offline_stm32_family_with_riot(riot_base, tmp_path):
+    family = "l4"
+    if (riot_base / "build" / "stm32" / "cmsis" / family).is_dir():
+        pytest.skip(f"this RIOT has the {family} headers already; nothing to fetch")
+    result = _make("BOARD=nucleo-l476rg", f"RIOTBASE={riot_base}", f"BINDIRBASE={tmp_path}",
+                   env=OFFLINE, timeout=120)
+    _one_line_hint(result, riot_base, family, alone=False)
