@@ -1,6 +1,7 @@
 # A Model Library Format (MLF) tar as a RIOT package.
 #
-# MLF is what microTVM's AOT flow (and this project's 0201 compiler) writes:
+# MLF is what microTVM's AOT flow (and this project's compiler: the layout's Python owner is
+# utils/aot/mlf.py) writes:
 #   codegen/host/src/*.c                the model as plain C
 #   codegen/host/include/tvmgen_*.h     the API the application calls
 #   runtime/include/**                  the runtime headers the generated C includes

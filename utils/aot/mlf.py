@@ -40,6 +40,7 @@ STAMP = ".tar-sha256"
 
 
 def wheel_include_dirs():
+    # deferred: TVM's import time is paid only where a library is packed (see the top)
     import tvm
     import tvm_ffi
     return [Path(tvm.__file__).parent / "include", Path(tvm_ffi.__file__).parent / "include"]
@@ -73,7 +74,7 @@ def write_tree(root: Path, files: dict, metadata: dict, relax_text: str):
         target = root / RUNTIME_INCLUDE / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(wheel_root / rel, target)
-    import tvm
+    import tvm  # deferred: see wheel_include_dirs
     licence = Path(tvm.__file__).parent / "LICENSE"
     if licence.is_file():
         shutil.copyfile(licence, root / "runtime" / "LICENSE")
