@@ -15,11 +15,13 @@ Examples:
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from utils import paths
-from utils.cli import StageError, run
+from utils.cli import (DefaultsHelpFormatter, StageError, check_output_dir, check_output_path,
+                       positive_float, positive_int, run)
 
 STAGE = "0401pc_terminal_sendimage"
 # Runs longer than this print a line only for the images the device got wrong or never
@@ -31,12 +33,12 @@ QUICK_COUNT = 20
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     link = parser.add_argument_group("serial link")
     link.add_argument("--port", help="serial port (default: the ST-LINK's virtual COM port if "
                       "plugged in, else a running stand-in, else /dev/ttyACM0)")
-    link.add_argument("--baud", type=int, default=115200, help="baud rate")
-    link.add_argument("--timeout", type=float, default=5.0,
+    link.add_argument("--baud", type=positive_int, default=115200, help="baud rate")
+    link.add_argument("--timeout", type=positive_float, default=5.0,
                       help="seconds to wait for each reply")
     what = parser.add_argument_group("what to send (default: test image --index)")
     what.add_argument("--index", type=int, default=0, help="one MNIST test image by index")
@@ -47,8 +49,10 @@ def parse_args(argv):
     what.add_argument("--quick", action="store_true",
                       help=f"a short run for tests: --count {QUICK_COUNT}")
     out = parser.add_argument_group("output")
-    out.add_argument("--host-model", default=str(paths.QAT_MODEL),
-                     help="host PyTorch int8 model for agreement_with_host")
+    out.add_argument("--host-model", type=Path, default=None,
+                     help="host PyTorch int8 model for agreement_with_host (default: "
+                          f"{paths.QAT_MODEL.relative_to(paths.ROOT)}, skipped with a note "
+                          "when absent)")
     out.add_argument("--no-host", action="store_true",
                      help="skip the host model (no agreement_with_host)")
     out.add_argument("--plot", nargs="?", const="", metavar="PNG",
@@ -104,15 +108,42 @@ def resolve_port(port):
 
 
 def host_model_path(args):
-    """The host model to compare with, or None (with a note why) when there is none."""
+    """The host model to compare with, or None (with a note why) when there is none.
+    Only the default may be absent: a --host-model asked for by name must be there."""
     if args.no_host:
         return None, "host comparison skipped (--no-host)"
-    from pathlib import Path
-    path = Path(args.host_model)
+    if args.host_model is not None:
+        if not args.host_model.is_file():
+            raise StageError(f"--host-model {args.host_model} not found; make it with "
+                             f"`python3 0103mnist_QAT.py`, or pass --no-host")
+        return args.host_model, None
+    path = paths.QAT_MODEL
     if not path.is_file():
         return None, (f"host model {path} not found, agreement_with_host not measured "
                       f"(make it with `python3 0103mnist_QAT.py`, or pass --host-model)")
     return path, None
+
+
+def load_host(path):
+    """The host int8 model, loaded before any image is sent: a wrong file fails in a second,
+    not after the whole run."""
+    from utils.validate import load_host_model
+    try:
+        return load_host_model(path)
+    except StageError as exc:
+        raise StageError(f"--host-model {exc}; or pass --no-host") from None
+
+
+def check_outputs(args):
+    """The confusion PNG and the report must be writable before the first image goes out;
+    returns the PNG's path (None without --plot)."""
+    plot_path = None
+    if args.plot is not None:
+        plot_path = Path(args.plot or paths.REPORTS_DIR / f"{STAGE}_confusion.png")
+        check_output_path(plot_path, "--plot")
+    if not args.file:
+        check_output_dir(paths.REPORTS_DIR, "reports folder")
+    return plot_path
 
 
 def image_line(outcome, unit_width=0) -> str:
@@ -135,8 +166,10 @@ def result_dict(outcome, with_probabilities) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    plot_path = check_outputs(args)
     images, labels, indices, description = select_images(args)
     host_model, host_note = host_model_path(args)
+    host = load_host(host_model) if host_model is not None else None
     port = resolve_port(args.port)
 
     from utils.reports import model_hash, write_report
@@ -177,11 +210,12 @@ def main(argv=None):
             print(f"{description} → {port} @ {args.baud} baud; board {info.get('board', '?')}, "
                   f"model {info.get('model', '?')}, device time in {info.get('time_unit', '?')}",
                   flush=True)
-        summary = validate(board, images, labels, indices=indices, host_model=host_model,
+        summary = validate(board, images, labels, indices=indices, host_model=host,
                            info=info, progress=progress, on_result=show,
                            port=port, baud=args.baud)
     summary["source"] = description
     if host_model is not None:
+        summary["host_model"] = str(host_model)
         summary["host_model_hash"] = model_hash(host_model)
         summary["model_matches_host"] = summary["host_model_hash"] == summary["model"]
     notes = [host_note] if host_note else []
@@ -189,14 +223,12 @@ def main(argv=None):
         notes.append(f"the board runs model {summary['model']}, the host model is "
                      f"{summary['host_model_hash']}: agreement compares different models")
 
-    if args.plot is not None and summary["accuracy"] is not None:
-        plot_path = args.plot or str(paths.REPORTS_DIR / f"{STAGE}_confusion.png")
-        from pathlib import Path
-        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
+    if plot_path is not None and summary["accuracy"] is not None:
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot_confusion(summary["confusion"], plot_path,
                        title=f"{summary['answered']} images on {summary['board']}, "
                              f"accuracy {summary['accuracy']:.4f}")
-        summary["confusion_png"] = plot_path
+        summary["confusion_png"] = str(plot_path)
 
     if not args.file:
         summary["report"] = str(write_report(STAGE, summary))

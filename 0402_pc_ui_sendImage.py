@@ -13,16 +13,17 @@ import os
 import signal
 import sys
 
-from utils.cli import StageError, run
+from utils.cli import DefaultsHelpFormatter, StageError, positive_float, positive_int, run
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--port", help="serial port (default: the ST-LINK's virtual COM port "
                         "if plugged in, else a running stand-in, else /dev/ttyACM0)")
-    parser.add_argument("--baud", type=int, default=115200, help="baud rate")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+    parser.add_argument("--baud", type=positive_int, default=115200, help="baud rate")
+    parser.add_argument("--timeout", type=positive_float, default=5.0,
+                        help="seconds to wait for a reply")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random test images")
     parser.add_argument("--quick", action="store_true",
                         help="self-test: connect, send one random test image, print the answer "

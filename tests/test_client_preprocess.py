@@ -122,3 +122,14 @@ def test_blank_and_unreadable_inputs_give_one_line_errors(tmp_path):
     assert "cut.png" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(PreprocessError, match="not found"):
         load_image_file(tmp_path / "missing.jpg")
+
+
+@pytest.mark.parametrize("side", [10000, 15000])
+def test_images_past_pillows_pixel_limit_are_refused(tmp_path, side):
+    """Past Image.MAX_IMAGE_PIXELS Pillow warns (10000²) and past twice it raises (15000²);
+    both are one line here, before gigabytes of float copies. 1-bit PNGs: small on disk."""
+    huge = tmp_path / "huge.png"
+    Image.new("1", (side, side)).save(huge)
+    with pytest.raises(PreprocessError, match=r"huge\.png has more than [\d,]+ pixels.*"
+                                              r"scale it down"):
+        load_image_file(huge)

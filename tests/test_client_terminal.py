@@ -1,7 +1,10 @@
 """0401 and utils.validate against the host stand-in behind a pty: real processes, real pyserial.
 
 Fault cases: a wrong port, a silent board, the stand-in killed mid-run, garbage injected both
-ways (into the device's input, and into its replies through a damaging relay pty).
+ways (into the device's input, and into its replies through a damaging relay pty). Bad input
+(an unwritable --plot, a huge PNG, a wrong or missing --host-model, a nonsense --baud or
+--timeout) fails before the port is opened: those tests point at a port that does not exist,
+so an error about the port would mean the check came too late.
 """
 import json
 import re
@@ -12,13 +15,17 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from tests.test_client_support import (TERMINAL, DamagingRelay, SilentPort, assert_one_line_error,
-                                       flip_byte, json_out, prepend, run_terminal)
+from tests.fixtures_outputs import read_only_dir  # noqa: F401 (fixture)
+from tests.test_client_support import (TERMINAL, UI, DamagingRelay, SilentPort,
+                                       assert_one_line_error, flip_byte, json_out, prepend,
+                                       run_terminal)
 from utils import protocol
 from utils.data import mnist_arrays
 from utils.paths import ROOT
+from utils.qmodel import QMnistModel
 from utils.reports import model_hash, read_report
 from utils.serial_link import Board
 from utils.validate import FRAME_BYTES, validate
@@ -108,6 +115,56 @@ def test_text_summary_and_plot(host_port, tmp_path):
     assert "795-byte frames" in out
     with Image.open(png) as image:
         assert image.size[0] > 300 and len(np.unique(np.asarray(image.convert("L")))) > 10
+
+
+NO_BOARD = "/dev/no-such-board"
+
+
+def test_unwritable_plot_fails_before_any_image(read_only_dir, tmp_path):
+    png = read_only_dir / "confusion.png"
+    proc = run_terminal("--port", NO_BOARD, "--count", 3, "--no-host", "--plot", png, timeout=60)
+    assert_one_line_error(proc, f"--plot {png}", "cannot write in folder")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    proc = run_terminal("--port", NO_BOARD, "--count", 3, "--no-host", "--plot",
+                        a_file / "confusion.png", timeout=60)
+    assert_one_line_error(proc, "--plot", "is a file, not a folder")
+
+
+def test_huge_png_is_refused_in_one_line(tmp_path):
+    """A 15000×15000 PNG (PIL's decompression-bomb limit); 1-bit, so it is small on disk."""
+    huge = tmp_path / "huge.png"
+    Image.new("1", (15000, 15000)).save(huge)
+    proc = run_terminal("--port", NO_BOARD, "--file", huge, timeout=60)
+    assert_one_line_error(proc, str(huge), "pixels", "scale it down")
+
+
+def test_wrong_or_missing_host_model_is_an_error(tmp_path):
+    fp32 = tmp_path / "lenet5_fp32.pth"
+    torch.save(QMnistModel().state_dict(), fp32)
+    proc = run_terminal("--port", NO_BOARD, "--count", 3, "--host-model", fp32, timeout=60)
+    line = assert_one_line_error(proc, f"--host-model {fp32}",
+                                 "is a float state_dict of QMnistModel",
+                                 "expected a TorchScript int8 model", "--no-host")
+    assert "corrupted" not in line
+    # asked for by name, so its absence is an error, not a note (exit 0 before)
+    missing = tmp_path / "missing.pth"
+    proc = run_terminal("--port", NO_BOARD, "--count", 3, "--host-model", missing, timeout=60)
+    assert_one_line_error(proc, f"--host-model {missing} not found", "--no-host")
+
+
+@pytest.mark.parametrize("client", [TERMINAL, UI], ids=["0401", "0402"])
+@pytest.mark.parametrize("args, message", [
+    (["--baud", "0"], "argument --baud: must be at least 1"),
+    (["--baud", "-9600"], "argument --baud: must be at least 1"),
+    (["--timeout", "-1"], "argument --timeout: must be a number above 0"),
+    (["--timeout", "0"], "argument --timeout: must be a number above 0"),
+])
+def test_nonsense_baud_and_timeout_are_argparse_errors(client, args, message):
+    proc = subprocess.run([sys.executable, str(client), "--port", NO_BOARD, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "usage:" in proc.stderr and message in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_wrong_port_lists_the_ports():

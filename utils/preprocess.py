@@ -9,10 +9,13 @@ spread of ±0.29, i.e. an integer shift — that is what `center_by_mass` reprod
 Ink is bright (255) on a dark background (0), as in MNIST. Inputs of any polarity are accepted:
 a light background (paper, a white canvas) is detected from the image border and inverted.
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from utils.cli import one_line
 
 SIZE = 28
 BOX = 20
@@ -149,12 +152,20 @@ def load_image_file(path) -> np.ndarray:
     if not path.is_file():
         raise PreprocessError(f"image file not found: {path}")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_mnist(image)
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; either way the float copies
+            # of such an image take gigabytes, for a digit that needs a few hundred pixels
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return to_mnist(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PreprocessError(f"{path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels, too many "
+                              f"to read safely; scale it down (a digit needs a few hundred "
+                              f"pixels a side)") from None
     except UnidentifiedImageError:
         raise PreprocessError(f"not an image Pillow can read: {path}") from None
     except PreprocessError as exc:
         raise PreprocessError(f"{path}: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise PreprocessError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
+        raise PreprocessError(f"cannot read image {path}: {one_line(exc)}") from None

@@ -68,14 +68,23 @@ def percentile(values, q):
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
 
 
+def load_host_model(path):
+    """The host PyTorch int8 model from a TorchScript file; StageError (one line naming what
+    the file is and what is expected) for anything else."""
+    # torch's C++ side warns on stderr that quantized tensors are deprecated; not our news.
+    # It reads this when torch loads, so torch is imported here, not at the top: a run
+    # without a host model never pays the seconds torch takes to import.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    import torch
+    from utils.quantize import load_int8_model
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return load_int8_model(path)
+
+
 def host_predictions(images, host_model):
     """The host PyTorch int8 model's digits for uint8 images; host_model is a path or a model."""
-    # torch's C++ side warns on stderr that quantized tensors are deprecated; not our news
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    from utils.quantize import load_int8_model, predict_int8
-    import torch
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    model = load_int8_model(host_model) if not hasattr(host_model, "forward") else host_model
+    model = host_model if hasattr(host_model, "forward") else load_host_model(host_model)
+    from utils.quantize import predict_int8  # torch: see load_host_model
     digits, _ = predict_int8(model, images)
     return digits
 
