@@ -24,6 +24,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from utils.cli import StageError, one_line
 
 # tvm is imported inside the functions that pack a library, never at the top: the firmware
@@ -199,7 +201,6 @@ DEBUG_TAP_DEFINE = "TVMGEN_DEFAULT_DEBUG_TAP"
 
 def uint8_logits_from_tap(tap_values, metadata):
     """Recover q from the dequantized logits (q - zp) * s: exact, |q - zp| <= 255."""
-    import numpy as np  # MOVE-TO-TOP once the module's import block settles
     quant = metadata["logits_quantization"]
     q = np.rint(tap_values.astype(np.float64) / np.float32(quant["scale"])) + quant["zero_point"]
     return np.clip(q, 0, 255).astype(np.uint8)
