@@ -2,6 +2,7 @@
 import json
 import math
 import random
+import re
 import struct
 import zlib
 
@@ -102,6 +103,28 @@ def test_text_result_format(vector):
 def test_text_line_vectors(vector):
     parsed = P.parse_text_reply(vector["line"])
     assert (None if parsed is None else as_dict(parsed)) == vector["expect"]
+
+
+def test_pause_vectors_are_well_formed():
+    """`pauses`: increasing offsets into the input, at most its length; every text image in a
+    pause vector is the one encode_text_image makes, so a host sending it is what is tested."""
+    paused = [v for v in VECTORS["device_streams"] if "pauses" in v]
+    assert len(paused) >= 8
+    image = P.encode_text_image(RAMP)
+    for vector in paused:
+        data, pauses = bytes.fromhex(vector["input_hex"]), vector["pauses"]
+        assert pauses and pauses == sorted(set(pauses)), vector["name"]
+        assert 0 <= pauses[0] and pauses[-1] <= len(data), vector["name"]
+        if any(e.startswith("infer text") for e in vector["events"]):
+            assert image in data, vector["name"]
+
+
+def test_resync_pause_is_one_constant():
+    """The pause of docs/protocol.md is the firmware's and the host's."""
+    header = (ROOT / "firmware" / "protocol.h").read_text()
+    (ms,) = re.findall(r"#define PROTO_RESYNC_PAUSE_MS (\d+)", header)
+    assert P.RESYNC_PAUSE_S == int(ms) / 1000
+    assert f"at least {ms} ms" in (ROOT / "docs" / "protocol.md").read_text()
 
 
 # ------------------------------------------------------------------ encoders

@@ -26,6 +26,10 @@ MAX_FRAME = HEADER_BYTES + MAX_PAYLOAD + CRC_BYTES
 INFER_FRAME_BYTES = HEADER_BYTES + PIXELS + CRC_BYTES  # 795
 RESULT_PAYLOAD_BYTES = 46
 MAX_TEXT_LINE = 4096        # both directions: longer lines are refused (device) / garbled (host)
+# Quiet input for this long ends a text line the device can no longer read as a request
+# (PROTO_RESYNC_PAUSE_MS; docs/protocol.md, "Pauses"): after damage, a host stays quiet this
+# long before its next text request. Frames need no pause.
+RESYNC_PAUSE_S = 0.100
 
 
 class MsgType(IntEnum):
