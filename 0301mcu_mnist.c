@@ -129,11 +129,19 @@ int main(void)
     write_text(info_pairs);
     write_text("\n");
     proto_init(&parser, on_request, NULL);
+    /* After each burst of input, a pause lets the parser drop a text line that noise has
+     * spoiled (docs/protocol.md, "Pauses"). One pause per quiet spell: then block. */
+    int quiet = 1;
     for (;;) {
+        if (!quiet && !platform_input_ready(PROTO_RESYNC_PAUSE_MS)) {
+            proto_pause(&parser);
+            quiet = 1;
+        }
         int c = platform_read_byte();
         if (c < 0) {
             break;
         }
+        quiet = 0;
         proto_feed(&parser, (uint8_t)c);
     }
     return 0;

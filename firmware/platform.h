@@ -13,6 +13,12 @@
  *   hang-up); the firmware then returns from main(). It must not share fd 0 with another
  *   reader (on RIOT native64, RIOT's stdin module and glibc's stdio both read fd 0 and steal
  *   bytes from each other). The firmware never calls scanf.
+ * - platform_input_ready(wait_ms) returns 1 as soon as platform_read_byte() would not block (a
+ *   byte is buffered, or input is closed for good), 0 once wait_ms milliseconds pass without
+ *   a byte. It consumes nothing. The firmware calls it after each burst of input to see a
+ *   pause (PROTO_RESYNC_PAUSE_MS, docs/protocol.md "Pauses"), so it must not lose or reorder
+ *   bytes, and the wait only has to be about right: wait_ms or a little longer, never
+ *   shorter than wait_ms minus one tick of the clock it uses.
  * - platform_write() sends all bytes before it returns (or queues them in order); replies
  *   are at most 800 bytes and are written in one or two calls.
  * - platform_timestamp() is a free-running counter in the unit platform_time_unit() names;
@@ -37,6 +43,7 @@
 
 void platform_init(void);
 int platform_read_byte(void);
+int platform_input_ready(uint32_t wait_ms);
 void platform_write(const void *data, size_t length);
 uint32_t platform_timestamp(void);
 uint8_t platform_time_unit(void);

@@ -4,6 +4,7 @@
 #include "platform.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -14,10 +15,38 @@ void platform_init(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
+static unsigned char buffer[4096];
+static ssize_t filled, next;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+int platform_input_ready(uint32_t wait_ms)
+{
+    if (next < filled) {
+        return 1;
+    }
+    uint64_t deadline = now_ms() + wait_ms;
+    for (;;) {
+        struct pollfd fd = { .fd = 0, .events = POLLIN };
+        uint64_t now = now_ms();
+        int left = now >= deadline ? 0 : (int)(deadline - now);
+        int n = poll(&fd, 1, left);
+        if (n > 0) {
+            return 1; /* a byte, or a hang-up that read() will report */
+        }
+        if (n == 0 || errno != EINTR) {
+            return n < 0; /* a failing poll() is left for read() to report */
+        }
+    }
+}
+
 int platform_read_byte(void)
 {
-    static unsigned char buffer[4096];
-    static ssize_t filled, next;
     if (next >= filled) {
         ssize_t n;
         do {

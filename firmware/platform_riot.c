@@ -8,6 +8,10 @@
  * EOF. There the firmware reads fd 0 itself through RIOT native's read wrapper.
  * Output: stdio_write(), the board's stdio backend (UART; fd 1 on native), no printf.
  * Time: ZTIMER_USEC, so the inference time is in microseconds on every RIOT board.
+ * Pauses (platform_input_ready): on native, poll() on fd 0; on a board, the stdin ring buffer
+ * is watched with stdio_available() every millisecond against ZTIMER_USEC. RIOT offers no
+ * stdio read with a timeout except through the stdin isrpipe itself, which is deprecated for
+ * direct use; the polling lasts one pause after each burst of input, then stdio_read() blocks.
  */
 #include "platform.h"
 
@@ -18,6 +22,7 @@
 #include "ztimer.h"
 
 #ifdef CPU_NATIVE
+#include <poll.h>
 #include <unistd.h>
 #include "native_internal.h"
 #endif
@@ -29,6 +34,12 @@
 #if IS_USED(MODULE_STDIN) && defined(CPU_NATIVE)
 #error "native boards: leave out the stdin module (it steals bytes from fd 0)"
 #endif
+
+#if !IS_USED(MODULE_STDIO_AVAILABLE) && !defined(CPU_NATIVE)
+#error "platform_riot.c needs stdio_available() to see pauses: this board's stdio backend lacks it"
+#endif
+
+#define POLL_US 1000u /* how often a board looks at the stdin buffer during a pause */
 
 void platform_init(void)
 {
@@ -49,11 +60,46 @@ static ssize_t read_some(uint8_t *buffer, size_t size)
 #endif
 }
 
+/* whatever has arrived, up to a small chunk: one call per chunk, not per byte */
+static uint8_t buffer[64];
+static size_t filled, next;
+
+int platform_input_ready(uint32_t wait_ms)
+{
+    if (next < filled) {
+        return 1;
+    }
+    uint32_t start = ztimer_now(ZTIMER_USEC);
+    uint32_t wait_us = wait_ms * 1000u;
+#ifdef CPU_NATIVE
+    for (;;) {
+        uint32_t spent = ztimer_now(ZTIMER_USEC) - start;
+        int left_ms = spent >= wait_us ? 0 : (int)((wait_us - spent + 999u) / 1000u);
+        struct pollfd fd = { .fd = STDIN_FILENO, .events = POLLIN };
+        _native_syscall_enter();
+        int n = real_poll(&fd, (nfds_t)1, left_ms);
+        int error = errno;
+        _native_syscall_leave();
+        if (n > 0) {
+            return 1; /* a byte, or a hang-up that the read will report */
+        }
+        if (n == 0 || error != EINTR) {
+            return n < 0; /* a failing poll() is left for the read to report */
+        }
+    }
+#else
+    while (stdio_available() <= 0) {
+        if (ztimer_now(ZTIMER_USEC) - start >= wait_us) {
+            return 0;
+        }
+        ztimer_sleep(ZTIMER_USEC, POLL_US);
+    }
+    return 1;
+#endif
+}
+
 int platform_read_byte(void)
 {
-    /* whatever has arrived, up to a small chunk: one call per chunk, not per byte */
-    static uint8_t buffer[64];
-    static size_t filled, next;
     if (next >= filled) {
         ssize_t n = read_some(buffer, sizeof buffer);
         if (n <= 0) {

@@ -1,13 +1,21 @@
 /* The emulated Cortex-M7 (QEMU mps2-an500): CMSDK UART0 as the serial console, CMSDK TIMER0
  * as the clock. Under -icount shift=0 one instruction is one virtual nanosecond, so the 25 MHz
  * timer ticks once per 40 instructions: elapsed ticks x 40 = instructions executed, the same
- * on every run. (QEMU does not model the DWT cycle counter: it reads 0.) */
+ * on every run. (QEMU does not model the DWT cycle counter: it reads 0.)
+ *
+ * A pause in the input is measured on the same virtual clock. While the CPU sleeps in WFI,
+ * QEMU's -icount (with its default sleep=on) lets virtual time follow the host's clock up to
+ * the next timer deadline, so quiet on the pty lasts as long in virtual time (checked by
+ * tests/test_firmware_resync.py). TIMER1's interrupt is that deadline: it wakes WFI when the
+ * wait is over. */
 #include "platform.h"
 
 #define UART0_BASE 0x40004000u
 #define TIMER0_BASE 0x40000000u
+#define TIMER1_BASE 0x40001000u
 #define NVIC_ISER0 (*(volatile uint32_t *)0xE000E100u)
 #define UART0_RX_IRQ 0
+#define TIMER1_IRQ 9
 
 typedef struct {
     volatile uint32_t data;
@@ -26,6 +34,9 @@ typedef struct {
 
 #define UART0 ((cmsdk_uart *)UART0_BASE)
 #define TIMER0 ((cmsdk_timer *)TIMER0_BASE)
+#define TIMER1 ((cmsdk_timer *)TIMER1_BASE)
+#define TIMER_CTRL_ON 1u
+#define TIMER_CTRL_IRQ 8u
 #define UART_TX_FULL 1u
 #define UART_RX_FULL 2u
 #define UART_CTRL_ON 3u
@@ -54,15 +65,33 @@ void uart0_rx_handler(void)
     UART0->intstatus = UART_INT_RX;
 }
 
+/* Only wakes the CPU: platform_input_ready() reads the time from TIMER0. */
+void timer1_handler(void)
+{
+    TIMER1->intstatus = 1;
+}
+
 void platform_init(void)
 {
     UART0->bauddiv = SYSCLK_HZ / 115200u;
     UART0->ctrl = UART_CTRL_ON | UART_CTRL_RX_IRQ;
-    NVIC_ISER0 = 1u << UART0_RX_IRQ;
+    NVIC_ISER0 = (1u << UART0_RX_IRQ) | (1u << TIMER1_IRQ);
     TIMER0->ctrl = 0;
     TIMER0->reload = 0xFFFFFFFFu;
     TIMER0->value = 0xFFFFFFFFu;
-    TIMER0->ctrl = 1;
+    TIMER0->ctrl = TIMER_CTRL_ON;
+    TIMER1->ctrl = 0;
+}
+
+static uint32_t ticks_now(void)
+{
+    return 0xFFFFFFFFu - TIMER0->value; /* counts up, wraps every 2^32 ticks */
+}
+
+/* With interrupts masked: whether a byte is waiting in the ring or in the UART. */
+static int byte_waiting(void)
+{
+    return ring_head != ring_tail || (UART0->state & UART_RX_FULL);
 }
 
 int platform_read_byte(void)
@@ -89,6 +118,34 @@ int platform_read_byte(void)
     }
 }
 
+int platform_input_ready(uint32_t wait_ms)
+{
+    uint32_t wait = wait_ms * (SYSCLK_HZ / 1000u); /* ticks; a few seconds fit in 32 bits */
+    uint32_t start = ticks_now();
+    /* TIMER1 fires every `wait` ticks from now: the first one ends the wait. */
+    TIMER1->ctrl = 0;
+    TIMER1->intstatus = 1;
+    TIMER1->reload = wait;
+    TIMER1->value = wait;
+    TIMER1->ctrl = TIMER_CTRL_ON | TIMER_CTRL_IRQ;
+    int ready;
+    for (;;) {
+        __asm volatile("cpsid i" ::: "memory");
+        ready = byte_waiting();
+        int over = !ready && ticks_now() - start >= wait;
+        if (!ready && !over) {
+            __asm volatile("wfi" ::: "memory"); /* a byte or TIMER1, whichever comes first */
+        }
+        __asm volatile("cpsie i\n isb" ::: "memory");
+        if (ready || over) {
+            break;
+        }
+    }
+    TIMER1->ctrl = 0;
+    TIMER1->intstatus = 1;
+    return ready;
+}
+
 void platform_write(const void *data, size_t length)
 {
     const uint8_t *p = data;
@@ -101,8 +158,8 @@ void platform_write(const void *data, size_t length)
 
 uint32_t platform_timestamp(void)
 {
-    /* counts up; wraps every 2^32 ticks, and x40 keeps differences right modulo 2^32 */
-    return (0xFFFFFFFFu - TIMER0->value) * INSTRUCTIONS_PER_TICK;
+    /* x40 keeps differences right modulo 2^32 */
+    return ticks_now() * INSTRUCTIONS_PER_TICK;
 }
 
 uint8_t platform_time_unit(void)

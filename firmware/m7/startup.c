@@ -5,6 +5,7 @@
 extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
 extern int main(void);
 void uart0_rx_handler(void);
+void timer1_handler(void);
 
 void Reset_Handler(void);
 void reset_continue(void);
@@ -62,5 +63,7 @@ static void (*const vectors[16 + IRQS])(void) = {
     default_handler, /* PendSV */
     default_handler, /* SysTick */
     [16 + 0] = uart0_rx_handler, /* mps2-an500: UART0 RX is IRQ 0, TX is IRQ 1 */
-    [16 + 1 ... 16 + IRQS - 1] = default_handler,
+    [16 + 1 ... 16 + 8] = default_handler,
+    [16 + 9] = timer1_handler,   /* TIMER0 is IRQ 8, TIMER1 IRQ 9 */
+    [16 + 10 ... 16 + IRQS - 1] = default_handler,
 };
