@@ -111,7 +111,7 @@ def test_host_library_is_bit_exact_with_torch(quick_mlf_tar, quick_qat_model, la
     lib = HostLibrary(quick_mlf_tar, build_dir=tmp_path)
     out, logits = lib.run_with_logits(images)
     source = load_model(quick_qat_model, "int8")
-    layers = parse_int8(source.module)
+    layers = parse_int8(source.module, source.input_shape)
     x = images_to_input(images)
     ref_out, ref_logits = torch_int8_reference(source.module, layers, x)
     assert out.shape == (1000, 10) and out.dtype == np.float32

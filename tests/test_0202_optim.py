@@ -2,7 +2,6 @@
 (plain-C micro-kernels) and on the emulated Cortex-M7 (the DSP micro-kernels), with real
 TVM, real compilers, real MNIST and real QEMU."""
 import json
-import shutil
 import subprocess
 import tarfile
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from tests.fixtures_models import run_stage
+from tests.fixtures_tools import require_tools
 from utils.aot.compiler import compile_model
 from utils.aot.host_library import HostLibrary
 from utils.aot.backends.cortex_m import CORTEX_M
@@ -97,9 +97,8 @@ def _emulator_scores(tar, images, directory):
     return results
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
-                    reason="needs qemu-system-arm and arm-none-eabi-gcc (bash setup.sh)")
 def test_emulated_cortex_m7_same_bits_and_fewer_instructions(optim_tar, quick_mlf_tar, tmp_path):
+    require_tools("qemu-system-arm", "arm-none-eabi-gcc")
     images, _ = mnist_arrays(False)
     images = images[:12]
     optim = _emulator_scores(optim_tar, images, tmp_path / "optim")
@@ -174,9 +173,8 @@ def test_odd_shapes_same_bits_on_the_host(odd_shapes_tars, last_500_images):
     assert len(set(base_logits[:, 0])) > 1  # the test sees varied values, not a constant
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
-                    reason="needs qemu-system-arm and arm-none-eabi-gcc (bash setup.sh)")
 def test_odd_shapes_same_bits_on_the_emulator(odd_shapes_tars, tmp_path):
+    require_tools("qemu-system-arm", "arm-none-eabi-gcc")
     optim_tar, base_tar = odd_shapes_tars
     images, _ = mnist_arrays(False)
     optim = _emulator_scores(optim_tar, images[:4], tmp_path / "optim")

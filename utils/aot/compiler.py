@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
+from tvm import relax
 
 from utils.cli import StageError
 from utils.aot import emit, lower, mlf
@@ -29,14 +30,40 @@ class Compiled:
 def to_relax(source: SourceModel, backend):
     """(Relax IRModule, int8 layers or None) of the model as `backend` lowers it."""
     if source.kind == "int8":
-        layers = parse_int8(source.module)
-        return backend.int8_to_relax(layers, INPUT_SHAPE), layers
-    return backend.fp32_to_relax(source.module, INPUT_SHAPE), None
+        layers = parse_int8(source.module, source.input_shape)
+        return backend.int8_to_relax(layers, source.input_shape), layers
+    return backend.fp32_to_relax(source.module, source.input_shape), None
+
+
+# what the model's last op makes of its outputs, for metadata.json and tvmgen_default.h
+OUTPUT_MEANINGS = {"relax.nn.log_softmax": "log-probabilities", "relax.nn.softmax": "probabilities",
+                   "relax.sigmoid": "sigmoid outputs"}
+
+
+def _output_meaning(relax_mod):
+    main = relax_mod["main"]
+    bound = {b.var: b.value for block in main.body.blocks for b in block.bindings}
+    value = main.body.body
+    while True:  # through the output's aliases and a 1-tuple (torch.export returns one)
+        if isinstance(value, relax.Tuple) and len(value.fields) == 1:
+            value = value.fields[0]
+        elif isinstance(value, relax.Var) and value in bound:
+            value = bound[value]
+        else:
+            break
+    return OUTPUT_MEANINGS.get(getattr(getattr(value, "op", None), "name", ""), "the model's outputs")
+
+
+def _input_meaning(source):
+    return "pixel / 255" if tuple(source.input_shape) == INPUT_SHAPE else "float32, as the model takes it"
 
 
 def _tap(plan, layers):
     """The tensor the last kernel reads: for int8 models the dequantized logits, from which
-    the host harness recovers the uint8 logits exactly."""
+    the host harness recovers the uint8 logits exactly. None where the output is itself the
+    dequantized logits."""
+    if layers is not None and isinstance(layers[-1], Dequantize):
+        return None
     if not plan.calls or not plan.calls[-1].args:
         return None
     tap = plan.calls[-1].args[0]
@@ -57,12 +84,10 @@ def compile_model(source: SourceModel, out_tar, backend) -> Compiled:
     relax_text = relax_mod.script(show_meta=False)
     lowered = lower.lower(relax_mod, backend)
     plan = emit.plan_main(lowered, tensor_lifetimes=backend.tensor_lifetimes)
-    if tuple(plan.input.shape) != INPUT_SHAPE or plan.input.dtype != "float32":
-        raise StageError(f"the model's input is {plan.input.dtype} {list(plan.input.shape)}; the firmware "
-                         f"sends float32 {list(INPUT_SHAPE)}")
-    if plan.output.nbytes != 40 or plan.output.dtype != "float32":
-        raise StageError(f"the model's output is {plan.output.dtype} {list(plan.output.shape)}; the "
-                         f"firmware reads 10 float32 log-probabilities")
+    if plan.input.dtype != "float32" or plan.output.dtype != "float32":
+        raise StageError(f"the model maps {plan.input.dtype} to {plan.output.dtype}; the library's API "
+                         f"takes and gives float32")
+    meanings = _input_meaning(source), _output_meaning(relax_mod)
     kernels_c, preamble = backend.finish_kernels(lower.build_c(lower.prim_funcs(lowered)), source.kind)
     tap = _tap(plan, layers)
 
@@ -72,7 +97,7 @@ def compile_model(source: SourceModel, out_tar, backend) -> Compiled:
     files = {
         str(mlf.SRC / "default_lib0.c"): emit.glue_source(plan, banner, tap, helpers_out_of_line=backend.glue_helpers_out_of_line),
         str(mlf.SRC / "default_lib1.c"): emit.kernel_source(kernels_c, banner, preamble),
-        str(mlf.INCLUDE / "tvmgen_default.h"): emit.header_source(plan, source.model_hash, banner),
+        str(mlf.INCLUDE / "tvmgen_default.h"): emit.header_source(plan, source.model_hash, banner, meanings),
     }
     constant_bytes = int(sum(c.nbytes for c in plan.constants))
     metadata = {
@@ -86,9 +111,9 @@ def compile_model(source: SourceModel, out_tar, backend) -> Compiled:
         "source_model": str(source.path),
         "model_hash": source.model_hash,
         "inputs": [{"name": "input0", "shape": list(plan.input.shape), "dtype": plan.input.dtype,
-                    "bytes": plan.input.nbytes, "meaning": "pixel / 255"}],
+                    "bytes": plan.input.nbytes, "meaning": meanings[0]}],
         "outputs": [{"name": "output", "shape": list(plan.output.shape), "dtype": plan.output.dtype,
-                     "bytes": plan.output.nbytes, "meaning": "log-probabilities"}],
+                     "bytes": plan.output.nbytes, "meaning": meanings[1]}],
         "arena_bytes": plan.arena_bytes,
         "constant_bytes": constant_bytes,
         "kernels": plan.kernels,
@@ -105,7 +130,8 @@ def compile_model(source: SourceModel, out_tar, backend) -> Compiled:
                                  "meaning": "input of the last kernel (int8: dequantized logits)"}
     if layers is not None:
         dequant = next(layer for layer in layers if isinstance(layer, Dequantize))
-        metadata["logits_quantization"] = {"scale": float(dequant.scale), "zero_point": int(dequant.zero_point)}
+        metadata["logits_quantization"] = {"scale": float(dequant.scale), "zero_point": int(dequant.zero_point),
+                                           "from": "debug_tap" if tap is not None else "output"}
 
     with tempfile.TemporaryDirectory(prefix="mlf-") as tmp:
         metadata = mlf.write_tree(Path(tmp), files, metadata, relax_text)

@@ -358,14 +358,15 @@ int32_t tvmgen_default_run(struct tvmgen_default_inputs* inputs, struct tvmgen_d
     return "\n".join(out)
 
 
-def header_source(plan, model_hash, banner):
-    """tvmgen_default.h: the microTVM AOT API the firmware includes."""
+def header_source(plan, model_hash, banner, meanings=("pixel / 255", "log-probabilities")):
+    """tvmgen_default.h: the microTVM AOT API the firmware includes; `meanings`: what the
+    input and the output hold."""
     lines = ["#ifndef TVMGEN_DEFAULT_H_", "#define TVMGEN_DEFAULT_H_", ""]
     lines += [f"/* {line} */" for line in banner]
     lines += ["", "#include <stdint.h>", "", "#ifdef __cplusplus", 'extern "C" {', "#endif", "",
-              f"/* input0: {plan.input.dtype} {list(plan.input.shape)}, pixel / 255 */",
+              f"/* input0: {plan.input.dtype} {list(plan.input.shape)}, {meanings[0]} */",
               f"#define TVMGEN_DEFAULT_INPUT0_SIZE {plan.input.nbytes}",
-              f"/* output: {plan.output.dtype} {list(plan.output.shape)}, log-probabilities */",
+              f"/* output: {plan.output.dtype} {list(plan.output.shape)}, {meanings[1]} */",
               f"#define TVMGEN_DEFAULT_OUTPUT_SIZE {plan.output.nbytes}",
               "/* the static arena inside the library (no allocation at run time) */",
               f"#define TVMGEN_DEFAULT_WORKSPACE_SIZE {plan.arena_bytes}",

@@ -1,10 +1,12 @@
 """Run a Model Library Format tar on this PC: compile its C with gcc into a shared object
-and call it through ctypes, feeding each image exactly as the firmware does
-(`input[i] = (float)pixel / 255.0f`, in C).
+and call it through ctypes. Inputs are float32 arrays of the model's input shape; uint8
+MNIST images become pixel / 255 in float32, the same bits as the firmware's
+`(float)pixel / 255.0f` (IEEE division is correctly rounded in both).
 
     lib = HostLibrary("pkg/mnistCNN/mnistCNN.tar")
     logprobs = lib.run(images_uint8)      # float32 [N, 10]
     digits = lib.predict(images_uint8)    # int64 [N]
+    out, logits = lib.outputs(x)          # any model: float32 [N, outputs], uint8 logits or None
 
 Builds are cached by the tar's content hash under build/host-lib/<hash>/ (or build_dir).
 The harness also compiles the library's debug tap (TVMGEN_DEFAULT_DEBUG_TAP): for int8
@@ -27,7 +29,7 @@ from utils.aot import mlf
 HOST_CFLAGS = ["-std=gnu11", "-O2", "-fPIC", "-Wall", "-Wextra", "-ffp-contract=off"]
 
 HARNESS_C = r"""
-/* Host harness: normalizes pixels like the firmware and runs the library N times. */
+/* Host harness: runs the library on N float inputs. */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -45,15 +47,13 @@ int32_t harness_output_floats(void) { return (int32_t)OUT_FLOATS; }
 int32_t harness_arena_bytes(void) { return TVMGEN_DEFAULT_WORKSPACE_SIZE; }
 const char* harness_model_hash(void) { return TVMGEN_DEFAULT_MODEL_HASH; }
 
-int32_t harness_run(const uint8_t* pixels, int32_t count, float* out, uint8_t* tap, int32_t tap_bytes) {
+int32_t harness_run(const float* in, int32_t count, float* out, uint8_t* tap, int32_t tap_bytes) {
   static float input[IN_FLOATS];
   static float output[OUT_FLOATS];
   struct tvmgen_default_inputs inputs = {input};
   struct tvmgen_default_outputs outputs = {output};
   for (int32_t n = 0; n < count; ++n) {
-    for (size_t i = 0; i < IN_FLOATS; ++i) {
-      input[i] = (float)pixels[(size_t)n * IN_FLOATS + i] / 255.0f;
-    }
+    memcpy(input, in + (size_t)n * IN_FLOATS, sizeof(input));
     int32_t rc = tvmgen_default_run(&inputs, &outputs);
     if (rc != 0) {
       return rc;
@@ -127,8 +127,7 @@ class HostLibrary:
         self.output_floats = self._lib.harness_output_floats()
         self.arena_bytes = self._lib.harness_arena_bytes()
         self.model_hash = self._lib.harness_model_hash().decode()
-        if self.input_floats != 784:
-            raise StageError(f"{source}: the library takes {self.input_floats} floats, not a 28x28 image")
+        self.input_shape = tuple(self.metadata["inputs"][0]["shape"])
 
     def _build(self, base: Path):
         # Built beside its final place and renamed, so concurrent users never see half a build.
@@ -151,8 +150,18 @@ class HostLibrary:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _run(self, images_uint8, with_tap):
-        images = np.ascontiguousarray(np.asarray(images_uint8, dtype=np.uint8).reshape(-1, 784))
+    def as_input(self, x):
+        """float32 [N, input floats]: float arrays as they are; uint8 images as pixel / 255."""
+        x = np.asarray(x)
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / np.float32(255.0)
+        if x.dtype != np.float32 or x.size % self.input_floats:
+            raise StageError(f"{self.source} takes float32 inputs of shape {list(self.input_shape)}, not "
+                             f"{x.dtype} {list(x.shape)}")
+        return np.ascontiguousarray(x.reshape(-1, self.input_floats))
+
+    def _run(self, x, with_tap):
+        images = self.as_input(x)
         count = len(images)
         out = np.zeros((count, self.output_floats), np.float32)
         tap = None
@@ -169,19 +178,24 @@ class HostLibrary:
             raise StageError(f"tvmgen_default_run returned {rc}")
         return out, tap
 
-    def run(self, images_uint8) -> np.ndarray:
-        """float32 [N, 10] log-probabilities for uint8 images [N,28,28] or [N,784]."""
-        return self._run(images_uint8, False)[0]
+    def run(self, x) -> np.ndarray:
+        """float32 [N, outputs] for N inputs (float32 of the input shape, or uint8 images)."""
+        return self._run(x, False)[0]
 
-    def run_with_tap(self, images_uint8):
-        """(log-probabilities [N,10], the debug tap's tensor per image)."""
-        return self._run(images_uint8, True)
+    def run_with_tap(self, x):
+        """(outputs [N, outputs], the debug tap's tensor per input)."""
+        return self._run(x, True)
 
-    def run_with_logits(self, images_uint8):
-        """int8 models: (log-probabilities [N,10], uint8 logits [N,10] as the library computed them)."""
-        if "logits_quantization" not in self.metadata:
+    def run_with_logits(self, x):
+        """int8 models: (outputs, uint8 logits as the library computed them), the logits
+        recovered from the dequantized values of the debug tap, or of the output itself."""
+        quant = self.metadata.get("logits_quantization")
+        if quant is None:
             raise StageError(f"{self.source} is not an int8 model library")
-        out, tap = self._run(images_uint8, True)
+        if quant.get("from") == "output":
+            out = self._run(x, False)[0]
+            return out, mlf.uint8_logits_from_tap(out, self.metadata)
+        out, tap = self._run(x, True)
         return out, mlf.uint8_logits_from_tap(tap, self.metadata)
 
     def outputs(self, images_uint8):
@@ -190,5 +204,5 @@ class HostLibrary:
             return self.run_with_logits(images_uint8)
         return self.run(images_uint8), None
 
-    def predict(self, images_uint8) -> np.ndarray:
-        return self.run(images_uint8).argmax(axis=1).astype(np.int64)
+    def predict(self, x) -> np.ndarray:
+        return self.run(x).argmax(axis=1).astype(np.int64)

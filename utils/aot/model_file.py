@@ -9,17 +9,25 @@ Accepted:
         because torch.export cannot read TorchScript)
 Each comes back as a SourceModel with a PyTorch reference to check the C library against.
 """
+import collections
 import contextlib
+import io
+import pickle
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from utils.cli import StageError, one_line
+from utils.model import MnistModel
+from utils.qmodel import QMnistModel
+from utils.quantize import MADE_BY, use_qnnpack
 from utils.reports import model_hash
 
+# the MNIST networks' input: what a model that does not record its own shape is taken to take
 INPUT_SHAPE = (1, 1, 28, 28)
 
 
@@ -41,11 +49,43 @@ class SourceModel:
     model_hash: str
     module: object             # the ScriptModule (int8) or eager nn.Module (fp32)
     network: str               # what it is, for messages and metadata
+    input_shape: tuple = INPUT_SHAPE   # batch 1
+
+
+class _TracedShapes(pickle.Unpickler):
+    """Reads a TorchScript archive's traced_inputs.pkl (the example inputs torch.jit.trace
+    keeps) without building a tensor or running anything: each tensor becomes its size."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return lambda storage, offset, size, *rest: tuple(int(d) for d in size)
+        if (module, name) == ("torch.jit._pickle", "restore_type_tag"):
+            return lambda value, tag: value
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name.endswith("Storage"):
+            return name
+        raise pickle.UnpicklingError(f"unexpected {module}.{name}")
+
+    def persistent_load(self, pid):
+        return None
+
+
+def traced_input_shape(path):
+    """The shape of the input a TorchScript was traced with, or None when it kept none."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("/traced_inputs.pkl")), None)
+            if name is None:
+                return None
+            inputs = _TracedShapes(io.BytesIO(z.read(name))).load().get("forward") or []
+    except (zipfile.BadZipFile, pickle.UnpicklingError, AttributeError, TypeError, ValueError, EOFError):
+        return None
+    return inputs[0] if len(inputs) == 1 and isinstance(inputs[0], tuple) else None
 
 
 def made_by(path) -> str:
     """How to (re)make this file, e.g. "`python3 0103mnist_QAT.py`"."""
-    from utils.quantize import MADE_BY
     stage = MADE_BY.get(Path(path).name)
     if stage:
         return f"`python3 {stage}`"
@@ -67,9 +107,6 @@ def _is_quantized_script(module) -> bool:
 
 def _eager_network(state, path):
     """The project network whose parameters match this float state_dict, loaded."""
-    import torch
-    from utils.model import MnistModel
-    from utils.qmodel import QMnistModel
     if any(isinstance(v, torch.Tensor) and v.is_quantized for v in state.values()) \
             or any(k.endswith(("_packed_params", ".scale", ".zero_point")) for k in state):
         raise StageError(f"{path} is an int8 state_dict; compile the traced TorchScript "
@@ -85,10 +122,20 @@ def _eager_network(state, path):
                      f"(keys {', '.join(list(state)[:4])}...); 0201 compiles those two networks")
 
 
-def load_model(path, kind="auto") -> SourceModel:
-    """Load and classify; `kind` int8/fp32 must match what the file is."""
-    import torch
-    from utils.quantize import use_qnnpack
+def parse_shape(text) -> tuple:
+    """"1x3x32x32" or "1,3,32,32" → (1, 3, 32, 32); batch 1."""
+    try:
+        shape = tuple(int(d) for d in str(text).replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape) or shape[0] != 1:
+        raise StageError(f"input shape {text!r}: give positive sizes, batch 1 first, e.g. 1x3x32x32")
+    return shape
+
+
+def load_model(path, kind="auto", input_shape=None) -> SourceModel:
+    """Load and classify; `kind` int8/fp32 must match what the file is. The input shape is
+    `input_shape`, else the one the TorchScript was traced with, else INPUT_SHAPE."""
     path = Path(path)
     if not path.is_file():
         raise StageError(f"model file {path} not found; make it with {made_by(path)}")
@@ -125,6 +172,11 @@ def load_model(path, kind="auto") -> SourceModel:
                          f"remake it with {made_by(path)}")
         eager, network = _eager_network(state, path)
         found = SourceModel(path, "fp32", model_hash(path), eager, f"state_dict fp32 {network}")
+    found.input_shape = tuple(input_shape or (traced_input_shape(path) if _is_torchscript(path) else None)
+                              or INPUT_SHAPE)
+    if found.input_shape[0] != 1:
+        raise StageError(f"{path} was traced with batch {found.input_shape[0]}; the library runs batch 1 "
+                         f"(pass --input-shape 1x...)")
     if kind not in ("auto", found.kind):
         other = "an int8 TorchScript (0103mnist_QAT.py)" if kind == "int8" else \
             "an fp32 state_dict (0101mnist.py, or 0103mnist_QAT.py's qmnist_lenet5_fp32.pth)"

@@ -11,27 +11,34 @@ import numpy as np
 import torch
 
 from utils.cli import StageError
-from utils.aot.layers import ATEN_RULES, F32, FALLBACK_RULES, MODULE_RULES, Dequantize, LogSoftmax
+from utils.aot.layers import ATEN_RULES, F32, FALLBACK_RULES, MODULE_RULES, Dequantize
 from utils.aot.layers.base import constant_value
 
 PASS_THROUGH = {"Identity", "Dropout"}
+# aten ops that hand their input on unchanged (in an eval-mode trace)
+ALIAS_OPS = {"aten::dropout", "aten::contiguous", "aten::detach", "aten::clone", "aten::feature_dropout"}
+# name of the model's input in the layer records (every graph's own name for it is replaced)
+INPUT = "input0"
 
 
 class Parser:
-    """The state a parse rule sees: the layers so far and the quantization of the tensor
-    flowing through the chain (None while it is float)."""
+    """The state a parse rule sees: the layers so far; for the call being parsed, PyTorch
+    example tensors of its inputs (`examples`) and the quantization of the first one
+    (`qparams`, None while it is float)."""
 
-    def __init__(self, model):
+    def __init__(self, model, input_shape=None):
         self.model = model
         self.layers = []
         self.qparams = None
-        self._last = None  # the value the next layer must consume
-        self.origins = []  # per layer: ("module", name) or ("aten", node), to rerun it in torch
+        self.examples = []
+        self.input_shape = tuple(input_shape) if input_shape else None
+        self._values = {}    # graph value → its PyTorch example (a tensor, an int, a list)
+        self._names = {}     # graph value → the layer value it stands for (aliases, the input)
+        self._modules = {}   # graph value → (module, dotted name)
+        self._lists = {}     # graph value → the graph values of a list of tensors
 
     def fail(self, what):
-        raise StageError(f"unsupported {what} in the int8 model; 0201 lowers quantized Conv2d/ConvReLU2d, "
-                         f"Linear/LinearReLU, MaxPool2d, ReLU, flatten, Quantize/DeQuantize, log_softmax "
-                         f"and float scalar arithmetic before the QuantStub")
+        raise StageError(f"unsupported {what} in the int8 model; 0201 lowers {supported_ops()}")
 
     def need_quantized(self, name):
         if self.qparams is None:
@@ -41,60 +48,141 @@ class Parser:
         if self.qparams is not None:
             raise StageError(f"{name} receives a quantized tensor; put a DeQuantStub before it")
 
+    # ------------------------------------------------------------------ the graph walk
+
     def parse(self):
         graph = self.model.graph
         inputs = list(graph.inputs())
         if len(inputs) != 2:
             raise StageError(f"the model's forward takes {len(inputs) - 1} inputs; 0201 needs exactly one")
-        values = {inputs[1].debugName(): "tensor"}
-        modules = {inputs[0].debugName(): ("module", self.model, "")}
+        x = inputs[1]
+        self.input_shape = self.input_shape or _traced_shape(x)
+        if self.input_shape is None:
+            raise StageError("the traced model does not record its input shape; pass --input-shape")
+        self._values[x.debugName()] = torch.zeros(self.input_shape)
+        self._names[x.debugName()] = INPUT
+        self._modules[inputs[0].debugName()] = (self.model, "")
         for node in graph.nodes():
-            kind = node.kind()
-            outs = [o.debugName() for o in node.outputs()]
-            ins = [i.debugName() for i in node.inputs()]
-            if kind in ("prim::Constant", "prim::ListConstruct"):
-                continue
-            if kind == "prim::GetAttr":
-                owner = modules.get(ins[0])
-                if owner is None:
-                    self.fail(f"attribute access {node.s('name')}")
-                name = node.s("name")
-                child = getattr(owner[1], name)
-                modules[outs[0]] = ("module", child, f"{owner[2]}.{name}".lstrip("."))
-                continue
-            if kind == "prim::CallMethod":
-                _, module, name = modules[ins[0]]
-                tensor_args = [i for i in ins[1:]]
-                if not tensor_args:
-                    # a traced Identity (the ReLU slot left by fusion) returns None and takes nothing
-                    if module.original_name not in PASS_THROUGH:
-                        self.fail(f"module {name} ({module.original_name})")
-                    continue
-                self._check_chain(tensor_args, values, name)
-                if module.original_name not in PASS_THROUGH:
-                    self.layers.append(self.module(name, module))
-                    self.origins.append(("module", name))
-                values[outs[0]] = "tensor"
-                self._last = outs[0]
-                continue
-            if kind.startswith("aten::"):
-                tensor_args = [i for i in ins if i in values]
-                self._check_chain(tensor_args, values, kind)
-                self.layers.append(self.aten(kind, node))
-                self.origins.append(("aten", node))
-                values[outs[0]] = "tensor"
-                self._last = outs[0]
-                continue
-            self.fail(f"op {kind}")
-        if not self.layers or not isinstance(self.layers[-1], LogSoftmax):
-            raise StageError("the int8 model must end with log_softmax (the firmware's output contract)")
+            self._node(node)
+        result = graph.return_node().input().debugName()
+        if result not in self._names or self._names[result] == INPUT:
+            raise StageError("the model's forward returns no computed tensor (or a tuple); the library has "
+                             "one output")
+        self._prune(self._names[result])
         return self.layers
 
-    def _check_chain(self, args, values, name):
-        if len(args) != 1 or args[0] not in values:
-            raise StageError(f"{name} takes {len(args)} tensors; 0201 lowers a plain chain of layers")
-        if self._last is not None and args[0] != self._last:
-            raise StageError(f"{name} does not consume the previous layer's output; 0201 lowers a plain chain")
+    def _node(self, node):
+        kind = node.kind()
+        outs = [o.debugName() for o in node.outputs()]
+        ins = [i.debugName() for i in node.inputs()]
+        if kind == "prim::Constant":
+            return
+        if kind == "prim::GetAttr":
+            owner = self._modules.get(ins[0])
+            if owner is None:
+                self.fail(f"attribute access {node.s('name')}")
+            name = node.s("name")
+            self._modules[outs[0]] = (getattr(owner[0], name), f"{owner[1]}.{name}".lstrip("."))
+            return
+        if kind == "prim::ListConstruct":
+            if ins and all(isinstance(self._values.get(i), torch.Tensor) for i in ins):
+                self._lists[outs[0]] = ins              # the tensors of a cat
+            elif ins and all(i in self._values for i in ins):
+                self._values[outs[0]] = [self._values[i] for i in ins]  # shape arithmetic
+            return                                      # constant lists are read where used
+        if kind in ("prim::NumToTensor", "aten::Int", "aten::IntImplicit", "prim::ScalarImplicit"):
+            self._values[outs[0]] = self._int(ins[0], kind)
+            return
+        if kind == "aten::size":
+            example = self._tensor(ins[0], kind)
+            dim = constant_value(node.inputsAt(1)) if len(ins) > 1 else None
+            self._values[outs[0]] = int(example.shape[dim]) if dim is not None else list(example.shape)
+            return
+        if kind == "prim::CallMethod":
+            module, name = self._modules[ins[0]]
+            tensors = ins[1:]
+            if not tensors:
+                # a traced Identity (a ReLU slot left by fusion, an observer) takes and returns nothing
+                if module.original_name not in PASS_THROUGH:
+                    self.fail(f"module {name} ({module.original_name})")
+                return
+            if module.original_name in PASS_THROUGH:
+                self._alias(outs[0], tensors[0])
+                return
+            self._begin(tensors, name)
+            self._add(self.module(name, module), tensors, outs[0], ("module", name))
+            return
+        if kind in ALIAS_OPS:
+            self._alias(outs[0], ins[0])
+            return
+        if kind.startswith(("aten::", "quantized::")):
+            tensors = []
+            for i in ins:  # a list of tensors (cat): its elements are the inputs
+                tensors += self._lists.get(i, [i] if isinstance(self._values.get(i), torch.Tensor) else [])
+            if not tensors:
+                self.fail(f"op {kind} on no tensor")
+            self._begin(tensors, kind)
+            args = [self._argument(v) for v in node.inputs()]
+            self._add(self.aten(kind, node, args), tensors, outs[0], ("aten", node))
+            return
+        self.fail(f"op {kind}")
+
+    def _begin(self, tensors, what):
+        missing = [t for t in tensors if not isinstance(self._values.get(t), torch.Tensor)]
+        if missing:
+            self.fail(f"{what} on a value the compiler did not follow")
+        self.examples = [self._values[t] for t in tensors]
+        first = self.examples[0]
+        self.qparams = (float(first.q_scale()), int(first.q_zero_point())) if first.is_quantized else None
+
+    def _add(self, layer, tensors, out, origin):
+        layer.inputs = tuple(self._names[t] for t in tensors)
+        layer.output = out
+        layer.origin = origin
+        with torch.no_grad():
+            self._values[out] = replay(self.model, layer, self.examples)
+        self._names[out] = out
+        self.layers.append(layer)
+
+    def _alias(self, out, source):
+        self._values[out] = self._values[source]
+        self._names[out] = self._names[source]
+
+    def _int(self, name, what):
+        value = self._values.get(name)
+        if value is None:
+            self.fail(f"{what} of a value the compiler did not follow")
+        return value
+
+    def _tensor(self, name, what):
+        value = self._values.get(name)
+        if not isinstance(value, torch.Tensor):
+            self.fail(f"{what} of a value the compiler did not follow")
+        return value
+
+    def _argument(self, value):
+        """A call's argument as the rules see it: constants and shape arithmetic evaluated,
+        tensors None."""
+        if value.debugName() in self._values:
+            found = self._values[value.debugName()]
+            return None if isinstance(found, torch.Tensor) else found
+        if value.debugName() in self._lists:
+            return None
+        if value.node().kind() in ("prim::Constant", "prim::ListConstruct"):
+            return constant_value(value)
+        return None
+
+    def _prune(self, result):
+        """Keep the layers the output depends on (a trace may compute things it never uses);
+        the output's layer is the last one."""
+        needed, kept = {result}, []
+        for layer in reversed(self.layers):
+            if layer.output in needed:
+                kept.append(layer)
+                needed.update(layer.inputs)
+        self.layers = kept[::-1]
+
+    # ------------------------------------------------------------------ the rules
 
     def module(self, name, module):
         kind = module.original_name
@@ -108,44 +196,57 @@ class Parser:
             self.fail(f"module {name} ({kind})")
         return layer
 
-    def aten(self, kind, node):
+    def aten(self, kind, node, args):
         rule = ATEN_RULES.get(kind)
         if rule is None:
             self.fail(f"op {kind}")
-        args = [constant_value(v) if v.node().kind() in ("prim::Constant", "prim::ListConstruct") else None
-                for v in node.inputs()]
         return rule(self, node, args)
 
 
-def parse_int8(script_module):
-    """Layers of a traced int8 model, in call order."""
-    parser = Parser(script_module)
-    layers = parser.parse()
-    for layer, origin in zip(layers, parser.origins):
-        layer.origin = origin
-    return layers
+def supported_ops():
+    """What the parse rules take, for the one-line refusal."""
+    modules = sorted(set(MODULE_RULES))
+    ops = sorted({kind.split("::")[1] for kind in ATEN_RULES})
+    return f"modules {', '.join(modules)} and ops {', '.join(ops)}"
+
+
+def _traced_shape(value):
+    try:
+        sizes = value.type().sizes()
+    except RuntimeError:
+        return None
+    return tuple(int(d) for d in sizes) if sizes and all(d is not None for d in sizes) else None
+
+
+def replay(model, layer, tensors):
+    """PyTorch's own answer for one layer: its submodule, or its op."""
+    if layer.origin[0] == "module":
+        return getattr_path(model, layer.origin[1])(*tensors)
+    return layer.torch_replay(*tensors)
+
+
+def parse_int8(script_module, input_shape=None):
+    """Layers of a traced int8 model in an order where every layer comes after its inputs;
+    each has `inputs` (value names; INPUT is the model's input) and `output`."""
+    return Parser(script_module, input_shape).parse()
 
 
 def torch_int8_reference(script_module, layers, x):
     """PyTorch's own answer, layer by layer through the model's submodules (so the uint8
-    logits, which the model's forward hides behind log_softmax, can be read):
-    returns (log-probabilities float32 [N,10], uint8 logits [N,10])."""
-    logits_at = last_quantized_layer(layers)
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=F32))
-    logits = None
+    logits, which the model's forward may hide behind a float op, can be read):
+    returns (outputs float32, uint8 logits)."""
+    logits_of = logits_value(layers)
+    values = {INPUT: torch.from_numpy(np.ascontiguousarray(x, dtype=F32))}
     with torch.no_grad():
-        for index, layer in enumerate(layers):
-            if layer.origin[0] == "module":
-                t = getattr_path(script_module, layer.origin[1])(t)
-            else:
-                t = layer.torch_replay(t)
-            if index == logits_at:
-                logits = t.int_repr().numpy().astype(np.uint8)
+        for layer in layers:
+            values[layer.output] = replay(script_module, layer, [values[name] for name in layer.inputs])
         whole = script_module(torch.from_numpy(np.ascontiguousarray(x, dtype=F32)))
-    if not torch.equal(whole, t):
+    out = values[layers[-1].output]
+    if not torch.equal(whole, out):
         raise StageError("replaying the int8 model layer by layer does not give its forward's output; "
                          "0201 does not understand this model's graph")
-    return t.numpy().astype(F32), logits
+    logits = values[logits_of].int_repr().numpy().astype(np.uint8)
+    return out.numpy().astype(F32), logits
 
 
 def getattr_path(module, dotted):
@@ -154,9 +255,15 @@ def getattr_path(module, dotted):
     return module
 
 
+def logits_value(layers):
+    """The value whose uint8 elements are the logits: what the last Dequantize reads."""
+    dequantize = [layer for layer in layers if isinstance(layer, Dequantize)]
+    if not dequantize:
+        raise StageError("the int8 model has no DeQuantStub")
+    return dequantize[-1].inputs[0]
+
+
 def last_quantized_layer(layers):
-    """The layer whose uint8 output are the logits (the one before Dequantize)."""
-    for i, layer in enumerate(layers):
-        if isinstance(layer, Dequantize):
-            return i - 1
-    raise StageError("the int8 model has no DeQuantStub")
+    """Index of the layer that computes the logits."""
+    name = logits_value(layers)
+    return next(i for i, layer in enumerate(layers) if layer.output == name)

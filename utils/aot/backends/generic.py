@@ -14,6 +14,7 @@ from tvm import relax, s_tir, tirx
 from tvm.s_tir import dlight
 
 from utils.aot.fp32 import fp32_to_relax
+from utils.aot.torchscript import INPUT
 
 # Intermediates up to this many elements stay whole: TIR lowering puts them on the stack.
 # (log_softmax's row max and row sum are one element each; nesting them under the output
@@ -95,12 +96,12 @@ def int8_to_relax(layers, input_shape):
     bb = relax.BlockBuilder()
     emitter = RelaxEmitter(bb)
     x_in = relax.Var("input0", relax.TensorType(list(input_shape), "float32"))
+    values = {INPUT: x_in}
     with bb.function("main", [x_in]):
         with bb.dataflow():
-            x = x_in
             for layer in layers:
-                x = layer.to_relax(emitter, x)
-            out = bb.emit_output(x)
+                values[layer.output] = layer.to_relax(emitter, *[values[name] for name in layer.inputs])
+            out = bb.emit_output(values[layers[-1].output])
         bb.emit_func_output(out)
     return bb.get()
 

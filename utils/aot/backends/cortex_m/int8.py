@@ -30,8 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tvm import relax
+from tvm.script import tirx as T
 
 from utils.cli import StageError
+from utils.aot.torchscript import INPUT
 from utils.aot.layers import (Dequantize, Flatten, FloatScalarOps, LogSoftmax, MaxPool2d, QConv2d, QLinear,
                               QRelu, Quantize)
 
@@ -105,6 +108,16 @@ class DenseStage:
 
 def _fail(what):
     raise StageError(f"0202 cannot optimize {what}; compile this model with 0201tvm_no_optim.py")
+
+
+def _check_chain(layers):
+    """These kernels run a plain chain of layers, each reading the one before."""
+    previous = INPUT
+    for layer in layers:
+        if layer.inputs != (previous,):
+            _fail(f"a graph with branches or joins ({type(layer).__name__} "
+                  f"{getattr(layer, 'name', layer.output)} reads {', '.join(layer.inputs)})")
+        previous = layer.output
 
 
 def _is_pool2(layer):
@@ -236,7 +249,6 @@ def _finish(func):
 
 
 def quantize_kernel(input_shape, float_ops, quantize, out: Activation, pad_value):
-    from tvm.script import tirx as T
     _, c_in, h_in, w_in = input_shape
     ph, pw = out.pad
     pwidth = out.padded_w
@@ -307,7 +319,6 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
     - pooled, uint8 input too big for that: the window's two pixel rows are two
       utvm_dot_u8s8_p2c2 calls (2 pixels x 2 channels, widening in the inner loop);
     - no pool: one call per 2 pixels x 2 channels (utvm_dot_s16_p2c2 on int16 input)."""
-    from tvm.script import tirx as T
     layer = stage.conv
     o, c, kh, kw = layer.weight.shape
     if o % 2:
@@ -441,6 +452,8 @@ def head_kernel(stages, n_in, dequantize, bias_dtypes):
     micro-kernel call (the input vector is widened once for all four) + bias + clip +
     requantization. With `dequantize` the last layer writes the float logits
     (float32(q) - zp) * scale, as 0201's Dequantize does."""
+    # the IR builder's tirx, not the parser's T of the module: this kernel is built
+    # imperatively, one layer after the other
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
     widths = [n_in] + [stage.layer.weight.shape[0] for stage in stages]
@@ -488,8 +501,8 @@ def head_kernel(stages, n_in, dequantize, bias_dtypes):
 def int8_to_relax_cortex_m(layers, input_shape):
     """An IRModule whose `main(input0: float32[input_shape])` computes the layers with the
     kernels above; what follows the dequantization is 0201's generic Relax."""
-    from tvm import relax
 
+    _check_chain(layers)
     float_ops, quantize, stages, tail = plan_stages(layers, input_shape)
 
     def layout(index):
