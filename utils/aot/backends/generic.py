@@ -14,6 +14,7 @@ from tvm import relax, s_tir, tirx
 from tvm.s_tir import dlight
 
 from utils.aot.fp32 import fp32_to_relax
+from utils.aot.layers.base import channel_shaped
 from utils.aot.torchscript import INPUT
 
 # Intermediates up to this many elements stay whole: TIR lowering puts them on the stack.
@@ -71,7 +72,8 @@ class RelaxEmitter:
     def requantize(self, acc, layer):
         bb = self.bb
         x = bb.emit(relax.op.astype(acc, "float32"))
-        x = bb.emit(relax.op.multiply(x, self.const(layer.multiplier, "float32")))
+        multiplier = channel_shaped(layer.multiplier, len(acc.ty.shape))
+        x = bb.emit(relax.op.multiply(x, self.const(multiplier, "float32")))
         x = bb.emit(relax.op.round(x))  # round lowers to nearbyintf: half to even, like qnnpack
         x = self.add_zero_point(x, layer.out_zero_point)
         low = layer.out_zero_point if layer.relu else 0

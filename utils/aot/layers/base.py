@@ -80,25 +80,45 @@ def requant_multiplier(w_scale, in_scale, out_scale):
 
 
 def quantize_bias(bias, w_scale, in_scale):
-    # torch quantizes the bias to qint32 with scale w_scale * in_scale (a double product),
-    # as x * (1.0f / float(scale)), rounded half to even
+    # torch quantizes the bias to qint32 with scale w_scale * in_scale (a double product, per
+    # output channel for per-channel weights), as x * (1.0f / float(scale)), rounded half to even
     if bias is None:
         return None
-    inv = F32(1.0) / F32(float(w_scale) * float(in_scale))
+    inv = F32(1.0) / (np.asarray(w_scale, np.float64) * float(in_scale)).astype(F32)
     return np.rint(bias.astype(F32) * inv).astype(np.int32)
 
 
+def channel_shaped(value, ndim):
+    """A per-output-channel array shaped to broadcast over an [N, O, ...] tensor of `ndim`
+    dimensions; a scalar stays a scalar."""
+    value = np.asarray(value)
+    return value if value.ndim == 0 else value.reshape((1, -1) + (1,) * (ndim - 2))
+
+
 def golden_requantize(acc, layer):
-    q = np.rint(acc.astype(F32) * layer.multiplier) + F32(layer.out_zero_point)
+    q = np.rint(acc.astype(F32) * channel_shaped(layer.multiplier, acc.ndim)) + F32(layer.out_zero_point)
     low = layer.out_zero_point if layer.relu else 0
     return np.clip(q, low, 255).astype(np.uint8)
 
 
-def per_tensor_weight(weight, layer):
-    if weight.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-        raise StageError(f"{layer}: weights quantized {weight.qscheme()}; 0201 supports per-tensor "
-                         f"weights only (quantize with the qnnpack qconfig)")
-    return float(weight.q_scale()), int(weight.q_zero_point())
+def weight_scales(weight, layer):
+    """The weights' scale: a float (per tensor) or a float64 array, one per output channel.
+    Their zero points must be 0 (symmetric int8), as every qconfig for int8 weights makes them."""
+    scheme = weight.qscheme()
+    if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        if int(weight.q_zero_point()) != 0:
+            raise StageError(f"{layer}: weight zero point {int(weight.q_zero_point())}; 0201 needs symmetric "
+                             f"int8 weights (zero point 0)")
+        return float(weight.q_scale())
+    if scheme in (torch.per_channel_affine, torch.per_channel_symmetric):
+        if int(weight.q_per_channel_axis()) != 0:
+            raise StageError(f"{layer}: weights quantized per channel along axis {weight.q_per_channel_axis()}; "
+                             f"0201 takes per-output-channel weights (axis 0)")
+        if bool((weight.q_per_channel_zero_points() != 0).any()):
+            raise StageError(f"{layer}: per-channel weight zero points other than 0; 0201 needs symmetric int8 "
+                             f"weights")
+        return weight.q_per_channel_scales().double().numpy()
+    raise StageError(f"{layer}: weights quantized {scheme}; 0201 takes per-tensor or per-channel int8 weights")
 
 
 # ----------------------------------------------------------------------------- traced graphs

@@ -9,16 +9,18 @@ from utils.aot.layers.base import (Layer, golden_requantize, is_quantized_module
                                    requant_multiplier)
 from utils.aot.layers.linear import weight_fields
 
-QUANTIZED_CONV = ("Conv2d", "ConvReLU2d")
+QUANTIZED_CONV = ("Conv2d", "ConvReLU2d", "Conv1d", "ConvReLU1d")
+CONV_OPS = {"quantized::conv2d": False, "quantized::conv2d_relu": True,
+            "quantized::conv1d": False, "quantized::conv1d_relu": True}
 
 
 @dataclass
 class QConv2d(Layer):
     name: str
-    weight: np.ndarray          # int8 [O, I, kh, kw]
+    weight: np.ndarray          # int8 [O, I/groups, kh, kw] (a Conv1d's: kh = 1)
     bias: np.ndarray            # int32 [O]
     in_zero_point: int
-    multiplier: np.float32      # requantization factor M
+    multiplier: np.ndarray      # requantization factor M, float32: a scalar, or one per output channel
     out_scale: float
     out_zero_point: int
     relu: bool
@@ -26,15 +28,22 @@ class QConv2d(Layer):
     padding: tuple
     dilation: tuple
     groups: int
+    conv1d: bool = False        # [N, C, L] in and out, computed as a 1 x L image
 
     def golden(self, x):
+        if self.conv1d:
+            x = x[:, :, None, :]
         acc = conv_int(x.astype(np.int64) - self.in_zero_point, self.weight.astype(np.int64),
                        self.stride, self.padding, self.dilation, self.groups)
         if self.bias is not None:
             acc = acc + self.bias.reshape(1, -1, 1, 1)
-        return golden_requantize(acc.astype(np.int32), self)
+        out = golden_requantize(acc.astype(np.int32), self)
+        return out[:, :, 0, :] if self.conv1d else out
 
     def to_relax(self, r, x):
+        if self.conv1d:
+            n, c, length = (int(d) for d in x.ty.shape)
+            x = r.bb.emit(relax.op.reshape(x, [n, c, 1, length]))
         x = r.centered(x, self.in_zero_point)
         # never astype a weight constant: FoldConstant would store it widened
         acc = r.bb.emit(relax.op.nn.conv2d(
@@ -42,7 +51,11 @@ class QConv2d(Layer):
             dilation=self.dilation, groups=self.groups, out_dtype="int32"))
         if self.bias is not None:
             acc = r.bb.emit(relax.op.add(acc, r.const(self.bias.reshape(1, -1, 1, 1), "int32")))
-        return r.requantize(acc, self)
+        out = r.requantize(acc, self)
+        if self.conv1d:
+            n, o, _, length = (int(d) for d in out.ty.shape)
+            out = r.bb.emit(relax.op.reshape(out, [n, o, length]))
+        return out
 
 
 def conv_int(x, w, stride, padding, dilation, groups):
@@ -73,20 +86,22 @@ def parse_conv(parser, name, module):
         return None
     parser.need_quantized(name)
     op, out_scale, out_zp = quantized_op(module, name)
-    if op not in ("quantized::conv2d", "quantized::conv2d_relu"):
+    if op not in CONV_OPS:
         parser.fail(f"op {op} in {name}")
-    relu = op.endswith("_relu")
+    relu, conv1d = CONV_OPS[op], op.startswith("quantized::conv1d")
     packed = module._packed_params
     if packed.transpose():
         parser.fail(f"module {name} (transposed convolution)")
-    weight, bias = torch.ops.quantized.conv2d_unpack(packed)
-    if weight.dim() != 4:
+    weight, bias = (torch.ops.quantized.conv1d_unpack if conv1d else torch.ops.quantized.conv2d_unpack)(packed)
+    if weight.dim() != (3 if conv1d else 4):
         parser.fail(f"module {name} ({weight.dim() - 2}-d convolution)")
     fields, w_scale = weight_fields(parser, name, weight, bias)
+    if conv1d:
+        fields["weight"] = fields["weight"][:, :, None, :]
     layer = QConv2d(name=name, **fields,
                     multiplier=requant_multiplier(w_scale, parser.qparams[0], out_scale),
                     out_scale=out_scale, out_zero_point=out_zp, relu=relu,
                     stride=tuple(packed.stride()), padding=tuple(packed.padding()),
-                    dilation=tuple(packed.dilation()), groups=int(packed.groups()))
+                    dilation=tuple(packed.dilation()), groups=int(packed.groups()), conv1d=conv1d)
     parser.qparams = (out_scale, out_zp)
     return layer

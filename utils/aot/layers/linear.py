@@ -5,9 +5,8 @@ import numpy as np
 import torch
 from tvm import relax
 
-from utils.cli import StageError
-from utils.aot.layers.base import (Layer, golden_requantize, is_quantized_module, module_rule, per_tensor_weight,
-                                   quantize_bias, quantized_op, requant_multiplier)
+from utils.aot.layers.base import (Layer, golden_requantize, is_quantized_module, module_rule, quantize_bias,
+                                   quantized_op, requant_multiplier, weight_scales)
 
 QUANTIZED_LINEAR = ("Linear", "LinearReLU")
 
@@ -18,7 +17,7 @@ class QLinear(Layer):
     weight: np.ndarray          # int8 [O, I]
     bias: np.ndarray            # int32 [O]
     in_zero_point: int
-    multiplier: np.float32
+    multiplier: np.ndarray      # float32: a scalar, or one per output channel
     out_scale: float
     out_zero_point: int
     relu: bool
@@ -40,10 +39,8 @@ class QLinear(Layer):
 
 def weight_fields(parser, name, weight, bias):
     """(the record fields conv and linear share: int8 weight, int32 bias, input zero point;
-    the weight scale)."""
-    w_scale, w_zp = per_tensor_weight(weight, name)
-    if w_zp != 0:
-        raise StageError(f"{name}: weight zero point {w_zp}; 0201 needs symmetric int8 weights (zero point 0)")
+    the weight scale, a float or one per output channel)."""
+    w_scale = weight_scales(weight, name)
     in_scale, in_zp = parser.qparams
     b = None if bias is None else bias.detach().float().numpy()
     return dict(weight=weight.int_repr().numpy().astype(np.int8),

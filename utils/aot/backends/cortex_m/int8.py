@@ -117,6 +117,10 @@ def _check_chain(layers):
         if layer.inputs != (previous,):
             _fail(f"a graph with branches or joins ({type(layer).__name__} "
                   f"{getattr(layer, 'name', layer.output)} reads {', '.join(layer.inputs)})")
+        if np.ndim(getattr(layer, "multiplier", 0)):
+            _fail(f"{layer.name} (per-channel weights)")
+        if getattr(layer, "conv1d", False):
+            _fail(f"{layer.name} (a 1-d convolution)")
         previous = layer.output
 
 
