@@ -25,15 +25,15 @@ ENGINE = "qnnpack"
 
 
 def quantized_script(model, input_shape, path: Path, qconfig=None, fuse=(), calibration=16, seed=0,
-                     low=-1.0, high=1.0):
-    """Eager int8 conversion of `model` (float, with QuantStub/DeQuantStub), traced with a batch-1
-    input of `input_shape` and saved at `path`; returns the path."""
+                     low=-1.0, high=1.0, engine=ENGINE):
+    """Eager int8 conversion of `model` (float, with QuantStub/DeQuantStub) for `engine`, traced
+    with a batch-1 input of `input_shape` and saved at `path`; returns the path."""
     torch.manual_seed(seed)
-    torch.backends.quantized.engine = ENGINE
+    torch.backends.quantized.engine = engine
     model = model.eval()
     if fuse:
         model = tq.fuse_modules(model, [list(group) for group in fuse])
-    model.qconfig = qconfig or tq.get_default_qconfig(ENGINE)
+    model.qconfig = qconfig or tq.get_default_qconfig(engine)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = tq.prepare(model)
@@ -47,10 +47,10 @@ def quantized_script(model, input_shape, path: Path, qconfig=None, fuse=(), cali
     return Path(path)
 
 
-def check_bit_exact(path, count=64, seed=1, backend=GENERIC, build_dir=None, out_dir=None):
-    """Golden == PyTorch and library == golden on `count` synthetic inputs over the QuantStub's
-    range; returns (source, layers, inputs) for further checks."""
-    source = load_model(path, "int8")
+def check_bit_exact(path, count=64, seed=1, backend=GENERIC, build_dir=None, out_dir=None, engine=ENGINE):
+    """Golden == PyTorch (under `engine`) and library == golden on `count` synthetic inputs over
+    the QuantStub's range; returns (source, layers, inputs) for further checks."""
+    source = load_model(path, "int8", engine=engine)
     out_dir = Path(out_dir or Path(path).parent)
     compiled = compile_model(source, out_dir / (Path(path).stem + f"-{backend.name}.tar"), backend)
     layers = compiled.layers

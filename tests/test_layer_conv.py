@@ -94,3 +94,13 @@ def test_the_cortex_m_backend_refuses_per_channel_in_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(lines) == 1
     assert "0201tvm_no_optim.py" in lines[0]
+
+
+@pytest.mark.parametrize("engine", ["fbgemm", "x86"])
+@pytest.mark.parametrize("case", ["stride2_pad1", "depthwise_stride2", "grouped"])
+def test_x86_and_fbgemm_arithmetic(case, engine, tmp_path):
+    """Models converted for x86/fbgemm (torch's default qconfig there: per-channel weights,
+    float bias) verify bit-exact under that engine."""
+    make, shape = CASES[case]
+    path = quantized_script(make(), shape, tmp_path / f"{case}.pth", engine=engine)
+    check_bit_exact(path, engine=engine, count=200)

@@ -30,7 +30,7 @@ class Compiled:
 def to_relax(source: SourceModel, backend):
     """(Relax IRModule, int8 layers or None) of the model as `backend` lowers it."""
     if source.kind == "int8":
-        layers = parse_int8(source.module, source.input_shape)
+        layers = parse_int8(source.module, source.input_shape, source.engine)
         return backend.int8_to_relax(layers, source.input_shape), layers
     return backend.fp32_to_relax(source.module, source.input_shape), None
 
@@ -107,6 +107,7 @@ def compile_model(source: SourceModel, out_tar, backend) -> Compiled:
         "backend": backend.name,
         "tvm_version": tvm.__version__,
         "kind": source.kind,
+        "engine": source.engine if source.kind == "int8" else None,
         "network": source.network,
         "source_model": str(source.path),
         "model_hash": source.model_hash,

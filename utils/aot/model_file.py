@@ -24,7 +24,7 @@ import torch
 from utils.cli import StageError, one_line
 from utils.model import MnistModel
 from utils.qmodel import QMnistModel
-from utils.quantize import MADE_BY, use_qnnpack
+from utils.quantize import MADE_BY
 from utils.reports import model_hash
 
 # the MNIST networks' input: what a model that does not record its own shape is taken to take
@@ -50,6 +50,7 @@ class SourceModel:
     module: object             # the ScriptModule (int8) or eager nn.Module (fp32)
     network: str               # what it is, for messages and metadata
     input_shape: tuple = INPUT_SHAPE   # batch 1
+    engine: str = "qnnpack"            # the quantized engine whose arithmetic the int8 model follows
 
 
 class _TracedShapes(pickle.Unpickler):
@@ -133,13 +134,24 @@ def parse_shape(text) -> tuple:
     return shape
 
 
-def load_model(path, kind="auto", input_shape=None) -> SourceModel:
+# torch's quantized engines; x86 runs conv and linear with fbgemm's arithmetic
+ENGINES = ("qnnpack", "fbgemm", "x86")
+
+
+def load_model(path, kind="auto", input_shape=None, engine="qnnpack") -> SourceModel:
     """Load and classify; `kind` int8/fp32 must match what the file is. The input shape is
-    `input_shape`, else the one the TorchScript was traced with, else INPUT_SHAPE."""
+    `input_shape`, else the one the TorchScript was traced with, else INPUT_SHAPE. `engine`:
+    the quantized engine the int8 model was converted for; PyTorch runs it under that engine
+    (its packed weights are repacked for it on load) and the compiler follows its arithmetic."""
     path = Path(path)
+    if engine not in ENGINES:
+        raise StageError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if not path.is_file():
         raise StageError(f"model file {path} not found; make it with {made_by(path)}")
-    use_qnnpack()  # the int8 reference is qnnpack's arithmetic, the one the C mirrors
+    if engine not in torch.backends.quantized.supported_engines:
+        raise StageError(f"this PyTorch has no {engine} engine (it has "
+                         f"{', '.join(e for e in torch.backends.quantized.supported_engines if e != 'none')})")
+    torch.backends.quantized.engine = engine
     if _is_torchscript(path):
         try:
             with quiet_torch():
@@ -172,6 +184,7 @@ def load_model(path, kind="auto", input_shape=None) -> SourceModel:
                          f"remake it with {made_by(path)}")
         eager, network = _eager_network(state, path)
         found = SourceModel(path, "fp32", model_hash(path), eager, f"state_dict fp32 {network}")
+    found.engine = engine
     found.input_shape = tuple(input_shape or (traced_input_shape(path) if _is_torchscript(path) else None)
                               or INPUT_SHAPE)
     if found.input_shape[0] != 1:

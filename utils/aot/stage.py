@@ -19,7 +19,7 @@ from utils.aot.compiler import compile_model
 from utils.aot.fp32 import torch_fp32_reference
 from utils.aot.host_library import HostLibrary
 from utils.aot.layers import Quantize
-from utils.aot.model_file import INPUT_SHAPE, images_to_input, load_model, parse_shape
+from utils.aot.model_file import ENGINES, INPUT_SHAPE, images_to_input, load_model, parse_shape
 from utils.aot.torchscript import torch_int8_reference
 
 F746_FLASH_BYTES = 1024 * 1024
@@ -34,6 +34,9 @@ def parse_stage_args(argv, description):
     parser.add_argument("--input-shape", type=_shape_argument, default=None,
                         help="the model's input, batch 1, e.g. 1x3x32x32 (default: the shape the "
                              "TorchScript was traced with, else 1x1x28x28)")
+    parser.add_argument("--engine", choices=ENGINES, default="qnnpack",
+                        help="the quantized engine the int8 model was converted for: PyTorch runs it "
+                             "under that engine and the library follows its arithmetic")
     parser.add_argument("--kind", choices=["auto", "int8", "fp32"], default="auto",
                         help="what --model must be (auto: whatever it is)")
     parser.add_argument("--out", type=Path, default=paths.MLF_TAR, help="the Model Library Format tar to write")
@@ -71,7 +74,7 @@ def run_stage(stage, argv, description, backend):
     args = parse_stage_args(argv, description)
     figures = compile_and_verify(args.model, args.kind, args.out, args.images, args.seed,
                                  args.build_dir, backend, quick=args.quick, started=started,
-                                 input_shape=args.input_shape)
+                                 input_shape=args.input_shape, engine=args.engine)
     figures["load_average_at_start"] = round(load_before, 2)
     figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
     # the last run at the top level (the keys the issue names), and each kind's last run
@@ -128,14 +131,14 @@ def reference(source, compiled, x):
 
 
 def compile_and_verify(model, kind, out, images, seed, build_dir, backend, quick=False, started=None,
-                       input_shape=None):
+                       input_shape=None, engine="qnnpack"):
     """Compile `model` with `backend` to the MLF tar `out`, verify it, measure it; returns the
     figures. The tar reaches `out` only if verification passes (a failed one is kept beside
     it). A backend with a golden backend is also compared with that one's library on the same
     images: the outputs must be the same bits (int8: the uint8 logits too)."""
     started = started or time.perf_counter()
     out = Path(out)
-    source = load_model(model, kind, input_shape)
+    source = load_model(model, kind, input_shape, engine)
     _say(f"model {source.path} ({source.network}, input {list(source.input_shape)}, hash {source.model_hash})")
 
     candidate = out.with_name(out.stem + ".candidate.tar")
@@ -166,6 +169,7 @@ def compile_and_verify(model, kind, out, images, seed, build_dir, backend, quick
     bad_symbols = verify.disallowed(arm["arm_undefined_symbols"])
     figures.update({
         "kind": source.kind,
+        "engine": source.engine,
         "model": str(source.path),
         "model_hash": source.model_hash,
         "tar": str(out),

@@ -26,8 +26,9 @@ class Parser:
     example tensors of its inputs (`examples`) and the quantization of the first one
     (`qparams`, None while it is float)."""
 
-    def __init__(self, model, input_shape=None):
+    def __init__(self, model, input_shape=None, engine="qnnpack"):
         self.model = model
+        self.engine = engine
         self.layers = []
         self.qparams = None
         self.examples = []
@@ -225,10 +226,11 @@ def replay(model, layer, tensors):
     return layer.torch_replay(*tensors)
 
 
-def parse_int8(script_module, input_shape=None):
+def parse_int8(script_module, input_shape=None, engine="qnnpack"):
     """Layers of a traced int8 model in an order where every layer comes after its inputs;
-    each has `inputs` (value names; INPUT is the model's input) and `output`."""
-    return Parser(script_module, input_shape).parse()
+    each has `inputs` (value names; INPUT is the model's input) and `output`. `engine`: whose
+    arithmetic the records follow where torch's engines differ."""
+    return Parser(script_module, input_shape, engine).parse()
 
 
 def torch_int8_reference(script_module, layers, x):

@@ -71,8 +71,13 @@ class RelaxEmitter:
 
     def requantize(self, acc, layer):
         bb = self.bb
+        ndim = len(acc.ty.shape)
         x = bb.emit(relax.op.astype(acc, "float32"))
-        multiplier = channel_shaped(layer.multiplier, len(acc.ty.shape))
+        if layer.pre_scale is not None:
+            x = bb.emit(relax.op.multiply(x, self.const(channel_shaped(layer.pre_scale, ndim), "float32")))
+        if layer.bias_float is not None:
+            x = bb.emit(relax.op.add(x, self.const(channel_shaped(layer.bias_float, ndim), "float32")))
+        multiplier = channel_shaped(layer.multiplier, ndim)
         x = bb.emit(relax.op.multiply(x, self.const(multiplier, "float32")))
         x = bb.emit(relax.op.round(x))  # round lowers to nearbyintf: half to even, like qnnpack
         x = self.add_zero_point(x, layer.out_zero_point)

@@ -16,6 +16,8 @@ The arithmetic that matches qnnpack bit for bit:
   max-pool    on uint8
   dequantize  (float32(q) - zp) * s
 """
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -95,8 +97,48 @@ def channel_shaped(value, ndim):
     return value if value.ndim == 0 else value.reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def _cpu_has_avx512_vnni():
+    try:
+        return " avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+# torch's x86 engine runs a convolution through oneDNN on a CPU with AVX512-VNNI when it has
+# at most this many groups and symmetric weights (should_use_onednn_quant), else through fbgemm
+ONEDNN_MAX_GROUPS = 100
+X86_CONV_USES_ONEDNN = _cpu_has_avx512_vnni()
+
+
+def requantization(engine, w_scale, in_scale, out_scale, bias, conv_groups=None):
+    """The fields multiplier, bias (int32 or None), bias_float, pre_scale of a conv or linear
+    layer: the engine's requantization, q = rint(f * multiplier) + zp with, all in float32,
+      qnnpack  f = f32(acc + bias_q), bias_q = rint(b / f32(s_w * s_in)), M = f32(s_w * s_in) * (1 / s_out)
+      fbgemm   f = f32(acc) + f32(b / a), M = f32(a / s_out), a = f32(s_in) * f32(s_w)
+      oneDNN   f = f32(acc) * a + b, M = 1 / s_out  (x86's convolutions where it picks oneDNN)
+    x86 runs linear layers, and convolutions it does not give oneDNN, as fbgemm does."""
+    style = engine
+    if engine == "x86":
+        onednn = conv_groups is not None and X86_CONV_USES_ONEDNN and conv_groups <= ONEDNN_MAX_GROUPS
+        style = "onednn" if onednn else "fbgemm"
+    if style == "qnnpack":
+        return dict(multiplier=requant_multiplier(w_scale, in_scale, out_scale),
+                    bias=quantize_bias(bias, w_scale, in_scale), bias_float=None, pre_scale=None)
+    act_times_w = (F32(in_scale) * np.asarray(w_scale, np.float64).astype(F32)).astype(F32)
+    if style == "fbgemm":
+        return dict(multiplier=(act_times_w / F32(out_scale)).astype(F32), bias=None, pre_scale=None,
+                    bias_float=None if bias is None else (bias.astype(F32) / act_times_w).astype(F32))
+    return dict(multiplier=F32(1.0) / F32(out_scale), bias=None, pre_scale=act_times_w,
+                bias_float=None if bias is None else bias.astype(F32))
+
+
 def golden_requantize(acc, layer):
-    q = np.rint(acc.astype(F32) * channel_shaped(layer.multiplier, acc.ndim)) + F32(layer.out_zero_point)
+    f = acc.astype(F32)
+    if layer.pre_scale is not None:
+        f = (f * channel_shaped(layer.pre_scale, acc.ndim)).astype(F32)
+    if layer.bias_float is not None:
+        f = (f + channel_shaped(layer.bias_float, acc.ndim)).astype(F32)
+    q = np.rint(f * channel_shaped(layer.multiplier, acc.ndim)) + F32(layer.out_zero_point)
     low = layer.out_zero_point if layer.relu else 0
     return np.clip(q, low, 255).astype(np.uint8)
 

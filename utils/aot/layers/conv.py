@@ -5,8 +5,7 @@ import numpy as np
 import torch
 from tvm import relax
 
-from utils.aot.layers.base import (Layer, golden_requantize, is_quantized_module, module_rule, quantized_op,
-                                   requant_multiplier)
+from utils.aot.layers.base import Layer, golden_requantize, is_quantized_module, module_rule, quantized_op
 from utils.aot.layers.linear import weight_fields
 
 QUANTIZED_CONV = ("Conv2d", "ConvReLU2d", "Conv1d", "ConvReLU1d")
@@ -29,6 +28,8 @@ class QConv2d(Layer):
     dilation: tuple
     groups: int
     conv1d: bool = False        # [N, C, L] in and out, computed as a 1 x L image
+    bias_float: np.ndarray = None   # fbgemm, oneDNN: the bias in float32 (utils.aot.layers.base.requantization)
+    pre_scale: np.ndarray = None    # oneDNN: the sum's scale, applied before the bias
 
     def golden(self, x):
         if self.conv1d:
@@ -95,12 +96,10 @@ def parse_conv(parser, name, module):
     weight, bias = (torch.ops.quantized.conv1d_unpack if conv1d else torch.ops.quantized.conv2d_unpack)(packed)
     if weight.dim() != (3 if conv1d else 4):
         parser.fail(f"module {name} ({weight.dim() - 2}-d convolution)")
-    fields, w_scale = weight_fields(parser, name, weight, bias)
+    fields = weight_fields(parser, name, weight, bias, out_scale, conv_groups=int(packed.groups()))
     if conv1d:
         fields["weight"] = fields["weight"][:, :, None, :]
-    layer = QConv2d(name=name, **fields,
-                    multiplier=requant_multiplier(w_scale, parser.qparams[0], out_scale),
-                    out_scale=out_scale, out_zero_point=out_zp, relu=relu,
+    layer = QConv2d(name=name, **fields, out_scale=out_scale, out_zero_point=out_zp, relu=relu,
                     stride=tuple(packed.stride()), padding=tuple(packed.padding()),
                     dilation=tuple(packed.dilation()), groups=int(packed.groups()), conv1d=conv1d)
     parser.qparams = (out_scale, out_zp)

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from tvm import relax
 
-from utils.aot.layers.base import (Layer, golden_requantize, is_quantized_module, module_rule, quantize_bias,
-                                   quantized_op, requant_multiplier, weight_scales)
+from utils.aot.layers.base import (Layer, golden_requantize, is_quantized_module, module_rule, quantized_op,
+                                   requantization, weight_scales)
 
 QUANTIZED_LINEAR = ("Linear", "LinearReLU")
 
@@ -21,6 +21,8 @@ class QLinear(Layer):
     out_scale: float
     out_zero_point: int
     relu: bool
+    bias_float: np.ndarray = None   # fbgemm, oneDNN: the bias in float32 (utils.aot.layers.base.requantization)
+    pre_scale: np.ndarray = None    # oneDNN: the sum's scale, applied before the bias
 
     def golden(self, x):
         acc = (x.astype(np.int64) - self.in_zero_point) @ self.weight.astype(np.int64).T
@@ -37,14 +39,14 @@ class QLinear(Layer):
         return r.requantize(acc, self)
 
 
-def weight_fields(parser, name, weight, bias):
-    """(the record fields conv and linear share: int8 weight, int32 bias, input zero point;
-    the weight scale, a float or one per output channel)."""
+def weight_fields(parser, name, weight, bias, out_scale, conv_groups=None):
+    """The record fields conv and linear share: int8 weight, input zero point and the engine's
+    requantization (utils.aot.layers.base.requantization)."""
     w_scale = weight_scales(weight, name)
     in_scale, in_zp = parser.qparams
     b = None if bias is None else bias.detach().float().numpy()
-    return dict(weight=weight.int_repr().numpy().astype(np.int8),
-                bias=quantize_bias(b, w_scale, in_scale), in_zero_point=in_zp), w_scale
+    return dict(weight=weight.int_repr().numpy().astype(np.int8), in_zero_point=in_zp,
+                **requantization(parser.engine, w_scale, in_scale, out_scale, b, conv_groups))
 
 
 @module_rule(*QUANTIZED_LINEAR)
@@ -57,9 +59,7 @@ def parse_linear(parser, name, module):
         parser.fail(f"op {op} in {name}")
     relu = op.endswith("_relu")
     weight, bias = torch.ops.quantized.linear_unpack(module._packed_params._packed_params)
-    fields, w_scale = weight_fields(parser, name, weight, bias)
-    layer = QLinear(name=name, **fields,
-                    multiplier=requant_multiplier(w_scale, parser.qparams[0], out_scale),
+    layer = QLinear(name=name, **weight_fields(parser, name, weight, bias, out_scale),
                     out_scale=out_scale, out_zero_point=out_zp, relu=relu)
     parser.qparams = (out_scale, out_zp)
     return layer
