@@ -7,6 +7,8 @@ each call to the parse rule its layer unit registered (utils.aot.layers); anythi
 takes is a StageError naming the module or op. `torch_int8_reference` is PyTorch itself,
 stepped through the same calls, so the uint8 logits can be compared, not only the outputs.
 """
+import operator
+
 import numpy as np
 import torch
 
@@ -17,6 +19,10 @@ from utils.aot.layers.base import constant_value
 PASS_THROUGH = {"Identity", "Dropout"}
 # aten ops that hand their input on unchanged (in an eval-mode trace)
 ALIAS_OPS = {"aten::dropout", "aten::contiguous", "aten::detach", "aten::clone", "aten::feature_dropout"}
+# integer arithmetic on sizes (x.size(1) * x.size(2)), evaluated at parse time
+SHAPE_ARITHMETIC = {"aten::mul": operator.mul, "aten::add": operator.add, "aten::sub": operator.sub,
+                    "aten::floordiv": operator.floordiv, "aten::floor_divide": operator.floordiv,
+                    "aten::div": operator.floordiv, "aten::remainder": operator.mod}
 # name of the model's input in the layer records (every graph's own name for it is replaced)
 INPUT = "input0"
 
@@ -88,8 +94,9 @@ class Parser:
         if kind == "prim::ListConstruct":
             if ins and all(isinstance(self._values.get(i), torch.Tensor) for i in ins):
                 self._lists[outs[0]] = ins              # the tensors of a cat
-            elif ins and all(i in self._values for i in ins):
-                self._values[outs[0]] = [self._values[i] for i in ins]  # shape arithmetic
+            elif any(i in self._values for i in ins):  # shape arithmetic, constants among it
+                self._values[outs[0]] = [self._values[v.debugName()] if v.debugName() in self._values
+                                         else constant_value(v) for v in node.inputs()]
             return                                      # constant lists are read where used
         if kind in ("prim::NumToTensor", "aten::Int", "aten::IntImplicit", "prim::ScalarImplicit"):
             self._values[outs[0]] = self._int(ins[0], kind)
@@ -116,6 +123,11 @@ class Parser:
         if kind in ALIAS_OPS:
             self._alias(outs[0], ins[0])
             return
+        if kind in SHAPE_ARITHMETIC and not any(isinstance(self._values.get(i), torch.Tensor) for i in ins):
+            operands = [self._argument(v) for v in node.inputs()][:2]
+            if all(isinstance(v, int) for v in operands):
+                self._values[outs[0]] = int(SHAPE_ARITHMETIC[kind](*operands))
+                return
         if kind.startswith(("aten::", "quantized::")):
             tensors = []
             for i in ins:  # a list of tensors (cat): its elements are the inputs

@@ -7,7 +7,7 @@ from utils.aot.layers.float_ops import FloatScalarOps
 from utils.aot.layers.linear import QLinear
 from utils.aot.layers.pool import MaxPool2d
 from utils.aot.layers.quantize import Dequantize, Quantize
-from utils.aot.layers.reshape import Flatten
+from utils.aot.layers.reshape import Flatten, Permute, Reshape
 from utils.aot.layers.softmax import LogSoftmax
 
 __all__ = ["ATEN_RULES", "F32", "FALLBACK_RULES", "MODULE_RULES", "Dequantize", "Flatten", "FloatScalarOps",

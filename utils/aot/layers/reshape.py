@@ -1,10 +1,13 @@
-"""Flatten: a reshape, no arithmetic."""
+"""Shape ops: flatten, view/reshape (sizes may come from x.size(...) arithmetic, evaluated at
+parse time), squeeze/unsqueeze, and permute/transpose. No arithmetic; they work on uint8 and
+float alike."""
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tvm import relax
 
+from utils.cli import StageError
 from utils.aot.layers.base import Layer, aten_rule, graph_constants, module_rule
 
 
@@ -27,6 +30,36 @@ class Flatten(Layer):
         return torch.flatten(t, self.start_dim, self.end_dim)
 
 
+@dataclass
+class Reshape(Layer):
+    """view, reshape, squeeze, unsqueeze: the output shape, resolved at parse time. Its first
+    dimension is the batch (1 in the library; the golden model and PyTorch run N at once)."""
+    shape: tuple
+
+    def golden(self, x):
+        return x.reshape((len(x),) + tuple(self.shape[1:]))
+
+    def to_relax(self, r, x):
+        return r.bb.emit(relax.op.reshape(x, list(self.shape)))
+
+    def torch_replay(self, t):
+        return t.reshape((len(t),) + tuple(self.shape[1:]))
+
+
+@dataclass
+class Permute(Layer):
+    dims: tuple
+
+    def golden(self, x):
+        return np.ascontiguousarray(np.transpose(x, self.dims))
+
+    def to_relax(self, r, x):
+        return r.bb.emit(relax.op.permute_dims(x, list(self.dims)))
+
+    def torch_replay(self, t):
+        return t.permute(self.dims).contiguous()
+
+
 @module_rule("Flatten")
 def parse_flatten_module(parser, name, module):
     args = graph_constants(module, "aten::flatten")
@@ -36,3 +69,59 @@ def parse_flatten_module(parser, name, module):
 @aten_rule("aten::flatten")
 def parse_flatten_op(parser, node, args):
     return Flatten(args[1], args[2])
+
+
+def _resolved(shape, numel, what):
+    shape = [int(d) for d in shape]
+    if shape.count(-1) > 1 or any(d < -1 or d == 0 for d in shape):
+        raise StageError(f"{what} to {shape}: give positive sizes and at most one -1")
+    if -1 in shape:
+        known = int(np.prod([d for d in shape if d != -1]))
+        shape[shape.index(-1)] = numel // known
+    if int(np.prod(shape)) != numel:
+        raise StageError(f"{what} to {shape} does not fit {numel} elements")
+    return tuple(shape)
+
+
+@aten_rule("aten::view", "aten::reshape")
+def parse_reshape(parser, node, args):
+    example = parser.examples[0]
+    if not isinstance(args[1], (list, tuple)) or any(not isinstance(d, int) for d in args[1]):
+        parser.fail(f"{node.kind()} with sizes the compiler cannot evaluate ({args[1]})")
+    return _batch_first(Reshape(_resolved(args[1], example.numel(), node.kind())), node.kind())
+
+
+@aten_rule("aten::squeeze", "aten::unsqueeze")
+def parse_squeeze(parser, node, args):
+    example = parser.examples[0]
+    op = getattr(torch, node.kind().split("::")[1])
+    out = op(example, *[a for a in args[1:] if a is not None]) if len(args) > 1 else op(example)
+    return _batch_first(Reshape(tuple(out.shape)), node.kind())
+
+
+def _batch_first(layer, what):
+    if not layer.shape or layer.shape[0] != 1:
+        raise StageError(f"{what} to {list(layer.shape)} moves the batch dimension; keep it first (size 1), "
+                         f"e.g. squeeze(dim) instead of squeeze()")
+    return layer
+
+
+@aten_rule("aten::permute")
+def parse_permute(parser, node, args):
+    ndim = parser.examples[0].dim()
+    return _batch_stays(Permute(tuple(int(d) % ndim for d in args[1])), node.kind())
+
+
+@aten_rule("aten::transpose")
+def parse_transpose(parser, node, args):
+    ndim = parser.examples[0].dim()
+    dims = list(range(ndim))
+    a, b = int(args[1]) % ndim, int(args[2]) % ndim
+    dims[a], dims[b] = dims[b], dims[a]
+    return _batch_stays(Permute(tuple(dims)), node.kind())
+
+
+def _batch_stays(layer, what):
+    if layer.dims[0] != 0:
+        raise StageError(f"{what} {list(layer.dims)} moves the batch dimension; keep dimension 0 first")
+    return layer
