@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.fixtures_models import run_stage
+from tests.fixtures_outputs import bad_output_paths, read_only_dir  # noqa: F401 (a fixture)
 from utils.aot import verify
 from utils.aot.backends.generic import GENERIC
 from utils.aot.compiler import compile_model
@@ -312,3 +313,21 @@ def test_verification_failures_are_named():
     figures = verify.compare_outputs(lib, ref)
     problems = " ".join(verify.failures("fp32", figures))
     assert "argmax agreement" in problems and "max abs diff" in problems
+
+
+# ----------------------------------------------------------------------------- bad output paths
+
+@pytest.mark.parametrize("stage", ["0201tvm_no_optim.py", "0202tvm_optim.py"])
+def test_unwritable_out_is_one_line_before_any_work(stage, quick_qat_model, read_only_dir, tmp_path):
+    for case, out, fragment in bad_output_paths(read_only_dir, tmp_path, "lib.tar"):
+        proc = run_stage(stage, "--model", quick_qat_model, "--out", out, check=False, timeout=60)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, (case, proc.stderr)
+        assert len(lines) == 1 and fragment in lines[0] and "--out" in lines[0], (case, lines)
+        assert "compiled" not in proc.stdout and "model " not in proc.stdout, case  # nothing ran
+
+
+def test_input_shape_is_checked_in_one_line(quick_qat_model, tmp_path):
+    proc = run_stage("0201tvm_no_optim.py", "--model", quick_qat_model, "--out", tmp_path / "x.tar",
+                     "--input-shape", "2x1x28x28", check=False, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "batch 1" in proc.stderr
