@@ -2,7 +2,7 @@
 """Train MnistModel (the CNN of PyTorch's examples/mnist) in fp32 on MNIST.
 
 Default recipe: Nesterov SGD with a one-cycle learning rate (the LeNet-5 recipe of 0103); the
-example's Adadelta + StepLR(0.7) recipe stalls near 99.1 % (measured: 99.08 % after 6 epochs)
+example's Adadelta + StepLR(0.7) recipe stalls short of the accuracy goal (reports/0101mnist.json)
 and is kept as --recipe adadelta. The (mean, std) normalization lives inside the model, so the
 saved weights take plain pixel/255 input. Saves the state_dict, a PNG of the
 loss and accuracy curves (reports/0101mnist_curves.png) and reports/0101mnist.json.

@@ -3,7 +3,7 @@
  * model (tvmgen_default.h, from pkg/mnistCNN/mnistCNN.tar) and answers with the digit, the
  * 10 scores and the time the inference took on the device.
  *
- * The wire format (binary frames and the seed's text form) is docs/protocol.md, parsed byte
+ * The wire format (binary frames and the text form) is docs/protocol.md, parsed byte
  * by byte by firmware/protocol.c; the board is reached only through firmware/platform.h, so
  * this same file runs on the STM32F746G-DISCO (RIOT), RIOT native64, the host stand-in and
  * the emulated Cortex-M7. No scanf, no floating-point printf: small stacks, no printf_float.

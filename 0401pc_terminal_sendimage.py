@@ -18,10 +18,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from utils import paths
 from utils.cli import (DefaultsHelpFormatter, StageError, check_output_dir, check_output_path,
                        positive_float, positive_int, run)
+from utils.data import mnist_arrays
+from utils.preprocess import PreprocessError, load_image_file
+from utils.reports import model_hash, write_report
+from utils.serial_link import DEFAULT_PORT, Board, LinkError, auto_detect_port
+from utils.validate import format_summary, load_host_model, plot_confusion, validate
 
 STAGE = "0401pc_terminal_sendimage"
 # Runs longer than this print a line only for the images the device got wrong or never
@@ -77,13 +83,11 @@ def parse_args(argv):
 def select_images(args):
     """(images uint8 [N,28,28], labels [N] or None, indices [N], description)."""
     if args.file:
-        from utils.preprocess import PreprocessError, load_image_file
         try:
             image = load_image_file(args.file)
         except PreprocessError as exc:
             raise StageError(str(exc)) from None
         return image[None], None, np.array([0]), args.file
-    from utils.data import mnist_arrays
     images, labels = mnist_arrays(train=False)
     total = len(images)
     if args.all:
@@ -103,7 +107,6 @@ def select_images(args):
 
 
 def resolve_port(port):
-    from utils.serial_link import DEFAULT_PORT, auto_detect_port
     return port or auto_detect_port() or DEFAULT_PORT
 
 
@@ -127,7 +130,6 @@ def host_model_path(args):
 def load_host(path):
     """The host int8 model, loaded before any image is sent: a wrong file fails in a second,
     not after the whole run."""
-    from utils.validate import load_host_model
     try:
         return load_host_model(path)
     except StageError as exc:
@@ -172,10 +174,6 @@ def main(argv=None):
     host = load_host(host_model) if host_model is not None else None
     port = resolve_port(args.port)
 
-    from utils.reports import model_hash, write_report
-    from utils.serial_link import Board, LinkError
-    from utils.validate import format_summary, plot_confusion, validate
-
     printing_each = args.each or len(images) <= EACH_LINE_LIMIT
     progress = not args.no_progress and len(images) > 1
 
@@ -189,7 +187,6 @@ def main(argv=None):
         if printing_each or miss:
             line = image_line(outcome)
             if progress:
-                from tqdm import tqdm
                 tqdm.write(line, file=sys.stdout)
             else:
                 print(line, flush=True)

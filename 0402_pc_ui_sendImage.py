@@ -38,7 +38,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+    try:  # deferred: GTK is checked here so that its absence is one line, not an ImportError
         import gi
         gi.require_version("Gtk", "3.0")
         from gi.repository import GLib, Gtk
@@ -49,7 +49,7 @@ def main(argv=None):
     if not ok:
         raise StageError(f"cannot open a display (DISPLAY={os.environ.get('DISPLAY', '')!r}); "
                          "run it in a desktop session, or under xvfb-run")
-    from utils.ui import DigitWindow, json_trace
+    from utils.ui import DigitWindow, json_trace  # deferred: it needs the GTK checked above
 
     printer = json_trace() if args.trace else None
     outcome = {"answered": None}

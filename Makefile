@@ -91,12 +91,12 @@ ifneq (,$(STM32FAM_INCLUDE_FILE))
   endif
 endif
 
-# The seed's flags, after RIOT's own (RIOT adds -Wstrict-prototypes and -Wmissing-include-dirs
+# Warning flags that must come after RIOT's own (RIOT adds -Wstrict-prototypes and -Wmissing-include-dirs
 # in Makefile.include; only a later flag overrides them): RIOT builds with -Werror, and the
 # model's include folders exist only once its tar is unpacked (a model without runtime
 # headers has no runtime/include at all).
 CFLAGS += -Wno-strict-prototypes
 CFLAGS += -Wno-missing-include-dirs
 
-# The firmware file, the seed's name for it: scripts ask `make info-debug-variable-BINARY`.
+# The firmware file, under the name it has always had: scripts ask `make info-debug-variable-BINARY`.
 override BINARY := $(ELFFILE)

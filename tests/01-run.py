@@ -5,7 +5,7 @@ checked the way RIOT's own tests/pkg/*/tests/01-run.py do: RIOT's testrunner ope
 
 It asks for INFO, sends MNIST test images and expects the digits the host build of the same
 model library gives (utils.aot.host_library), then garbage and a valid image after it. Text form
-(the seed's 784 numbers on a line) on every board: `make term` is a line terminal (pyterm)
+(784 numbers on a line) on every board: `make term` is a line terminal (pyterm)
 on a real board. On native boards the terminal is the process's own pty, so binary frames
 are checked too, after switching that pty to raw.
 

@@ -10,11 +10,11 @@
     host_digits_100              the host library's digits for them (HostLibrary of quick_mlf_tar);
     host_scores_100              and its float32 log-probabilities [100, 10].
 """
-import shutil
 import subprocess
 
 import pytest
 
+from tests.fixtures_tools import require_tools
 from utils.aot.host_library import HostLibrary
 from utils.data import mnist_arrays
 from utils.paths import ROOT
@@ -22,9 +22,7 @@ from utils.standin import StandIn
 
 
 def _require_tools(*tools):
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (apt-packages.txt; bash setup.sh)")
+    require_tools(*tools)
 
 
 @pytest.fixture(scope="session")

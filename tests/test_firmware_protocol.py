@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from tests.fixtures_tools import need
 from utils import protocol as P
 from utils.paths import ROOT
 
@@ -145,12 +146,11 @@ def test_random_damage_then_a_frame_is_always_answered(protocol_check):
 
 
 def test_fuzzer_short_run(tmp_path):
-    if shutil.which("clang-14") is None and shutil.which("clang") is None:
-        pytest.skip("clang not installed: no libFuzzer (apt: clang, libclang-rt-14-dev)")
+    need(shutil.which("clang-14") is not None or shutil.which("clang") is not None,
+         "clang not installed: no libFuzzer (apt: clang, libclang-rt-14-dev)")
     result = subprocess.run(["bash", str(ROOT / "tools" / "fuzz_protocol.sh"), "--runs", "20000",
                              "--out", str(tmp_path / "fuzz")], capture_output=True, text=True,
                             timeout=300)
-    if result.returncode == 3:
-        pytest.skip(f"fuzzer cannot be built here: {result.stderr.strip()}")
+    need(result.returncode != 3, f"fuzzer cannot be built here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Done 20000 runs" in result.stdout and "no crash" in result.stdout

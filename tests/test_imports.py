@@ -116,8 +116,9 @@ def test_no_import_cycle():
 
 
 def _has_reason(lines, lineno):
-    """A comment on the import's line or on one of the two lines above it."""
-    return any("#" in lines[i - 1] for i in range(max(1, lineno - 2), lineno + 1))
+    """A comment on the import's line or on one of the few lines above it (one comment may
+    serve a small block of imports)."""
+    return any("#" in lines[i - 1] for i in range(max(1, lineno - 4), lineno + 1))
 
 
 def deferred_import_lines(path: Path) -> list:

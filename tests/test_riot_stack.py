@@ -1,12 +1,11 @@
 """utils.stack_usage, the bound behind THREAD_STACKSIZE_MAIN, checked against GCC itself:
 a Cortex-M7 program compiled and linked with arm-none-eabi-gcc -fstack-usage, whose frames
 the disassembly must reproduce and whose call chains it must add up. No RIOT needed."""
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from tests.fixtures_tools import require_tools
 from utils import stack_usage
 
 CC = "arm-none-eabi-gcc"
@@ -39,8 +38,7 @@ void entry(void) { sink = root() + countdown(3); for (;;) {} }
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory):
-    if shutil.which(CC) is None:
-        pytest.skip(f"{CC} not installed (apt-packages.txt: gcc-arm-none-eabi)")
+    require_tools(CC, hint="apt-packages.txt: gcc-arm-none-eabi")
     folder = tmp_path_factory.mktemp("stack")
     source = folder / "prog.c"
     source.write_text(PROGRAM)

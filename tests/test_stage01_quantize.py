@@ -61,7 +61,7 @@ def test_fusion_on_trained_lenet5_and_the_seeds_wrong_fusion(quick_qat_model):
     with torch.no_grad():
         expected = model(x)
         assert torch.equal(quantize.fused_eval(model)(x), expected)
-        # The seed fused fc1 with relu3, which runs before fc1: that moves the ReLU.
+        # Fusing fc1 with relu3, which runs before fc1, would move the ReLU.
         wrong = fuse_modules(copy.deepcopy(model), [["fc1", "relu3"]])
         agreement = (wrong.eval()(x).argmax(1) == expected.argmax(1)).float().mean().item()
     assert agreement < 0.99

@@ -5,6 +5,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from utils.data import DatasetMissing
+
 
 ONE_LINE_LIMIT = 240
 
@@ -121,7 +123,6 @@ def check_output_path(path, what="--out") -> Path:
 
 def run(main, argv=None):
     """Run a stage's main(); expected failures print one line on stderr and exit non-zero."""
-    from utils.data import DatasetMissing
     try:
         return main(argv)
     except (StageError, DatasetMissing) as exc:

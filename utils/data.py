@@ -83,6 +83,7 @@ def fetch(root=DATA_DIR, try_torchvision=True) -> str:
     if is_present(root):
         return "cached"
     if try_torchvision:
+        # deferred: torchvision (and torch) cost seconds; set-up reads MNIST without them
         from torchvision.datasets import MNIST
         old = socket.getdefaulttimeout()
         socket.setdefaulttimeout(10)
@@ -124,7 +125,7 @@ def mnist_arrays(train: bool, root=DATA_DIR):
 def mnist_dataset(train: bool, root=DATA_DIR):
     """torchvision's MNIST with ToTensor: input float pixel/255 in [0,1], the firmware's contract."""
     require(root)
-    from torchvision import datasets, transforms
+    from torchvision import datasets, transforms  # deferred, as in fetch
     return datasets.MNIST(str(root), train=train, download=False, transform=transforms.ToTensor())
 
 

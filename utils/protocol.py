@@ -15,6 +15,8 @@ import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+import numpy as np
+
 PROTOCOL_VERSION = 1
 PIXELS = 784
 SIDE = 28
@@ -141,7 +143,6 @@ def pixel_bytes(pixels) -> bytes:
     if isinstance(pixels, (bytes, bytearray, memoryview)):
         data = bytes(pixels)
     else:
-        import numpy as np
         array = np.asarray(pixels)
         if array.size != PIXELS:
             raise ValueError(f"an image has {PIXELS} pixels (28x28), got shape {array.shape}")
@@ -165,7 +166,7 @@ def encode_info_request(seq: int) -> bytes:
 
 
 def encode_text_image(pixels) -> bytes:
-    """The seed's text form: 784 decimal values separated by spaces, one line."""
+    """The text form: 784 decimal values separated by spaces, one line."""
     return (" ".join(str(b) for b in pixel_bytes(pixels)) + "\n").encode("ascii")
 
 

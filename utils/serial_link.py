@@ -124,7 +124,7 @@ class Board:
                           and m.seq == seq, f"the reply to image seq {seq}")
 
     def infer_text(self, pixels) -> protocol.Result:
-        """Send one image in the seed's text form; the device's (coarser) text Result."""
+        """Send one image in the text form; the device's (coarser) text Result."""
         self.send_raw(protocol.encode_text_image(pixels))
         return self._wait(lambda m: isinstance(m, (protocol.Result, protocol.DeviceError))
                           and m.seq is None, "the reply to a text image")

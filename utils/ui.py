@@ -26,6 +26,7 @@ from gi.repository import Gdk, GLib, Gtk  # noqa: E402
 import cairo  # noqa: E402
 
 from utils import protocol  # noqa: E402
+from utils.data import mnist_arrays  # noqa: E402
 from utils.preprocess import PreprocessError, to_mnist  # noqa: E402
 from utils.serial_link import (DEFAULT_BAUD, DEFAULT_PORT, Board, BoardGone,  # noqa: E402
                                BoardTimeout, DeviceErrorReply, LinkError, auto_detect_port,
@@ -367,7 +368,6 @@ class DigitWindow(Gtk.Window):
 
     def _test_set(self):
         if self._test_images is None:
-            from utils.data import mnist_arrays
             self._test_images = mnist_arrays(train=False)
         return self._test_images
 

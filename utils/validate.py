@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from utils import protocol
 from utils.serial_link import BoardGone, BoardTimeout, DeviceErrorReply, LinkError
@@ -76,7 +77,7 @@ def load_host_model(path):
     # without a host model never pays the seconds torch takes to import.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     import torch
-    from utils.quantize import load_int8_model
+    from utils.quantize import load_int8_model  # deferred: torch, seconds, only for a host model
     torch.set_num_threads(min(2, torch.get_num_threads()))
     return load_int8_model(path)
 
@@ -226,7 +227,6 @@ def validate(board, images, labels=None, *, indices=None, host_model=None, host_
 
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=count, unit="img", desc="validate", file=sys.stderr,
                    dynamic_ncols=True, leave=True)
     timeouts_in_a_row = 0
@@ -328,6 +328,7 @@ def confusion_text(confusion) -> str:
 
 def plot_confusion(confusion, path, title="device digits vs labels"):
     """Save the confusion matrix as a PNG heat map with the counts written in."""
+    # deferred: matplotlib costs a second and only --plot needs it
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

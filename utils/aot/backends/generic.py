@@ -4,8 +4,8 @@ library every other backend's output is checked against, bit for bit.
 
 The MCU schedule is what makes the library fit: left alone, each fused kernel keeps its
 intermediates (padded input, int32 accumulator, each epilogue step) as full-size buffers that
-TIR lowering turns into TVMBackendAllocWorkspace calls (40 KB for the int8 LeNet-5, and a
-runtime we do not ship). The rule inlines every elementwise step (padding, casts,
+TIR lowering turns into TVMBackendAllocWorkspace calls (more RAM than the whole model needs,
+and a runtime we do not ship). The rule inlines every elementwise step (padding, casts,
 requantization) and moves what remains under the innermost common spatial loop of the last
 block, so each intermediate shrinks to a scalar on the stack.
 """
