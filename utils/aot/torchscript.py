@@ -8,6 +8,7 @@ takes is a StageError naming the module or op. `torch_int8_reference` is PyTorch
 stepped through the same calls, so the uint8 logits can be compared, not only the outputs.
 """
 import operator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,9 +44,12 @@ class Parser:
         self._names = {}     # graph value → the layer value it stands for (aliases, the input)
         self._modules = {}   # graph value → (module, dotted name)
         self._lists = {}     # graph value → the graph values of a list of tensors
+        self._where = ""     # the line of the model's code the node being parsed came from
 
     def fail(self, what):
-        raise StageError(f"unsupported {what} in the int8 model; 0201 lowers {supported_ops()}")
+        where = f" at {self._where}" if self._where else ""
+        raise StageError(f"unsupported {what}{where} in the int8 model: replace it with a layer 0201 lowers "
+                         f"({supported_ops()}), or run it in float after a DeQuantStub")
 
     def need_quantized(self, name):
         if self.qparams is None:
@@ -79,6 +83,7 @@ class Parser:
         return self.layers
 
     def _node(self, node):
+        self._where = _source_line(node)
         kind = node.kind()
         outs = [o.debugName() for o in node.outputs()]
         ins = [i.debugName() for i in node.inputs()]
@@ -214,6 +219,15 @@ class Parser:
         if rule is None:
             self.fail(f"op {kind}")
         return rule(self, node, args)
+
+
+def _source_line(node):
+    """"model.py:42" of the user's forward a traced node came from, or ''."""
+    first = str(node.sourceRange()).splitlines()[:1]
+    if not first or "(" not in first[0]:
+        return ""
+    path, _, rest = first[0].rpartition("(")
+    return f"{Path(path).name}:{rest.split(')')[0]}" if rest.split(")")[0].isdigit() else ""
 
 
 def supported_ops():
