@@ -37,7 +37,7 @@ def to_relax(source: SourceModel, backend):
 
 # what the model's last op makes of its outputs, for metadata.json and tvmgen_default.h
 OUTPUT_MEANINGS = {"relax.nn.log_softmax": "log-probabilities", "relax.nn.softmax": "probabilities",
-                   "relax.sigmoid": "sigmoid outputs"}
+                   "relax.sigmoid": "sigmoid outputs", "relax.tanh": "tanh outputs"}
 
 
 def _output_meaning(relax_mod):
@@ -51,7 +51,10 @@ def _output_meaning(relax_mod):
             value = bound[value]
         else:
             break
-    return OUTPUT_MEANINGS.get(getattr(getattr(value, "op", None), "name", ""), "the model's outputs")
+    op = getattr(getattr(value, "op", None), "name", "")
+    if op == "relax.call_tir":  # an op in a kernel of its own is named after it (utils.aot.layers.softmax)
+        op = f"relax.{value.args[0].name_hint}"
+    return OUTPUT_MEANINGS.get(op, "the model's outputs")
 
 
 def _input_meaning(source):

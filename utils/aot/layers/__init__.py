@@ -5,10 +5,12 @@ from utils.aot.layers.base import ATEN_RULES, FALLBACK_RULES, F32, MODULE_RULES,
 from utils.aot.layers.conv import QConv2d
 from utils.aot.layers.float_ops import FloatScalarOps
 from utils.aot.layers.linear import QLinear
+from utils.aot.layers.lut import QLookup
 from utils.aot.layers.pool import MaxPool2d
 from utils.aot.layers.quantize import Dequantize, Quantize
 from utils.aot.layers.reshape import Flatten, Permute, Reshape
-from utils.aot.layers.softmax import LogSoftmax
+from utils.aot.layers.softmax import FloatActivation, LogSoftmax, Softmax
 
 __all__ = ["ATEN_RULES", "F32", "FALLBACK_RULES", "MODULE_RULES", "Dequantize", "Flatten", "FloatScalarOps",
-           "Layer", "LogSoftmax", "MaxPool2d", "QConv2d", "QLinear", "QRelu", "Quantize"]
+           "FloatActivation", "Layer", "LogSoftmax", "MaxPool2d", "QConv2d", "QLinear", "QLookup", "QRelu",
+           "Quantize", "Softmax"]
