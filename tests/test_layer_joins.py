@@ -381,6 +381,26 @@ class BroadcastAdd(nn.Module):
 def test_broadcast_add_is_refused_in_one_line(tmp_path):
     torch.manual_seed(0)
     path = quantized_script(BroadcastAdd(), (1, 3, 4, 4), tmp_path / "badd.pth")
-    with pytest.raises(StageError, match=r"quantized::add of shapes \[1, 4, 4, 4\] and \[1, 4, 1, 1\]") as error:
+    # the refusal names the QFunctional, the shapes and what to do
+    with pytest.raises(StageError, match=r"quantized::add \(add\) of shapes \[1, 4, 4, 4\] and \[1, 4, 1, 1\].*"
+                                         r"of one shape only") as error:
         compile_model(load_model(path, "int8"), tmp_path / "badd.tar", GENERIC)
     assert "\n" not in str(error.value)
+
+
+class FloatCat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        y = self.dequant(self.conv(self.quant(x)))
+        return torch.cat([y, y], 1)
+
+
+def test_cat_of_float_tensors_is_refused_in_one_line(tmp_path):
+    torch.manual_seed(0)
+    path = quantized_script(FloatCat(), (1, 1, 5, 5), tmp_path / "fcat.pth")
+    with pytest.raises(StageError, match=r"^aten::cat \(test_layer_joins.py:\d+\) of float tensors: .* before the DeQuantStub$"):
+        compile_model(load_model(path, "int8"), tmp_path / "fcat.tar", GENERIC)

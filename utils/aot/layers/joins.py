@@ -116,14 +116,16 @@ class QAdd(Layer):
         return _op(self.op)(a, b, self.out_scale, self.out_zero_point)
 
 
-def add_layer(kind, a_qparams, b_qparams, out_scale, out_zero_point):
+def add_layer(kind, a_qparams, b_qparams, out_scale, out_zero_point, what=None):
     """The QAdd torch runs for `kind` on operands of one shape quantized (scale, zero point)."""
+    what = what or kind
     params, why = add_parameters(a_qparams[0], b_qparams[0], out_scale)
     if params is None:
-        raise StageError(f"{kind} with scales {a_qparams[0]:.6g}, {b_qparams[0]:.6g} → {out_scale:.6g}: {why}")
+        raise StageError(f"{what} with scales {a_qparams[0]:.6g}, {b_qparams[0]:.6g} → {out_scale:.6g}: {why}; "
+                         f"0201 cannot lower it")
     relu = kind.endswith("_relu")
     if relu and out_zero_point == 255:
-        raise StageError(f"{kind} with output zero point 255: qnnpack refuses an empty output range")
+        raise StageError(f"{what} with output zero point 255: qnnpack refuses an empty output range")
     return QAdd(op=kind, a_zero_point=int(a_qparams[1]), b_zero_point=int(b_qparams[1]), a_multiplier=params[0],
                 b_multiplier=params[1], shift=params[2], out_scale=float(out_scale),
                 out_zero_point=int(out_zero_point), relu=relu)
@@ -131,18 +133,18 @@ def add_layer(kind, a_qparams, b_qparams, out_scale, out_zero_point):
 
 @aten_rule("quantized::add", "quantized::add_relu")
 def parse_add(parser, node, args):
-    kind = node.kind()
-    (a, b), (out_scale, out_zp) = _binary(parser, kind, args)
+    kind, what = node.kind(), _described(node)
+    (a, b), (out_scale, out_zp) = _binary(parser, what, args)
     if tuple(a.shape) != tuple(b.shape):
-        raise StageError(f"{kind} of shapes {list(a.shape)} and {list(b.shape)}: torch adds broadcast operands "
-                         f"in float, not with qnnpack's add; 0201 adds tensors of one shape (expand the "
-                         f"smaller one first)")
+        raise StageError(f"{what} of shapes {list(a.shape)} and {list(b.shape)}: torch adds broadcast operands "
+                         f"in float, not with qnnpack's add; 0201 adds quantized tensors of one shape only "
+                         f"(a per-channel gate is a mul, which broadcasts)")
     engine = getattr(parser, "engine", "qnnpack")
     if engine != "qnnpack":
-        raise StageError(f"{kind} in a model for the {engine} engine: 0201 matches qnnpack's add only; convert "
+        raise StageError(f"{what} in a model for the {engine} engine: 0201 matches qnnpack's add only; convert "
                          f"the model with the qnnpack qconfig")
-    layer = add_layer(kind, _qparams(a), _qparams(b), out_scale, out_zp)
-    return _checked(layer, parser, kind)
+    layer = add_layer(kind, _qparams(a), _qparams(b), out_scale, out_zp, what)
+    return _checked(layer, parser, what)
 
 
 # ----------------------------------------------------------------------------- mul
@@ -192,13 +194,13 @@ def mul_layer(kind, a_qparams, b_qparams, out_scale, out_zero_point):
 
 @aten_rule("quantized::mul", "quantized::mul_relu")
 def parse_mul(parser, node, args):
-    kind = node.kind()
-    (a, b), (out_scale, out_zp) = _binary(parser, kind, args)
+    kind, what = node.kind(), _described(node)
+    (a, b), (out_scale, out_zp) = _binary(parser, what, args)
     try:
         torch.broadcast_shapes(a.shape, b.shape)
     except RuntimeError:
-        raise StageError(f"{kind} of shapes {list(a.shape)} and {list(b.shape)}, which do not broadcast") from None
-    return _checked(mul_layer(kind, _qparams(a), _qparams(b), out_scale, out_zp), parser, kind)
+        raise StageError(f"{what} of shapes {list(a.shape)} and {list(b.shape)}, which do not broadcast") from None
+    return _checked(mul_layer(kind, _qparams(a), _qparams(b), out_scale, out_zp), parser, what)
 
 
 # ----------------------------------------------------------------------------- cat
@@ -410,14 +412,17 @@ def cat_layer(kind, dim, rank, segments, out_qparams=(None, None), merged=False)
 
 @aten_rule("quantized::cat", "quantized::cat_relu", "aten::cat")
 def parse_cat(parser, node, args):
-    kind = node.kind()
-    tensors = _quint8_inputs(parser, kind)
+    kind, what = node.kind(), _described(node)
+    if not any(t.is_quantized for t in parser.examples):
+        raise StageError(f"{what} of float tensors: 0201 joins quantized tensors only; move the cat before the "
+                         f"DeQuantStub")
+    tensors = _quint8_inputs(parser, what)
     dim = args[1]
     if not isinstance(dim, int):
         parser.fail(f"op {kind} with a dim that is not a constant")
     ranks = {t.dim() for t in tensors}
     if len(ranks) != 1:
-        raise StageError(f"{kind} of tensors of ranks {sorted(ranks)}; 0201 joins tensors of one rank")
+        raise StageError(f"{what} of tensors of ranks {sorted(ranks)}; 0201 joins tensors of one rank")
     rank = ranks.pop()
     producers = {layer.output: layer for layer in parser.layers}
     segments = []
@@ -427,7 +432,7 @@ def parse_cat(parser, node, args):
         segments.append(tuple(producer.flat()) if merged else (segment_of(t, dim % rank),))
     out_qparams = (args[2], args[3]) if kind != "aten::cat" else (None, None)
     layer = cat_layer(kind, dim, rank, segments, out_qparams, merged=_merged_into_consumer(node))
-    return _checked(layer, parser, kind)
+    return _checked(layer, parser, what)
 
 
 # ----------------------------------------------------------------------------- shared
@@ -439,7 +444,7 @@ def _op(kind):
 def _quint8_inputs(parser, what):
     for t in parser.examples:
         if not t.is_quantized:
-            raise StageError(f"{what} receives a float tensor; quantize both operands (a QuantStub) first")
+            raise StageError(f"{what} receives a float tensor; quantize every operand (a QuantStub) first")
         if t.dtype != torch.quint8 or t.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
             raise StageError(f"{what} receives a {t.dtype} tensor quantized {t.qscheme()}; 0201 joins per-tensor "
                              f"quint8 tensors only")
@@ -450,20 +455,43 @@ def _qparams(t):
     return float(t.q_scale()), int(t.q_zero_point())
 
 
-def _binary(parser, kind, args):
+def _binary(parser, what, args):
     """The two quint8 operands and the (scale, zero point) of a quantized:: binary op."""
-    tensors = _quint8_inputs(parser, kind)
+    tensors = _quint8_inputs(parser, what)
     if len(tensors) != 2 or len(args) != 4 or args[2] is None or args[3] is None:
-        parser.fail(f"op {kind} with {len(tensors)} tensor operands")
+        parser.fail(f"op {what} with {len(tensors)} tensor operands")
     return tensors, (float(args[2]), int(args[3]))
 
 
-def _checked(layer, parser, kind):
+def _described(node):
+    """The op and where it is in the model, for a refusal: the QFunctional a quantized:: join
+    came from (the call of its activation_post_process, which torch traces right after the op),
+    else the line of the forward ("aten::cat (model.py:42)"), else the op alone."""
+    kind = node.kind()
+    nodes = list(node.owningBlock().nodes())
+    after = nodes[nodes.index(node) + 1] if nodes.index(node) + 1 < len(nodes) else node
+    if after.kind() == "prim::CallMethod" and after.inputsAt(0).node().kind() == "prim::GetAttr":
+        names, owner = [], after.inputsAt(0).node()
+        while owner.kind() == "prim::GetAttr":
+            names.append(owner.s("name"))
+            owner = owner.inputsAt(0).node()
+        if len(names) > 1 and names[0] == "activation_post_process":
+            return f"{kind} ({'.'.join(reversed(names[1:]))})"
+    line = str(node.sourceRange()).splitlines()[:1]
+    if line and "(" in line[0] and "/torch/" not in line[0]:
+        path, _, rest = line[0].rpartition("(")
+        number = rest.split(")")[0]
+        if number.isdigit():
+            return f"{kind} ({path.rsplit('/', 1)[-1]}:{number})"
+    return kind
+
+
+def _checked(layer, parser, what):
     """The layer, once PyTorch has run it on the examples: what torch refuses is one line here,
     not a traceback from the graph walk."""
     try:
         with torch.no_grad():
             layer.torch_replay(*parser.examples)
     except RuntimeError as exc:
-        raise StageError(f"{kind}: PyTorch refuses it on these operands ({one_line(exc)})") from None
+        raise StageError(f"{what}: PyTorch refuses it on these operands ({one_line(exc)})") from None
     return layer
