@@ -1,6 +1,7 @@
 """The int8 layer types, one unit each (record, parse rule, golden numpy, Relax lowering);
 importing the package registers every unit's parse rules (utils.aot.layers.base)."""
 from utils.aot.layers.activation import QRelu
+from utils.aot.layers.avgpool import QAvgPool
 from utils.aot.layers.base import ATEN_RULES, FALLBACK_RULES, F32, MODULE_RULES, Layer
 from utils.aot.layers.conv import QConv2d
 from utils.aot.layers.float_ops import FloatScalarOps
@@ -13,5 +14,5 @@ from utils.aot.layers.reshape import Flatten, Permute, Reshape
 from utils.aot.layers.softmax import FloatActivation, LogSoftmax, Softmax
 
 __all__ = ["ATEN_RULES", "F32", "FALLBACK_RULES", "MODULE_RULES", "Dequantize", "Flatten", "FloatScalarOps",
-           "FloatActivation", "Layer", "LogSoftmax", "MaxPool2d", "QAdd", "QCat", "QConv2d", "QLinear", "QLookup",
-           "QMul", "QRelu", "Quantize", "Softmax"]
+           "FloatActivation", "Layer", "LogSoftmax", "MaxPool2d", "QAdd", "QAvgPool", "QCat", "QConv2d", "QLinear",
+           "QLookup", "QMul", "QRelu", "Quantize", "Softmax"]

@@ -1,4 +1,15 @@
-"""MaxPool2d on uint8 (max commutes with the monotonic quantization, so no requantization)."""
+"""MaxPool2d on uint8 (max commutes with the monotonic quantization, so no requantization),
+any kernel, stride, padding, dilation and ceil_mode.
+
+Which pixels a window sees depends on the kernel torch runs (aten/src/ATen/native/quantized/
+cpu/Pooling.cpp, torch 2.14):
+  qnnpack engine without ceil_mode: qnnpack's max pooling, whose indirection buffer clamps
+    every tap to the input (doz(y, padding), min(y, H - 1)): a tap in the padding reads the
+    nearest border pixel. Without dilation that pixel is in the window anyway, so it is the
+    same as ignoring the padding; with dilation it need not be.
+  otherwise (ceil_mode, other engines): taps in the padding are skipped. uint8 padding with 0
+    (the smallest value) is the same, since every window holds at least one input pixel.
+"""
 from dataclasses import dataclass
 
 import numpy as np
@@ -6,7 +17,7 @@ import torch.nn.functional as F
 from tvm import relax
 
 from utils.cli import StageError
-from utils.aot.layers.base import Layer, aten_rule, graph_constants, module_rule, pair
+from utils.aot.layers.base import Layer, aten_rule, graph_constants, module_rule
 
 
 @dataclass
@@ -16,20 +27,43 @@ class MaxPool2d(Layer):
     padding: tuple
     dilation: tuple
     ceil_mode: bool
+    clamp_taps: bool = False    # qnnpack: taps in the padding read the border pixel
+
+    def output_size(self, h, w):
+        return tuple(_output_size(n, k, s, p, d, self.ceil_mode)
+                     for n, k, s, p, d in zip((h, w), self.kernel, self.stride, self.padding, self.dilation))
 
     def golden(self, x):
-        if self.ceil_mode or any(self.padding) or any(d != 1 for d in self.dilation):
-            raise StageError("the golden max-pool handles no padding, dilation or ceil_mode")
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        oh = (x.shape[2] - kh) // sh + 1
-        ow = (x.shape[3] - kw) // sw + 1
-        out = np.zeros(x.shape[:2] + (oh, ow), x.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                out = np.maximum(out, x[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw])
+        oh, ow = self.output_size(*x.shape[2:])
+        rows = [self._taps(i, oh, x.shape[2], 0) for i in range(self.kernel[0])]
+        cols = [self._taps(j, ow, x.shape[3], 1) for j in range(self.kernel[1])]
+        out = np.zeros(x.shape[:2] + (oh, ow), np.uint8)
+        for r in rows:
+            for c in cols:
+                tap = np.zeros_like(out)
+                inside = (r >= 0)[:, None] & (c >= 0)[None, :]
+                tap[:, :, inside] = x[:, :, np.clip(r, 0, None)][:, :, :, np.clip(c, 0, None)][:, :, inside]
+                out = np.maximum(out, tap)
         return out
 
+    def _taps(self, i, outputs, size, axis):
+        """The input index tap i of each output reads along `axis`, -1 where it is padding."""
+        idx = np.arange(outputs) * self.stride[axis] - self.padding[axis] + i * self.dilation[axis]
+        if self.clamp_taps:
+            return np.clip(idx, 0, size - 1)
+        return np.where((idx >= 0) & (idx < size), idx, -1)
+
     def to_relax(self, r, x):
+        if self.clamp_taps and any(self.padding) and any(d > 1 for d in self.dilation):
+            # pad by repeating the border pixels, then pool without padding
+            _, _, h, w = (int(d) for d in x.ty.shape)
+            for axis, (size, pad) in enumerate(zip((h, w), self.padding)):
+                if pad:
+                    index = np.clip(np.arange(-pad, size + pad), 0, size - 1).astype(np.int32)
+                    x = r.bb.emit(relax.op.take(x, r.const(index, "int32"), axis=2 + axis))
+            return r.bb.emit(relax.op.nn.max_pool2d(x, self.kernel, self.stride, (0, 0), self.dilation,
+                                                    ceil_mode=False))
+        # TVM pads a uint8 max-pool with 0, which never wins a window holding any input pixel
         return r.bb.emit(relax.op.nn.max_pool2d(x, self.kernel, self.stride, self.padding, self.dilation,
                                                 ceil_mode=self.ceil_mode))
 
@@ -37,8 +71,32 @@ class MaxPool2d(Layer):
         return F.max_pool2d(t, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
-def _max_pool(kernel, stride, padding, dilation, ceil_mode):
-    return MaxPool2d(pair(kernel), pair(stride or kernel), pair(padding), pair(dilation), bool(ceil_mode))
+def _output_size(size, k, s, p, d, ceil_mode):
+    """torch's pooling_output_shape."""
+    out = (size + 2 * p - d * (k - 1) - 1 + ((s - 1) if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _two(v):
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return (v[0], v[0]) if len(v) == 1 else tuple(v)
+
+
+def _max_pool(parser, what, kernel, stride, padding, dilation, ceil_mode):
+    parser.need_quantized(what)
+    layer = MaxPool2d(_two(kernel), _two(stride or kernel), _two(padding), _two(dilation), bool(ceil_mode),
+                      clamp_taps=parser.engine == "qnnpack" and not ceil_mode)
+    x = parser.examples[0]
+    if x.dim() != 4:
+        parser.fail(f"{what} on a {x.dim()}-d tensor (0201 pools [N, C, H, W])")
+    out = layer.output_size(int(x.shape[2]), int(x.shape[3]))
+    if not layer.clamp_taps and x.shape[2:] == (1, 1) and x.shape[1] > 1 and out != (1, 1):
+        # the NHWC kernel writes this output in the wrong layout
+        raise StageError(f"{what}: max-pool of a 1x1 input to a {out[0]}x{out[1]} output, where PyTorch's "
+                         f"quantized kernel scrambles the channels; pool a larger input or drop the layer")
+    return layer
 
 
 @module_rule("MaxPool2d")
@@ -46,13 +104,11 @@ def parse_max_pool_module(parser, name, module):
     args = graph_constants(module, "aten::max_pool2d")
     if args is None:
         parser.fail(f"module {name} (MaxPool2d, not traced)")
-    layer = _max_pool(*args)
     if parser.qparams is None:
         parser.fail(f"float {name} (MaxPool2d) in the int8 model")
-    return layer
+    return _max_pool(parser, f"{name} (MaxPool2d)", *args[:5])
 
 
 @aten_rule("aten::max_pool2d")
 def parse_max_pool_op(parser, node, args):
-    parser.need_quantized(node.kind())
-    return _max_pool(*args[1:6])
+    return _max_pool(parser, node.kind(), *args[1:6])
