@@ -269,34 +269,29 @@ def test_int8_state_dict_is_refused_with_the_file_to_use(tmp_path):
 
 
 def test_unsupported_module_is_named_in_one_line(tmp_path):
+    """A layer no unit takes (here a quantized Upsample): one line naming the module, the line
+    of the model's forward and what to do; no traceback."""
     import torch.nn as nn
-    import torch.nn.functional as F
+    from tests.fixtures_layers import quantized_script
     from torch.ao.quantization import DeQuantStub, QuantStub
-    from utils.quantize import to_int8, use_qnnpack
-    import torch.ao.quantization as tq
 
-    class AvgPoolNet(nn.Module):
+    class UpsampleNet(nn.Module):
         def __init__(self):
             super().__init__()
             self.quant, self.dequant = QuantStub(), DeQuantStub()
             self.conv = nn.Conv2d(1, 4, 3)
-            self.avg = nn.AvgPool2d(2)
-            self.fc = nn.Linear(4 * 13 * 13, 10)
+            self.up = nn.Upsample(scale_factor=2)
+            self.fc = nn.Linear(4 * 12 * 12, 10)
 
         def forward(self, x):
-            x = self.avg(self.conv(self.quant(x)))
-            return F.log_softmax(self.dequant(self.fc(torch.flatten(x, 1))), dim=1)
+            x = self.up(self.conv(self.quant(x)))
+            return self.dequant(self.fc(torch.flatten(x, 1)))
 
-    use_qnnpack()
-    model = AvgPoolNet().eval()
-    model.qconfig = tq.get_default_qconfig("qnnpack")
-    prepared = tq.prepare(model)
-    prepared(torch.rand(8, 1, 28, 28))
-    path = tmp_path / "avgpool_int8.pth"
-    torch.jit.trace(to_int8(prepared), torch.zeros(1, 1, 28, 28)).save(str(path))
+    path = quantized_script(UpsampleNet(), (1, 1, 8, 8), tmp_path / "upsample_int8.pth")
     line = _error_line(run_stage("0201tvm_no_optim.py", "--model", path, "--out", tmp_path / "x.tar",
                                  check=False))
-    assert "unsupported module avg (AvgPool2d)" in line
+    assert "in module up (Upsample)" in line and "test_0201_compiler.py:" in line
+    assert "run it in float after a DeQuantStub" in line
 
 
 def test_verification_failures_are_named():

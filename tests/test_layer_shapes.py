@@ -53,3 +53,36 @@ class PermutedChannels(nn.Module):
 def test_transpose_that_moves_data(tmp_path):
     path = quantized_script(PermutedChannels(), (1, 6, 7, 4), tmp_path / "perm.pth")
     check_bit_exact(path)
+
+
+class Block(nn.Module):
+    """A user's container: conv-bn-relu, called twice with different inputs."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)))
+
+
+class Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.stem = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU())
+        self.block = Block(4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+
+    def forward(self, x):
+        x = self.stem(self.quant(x))
+        x = self.block(self.block(x))
+        return self.dequant(self.head(x))
+
+
+def test_nested_containers_are_walked(tmp_path):
+    path = quantized_script(Nested(), (1, 2, 7, 7), tmp_path / "nested.pth",
+                            fuse=[("stem.0", "stem.1"), ("block.conv", "block.bn", "block.relu")])
+    _, layers, _ = check_bit_exact(path)
+    names = [getattr(layer, "name", "") for layer in layers]
+    assert names.count("block.conv") == 2 and "stem.0" in names and "head.1" in names

@@ -16,6 +16,7 @@ from utils.cli import StageError
 from utils.aot import emit, lower, mlf
 from utils.aot.layers import Dequantize
 from utils.aot.model_file import INPUT_SHAPE, SourceModel
+from utils.aot.pt2e import parse_pt2e
 from utils.aot.torchscript import parse_int8
 
 
@@ -30,7 +31,10 @@ class Compiled:
 def to_relax(source: SourceModel, backend):
     """(Relax IRModule, int8 layers or None) of the model as `backend` lowers it."""
     if source.kind == "int8":
-        layers = parse_int8(source.module, source.input_shape, source.engine)
+        if source.flow == "pt2e":
+            layers = parse_pt2e(source.module)
+        else:
+            layers = parse_int8(source.module, source.input_shape, source.engine)
         return backend.int8_to_relax(layers, source.input_shape), layers
     return backend.fp32_to_relax(source.module, source.input_shape), None
 
@@ -111,6 +115,7 @@ def compile_model(source: SourceModel, out_tar, backend) -> Compiled:
         "tvm_version": tvm.__version__,
         "kind": source.kind,
         "engine": source.engine if source.kind == "int8" else None,
+        "flow": source.flow if source.kind == "int8" else None,
         "network": source.network,
         "source_model": str(source.path),
         "model_hash": source.model_hash,

@@ -20,7 +20,9 @@ from utils.aot.fp32 import torch_fp32_reference
 from utils.aot.host_library import HostLibrary
 from utils.aot.layers import Quantize
 from utils.aot.model_file import ENGINES, INPUT_SHAPE, images_to_input, load_model, parse_shape
-from utils.aot.torchscript import torch_int8_reference
+from utils.aot.golden import golden_int8
+from utils.aot.pt2e import pt2e_reference
+from utils.aot.torchscript import last_quantized_layer, torch_int8_reference
 
 F746_FLASH_BYTES = 1024 * 1024
 QUICK_IMAGES = 1000
@@ -126,8 +128,15 @@ def synthetic_inputs(shape, count, seed, low, high):
 def reference(source, compiled, x):
     """PyTorch's outputs (and uint8 logits for int8) on float32 inputs x."""
     if source.kind == "int8":
+        if source.flow == "pt2e":
+            return pt2e_reference(source.module, compiled.layers, x)
         return torch_int8_reference(source.module, compiled.layers, x)
-    return torch_fp32_reference(source.module, x), None
+    return torch_fp32_reference(source.reference or source.module, x), None
+
+
+def _golden(layers, x):
+    """The golden int8 model's (outputs, uint8 logits)."""
+    return golden_int8(layers, x), golden_int8(layers, x, stop_after=last_quantized_layer(layers))
 
 
 def compile_and_verify(model, kind, out, images, seed, build_dir, backend, quick=False, started=None,
@@ -155,6 +164,13 @@ def compile_and_verify(model, kind, out, images, seed, build_dir, backend, quick
     lib_out, lib_logits = lib.outputs(test_x)
     ref_out, ref_logits = reference(source, compiled, test_x)
     figures = verify.compare_outputs(lib_out, ref_out, lib_logits, ref_logits)
+    if source.kind == "int8" and source.flow == "pt2e":
+        # the Q/DQ program is a float reference: the library must equal the golden integer
+        # model, and is compared with PyTorch's program
+        golden_out, golden_logits = _golden(compiled.layers, test_x)
+        figures["vs_golden_model"] = verify.compare_outputs(lib_out, golden_out, lib_logits,
+                                                            golden_logits.reshape(lib_logits.shape))
+        figures["max_lsb_diff"] = int(np.abs(lib_logits.astype(np.int32) - ref_logits.reshape(lib_logits.shape)).max())
     figures["inputs"] = inputs_are
     figures["input_shape"] = list(source.input_shape)
     if test_y is not None:
@@ -170,6 +186,7 @@ def compile_and_verify(model, kind, out, images, seed, build_dir, backend, quick
     figures.update({
         "kind": source.kind,
         "engine": source.engine,
+        "flow": source.flow,
         "model": str(source.path),
         "model_hash": source.model_hash,
         "tar": str(out),
@@ -188,7 +205,7 @@ def compile_and_verify(model, kind, out, images, seed, build_dir, backend, quick
     })
     _print_figures(source.kind, figures)
 
-    problems = verify.failures(source.kind, figures)
+    problems = verify.failures(source.kind, figures, source.flow)
     golden = figures.get("vs_golden")
     if golden is not None and not golden["bit_exact"]:
         problems.append(f"outputs not the same bits as the {backend.golden.name} backend's library "
@@ -221,6 +238,9 @@ def _print_figures(kind, f):
     _say(f"verified on {f['images']} {inputs} (input {f['input_shape']}) against PyTorch:")
     if kind == "int8":
         _say(f"  uint8 logits identical      {f['uint8_exact_fraction']:.2%}")
+    if "vs_golden_model" in f:
+        _say(f"  largest logit difference    {f['max_lsb_diff']} LSB (PyTorch's Q/DQ program is a float reference)")
+        _say(f"  same as the golden integer model: {f['vs_golden_model']['uint8_exact_fraction']:.2%} of inputs")
     _say(f"  argmax agreement            {f['argmax_agreement']:.2%}")
     _say(f"  max |log-prob difference|   {f['max_abs_diff']:.3g}")
     if "library_accuracy" in f:

@@ -15,7 +15,7 @@ import torch
 
 from utils.cli import StageError
 from utils.aot.layers import ATEN_RULES, F32, FALLBACK_RULES, MODULE_RULES, Dequantize
-from utils.aot.layers.base import constant_value
+from utils.aot.layers.base import constant_value, is_quantized_module
 
 PASS_THROUGH = {"Identity", "Dropout"}
 # aten ops that hand their input on unchanged (in an eval-mode trace)
@@ -45,9 +45,13 @@ class Parser:
         self._modules = {}   # graph value → (module, dotted name)
         self._lists = {}     # graph value → the graph values of a list of tensors
         self._where = ""     # the line of the model's code the node being parsed came from
+        self._scope = ""     # prefix of the value names of the submodule graph being walked
+        self._calls = 0      # containers walked so far (each call gets a scope of its own)
+        self._inside = []    # "name (Type)" of the containers being walked, outermost first
 
     def fail(self, what):
-        where = f" at {self._where}" if self._where else ""
+        where = f" in module {self._inside[-1]}" if self._inside else ""
+        where += f" at {self._where}" if self._where else ""
         raise StageError(f"unsupported {what}{where} in the int8 model: replace it with a layer 0201 lowers "
                          f"({supported_ops()}), or run it in float after a DeQuantStub")
 
@@ -85,8 +89,8 @@ class Parser:
     def _node(self, node):
         self._where = _source_line(node)
         kind = node.kind()
-        outs = [o.debugName() for o in node.outputs()]
-        ins = [i.debugName() for i in node.inputs()]
+        outs = [self._key(o) for o in node.outputs()]
+        ins = [self._key(i) for i in node.inputs()]
         if kind == "prim::Constant":
             return
         if kind == "prim::GetAttr":
@@ -100,7 +104,7 @@ class Parser:
             if ins and all(isinstance(self._values.get(i), torch.Tensor) for i in ins):
                 self._lists[outs[0]] = ins              # the tensors of a cat
             elif any(i in self._values for i in ins):  # shape arithmetic, constants among it
-                self._values[outs[0]] = [self._values[v.debugName()] if v.debugName() in self._values
+                self._values[outs[0]] = [self._values[self._key(v)] if self._key(v) in self._values
                                          else constant_value(v) for v in node.inputs()]
             return                                      # constant lists are read where used
         if kind in ("prim::NumToTensor", "aten::Int", "aten::IntImplicit", "prim::ScalarImplicit"):
@@ -123,7 +127,13 @@ class Parser:
                 self._alias(outs[0], tensors[0])
                 return
             self._begin(tensors, name)
-            self._add(self.module(name, module), tensors, outs[0], ("module", name))
+            layer = self.module(name, module, allow_none=True)
+            if layer is not None:
+                self._add(layer, tensors, outs[0], ("module", name))
+            elif _is_container(module):
+                self._inline(module, name, tensors, outs[0])
+            else:
+                self.fail(f"module {name} ({module.original_name})")
             return
         if kind in ALIAS_OPS:
             self._alias(outs[0], ins[0])
@@ -165,6 +175,36 @@ class Parser:
     def _alias(self, out, source):
         self._values[out] = self._values[source]
         self._names[out] = self._names[source]
+        if source in self._lists:
+            self._lists[out] = self._lists[source]
+
+    def _key(self, value):
+        """A graph value's name, unique across the submodule graphs being walked."""
+        return self._scope + value.debugName()
+
+    def _inline(self, module, name, tensors, out):
+        """A container (nn.Sequential, a user's block): its own traced graph, walked in place,
+        its values named under a scope of their own."""
+        self._calls += 1
+        graph, outer = module.graph, self._scope
+        inputs = list(graph.inputs())
+        if len(inputs) != len(tensors) + 1:
+            self.fail(f"module {name} ({module.original_name}) called with {len(tensors)} tensors")
+        self._scope = f"{name}#{self._calls}/"
+        self._inside.append(f"{name} ({module.original_name})")
+        try:
+            self._modules[self._key(inputs[0])] = (module, name)
+            for value, tensor in zip(inputs[1:], tensors):
+                self._alias(self._key(value), tensor)
+            for node in graph.nodes():
+                self._node(node)
+            result = self._key(graph.return_node().input())
+        finally:
+            self._scope = outer
+            self._inside.pop()
+        if result not in self._values:
+            self.fail(f"module {name} ({module.original_name}) returning a value the compiler did not follow")
+        self._alias(out, result)
 
     def _int(self, name, what):
         value = self._values.get(name)
@@ -181,10 +221,11 @@ class Parser:
     def _argument(self, value):
         """A call's argument as the rules see it: constants and shape arithmetic evaluated,
         tensors None."""
-        if value.debugName() in self._values:
-            found = self._values[value.debugName()]
+        key = self._key(value)
+        if key in self._values:
+            found = self._values[key]
             return None if isinstance(found, torch.Tensor) else found
-        if value.debugName() in self._lists:
+        if key in self._lists:
             return None
         if value.node().kind() in ("prim::Constant", "prim::ListConstruct"):
             return constant_value(value)
@@ -202,7 +243,7 @@ class Parser:
 
     # ------------------------------------------------------------------ the rules
 
-    def module(self, name, module):
+    def module(self, name, module, allow_none=False):
         kind = module.original_name
         rule = MODULE_RULES.get(kind)
         layer = rule(self, name, module) if rule else None
@@ -210,7 +251,7 @@ class Parser:
             if layer is not None:
                 break
             layer = fallback(self, name, module)
-        if layer is None:
+        if layer is None and not allow_none:
             self.fail(f"module {name} ({kind})")
         return layer
 
@@ -221,13 +262,30 @@ class Parser:
         return rule(self, node, args)
 
 
+def _is_container(module):
+    """A module whose traced forward calls other modules or ops (not a quantized leaf)."""
+    if is_quantized_module(module):
+        return False
+    try:
+        graph = module.graph
+    except RuntimeError:
+        return False
+    return any(n.kind() == "prim::CallMethod" or n.kind().startswith(("aten::", "quantized::"))
+               for n in graph.nodes())
+
+
+TORCH_DIR = Path(torch.__file__).resolve().parent
+
+
 def _source_line(node):
-    """"model.py:42" of the user's forward a traced node came from, or ''."""
-    first = str(node.sourceRange()).splitlines()[:1]
-    if not first or "(" not in first[0]:
-        return ""
-    path, _, rest = first[0].rpartition("(")
-    return f"{Path(path).name}:{rest.split(')')[0]}" if rest.split(")")[0].isdigit() else ""
+    """"model.py:42": the first frame outside torch itself of the code a traced node came
+    from (the user's forward), or ''."""
+    for frame in str(node.sourceRange()).splitlines():
+        path, _, rest = frame.strip().rpartition("(")
+        line = rest.split(")")[0]
+        if path and line.isdigit() and TORCH_DIR not in Path(path).resolve().parents:
+            return f"{Path(path).name}:{line}"
+    return ""
 
 
 def supported_ops():

@@ -82,7 +82,7 @@ class RelaxEmitter:
         x = bb.emit(relax.op.round(x))  # round lowers to nearbyintf: half to even, like qnnpack
         x = self.add_zero_point(x, layer.out_zero_point)
         low = layer.out_zero_point if layer.relu else 0
-        x = bb.emit(relax.op.clip(x, relax.prim_value(float(low)), relax.prim_value(255.0)))
+        x = bb.emit(relax.op.clip(x, relax.prim_value(float(low)), relax.prim_value(float(layer.clip_high))))
         return bb.emit(relax.op.astype(x, "uint8"))
 
     def centered(self, x, zero_point):

@@ -140,7 +140,7 @@ def golden_requantize(acc, layer):
         f = (f + channel_shaped(layer.bias_float, acc.ndim)).astype(F32)
     q = np.rint(f * channel_shaped(layer.multiplier, acc.ndim)) + F32(layer.out_zero_point)
     low = layer.out_zero_point if layer.relu else 0
-    return np.clip(q, low, 255).astype(np.uint8)
+    return np.clip(q, low, layer.clip_high).astype(np.uint8)
 
 
 def weight_scales(weight, layer):

@@ -30,6 +30,7 @@ class QConv2d(Layer):
     conv1d: bool = False        # [N, C, L] in and out, computed as a 1 x L image
     bias_float: np.ndarray = None   # fbgemm, oneDNN: the bias in float32 (utils.aot.layers.base.requantization)
     pre_scale: np.ndarray = None    # oneDNN: the sum's scale, applied before the bias
+    clip_high: int = 255            # a fused ReLU6's upper bound (PT2E), in output bytes
 
     def golden(self, x):
         if self.conv1d:

@@ -23,6 +23,7 @@ class QLinear(Layer):
     relu: bool
     bias_float: np.ndarray = None   # fbgemm, oneDNN: the bias in float32 (utils.aot.layers.base.requantization)
     pre_scale: np.ndarray = None    # oneDNN: the sum's scale, applied before the bias
+    clip_high: int = 255            # a fused ReLU6's upper bound (PT2E), in output bytes
 
     def golden(self, x):
         acc = (x.astype(np.int64) - self.in_zero_point) @ self.weight.astype(np.int64).T

@@ -13,11 +13,12 @@ from utils.aot.layers.base import F32, QUINT8_SCALAR_TYPE, Layer, graph_constant
 class Quantize(Layer):
     scale: float
     zero_point: int
+    inv: float = None           # a PT2E program's f32(1.0 / scale), the inverse taken in double
 
     @property
     def inv_scale(self):
-        # torch quantizes with x * (1.0f / scale), all in float32
-        return F32(1.0) / F32(self.scale)
+        # torch's QuantStub quantizes with x * (1.0f / scale), all in float32
+        return F32(self.inv) if self.inv is not None else F32(1.0) / F32(self.scale)
 
     def golden(self, x):
         q = np.rint(x.astype(F32) * self.inv_scale) + F32(self.zero_point)

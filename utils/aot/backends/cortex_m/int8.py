@@ -119,6 +119,8 @@ def _check_chain(layers):
                   f"{getattr(layer, 'name', layer.output)} reads {', '.join(layer.inputs)})")
         if getattr(layer, "bias_float", None) is not None or getattr(layer, "pre_scale", None) is not None:
             _fail(f"{layer.name} (an x86/fbgemm engine's float requantization)")
+        if getattr(layer, "clip_high", 255) != 255:
+            _fail(f"{layer.name} (a fused ReLU6)")
         if np.ndim(getattr(layer, "multiplier", 0)):
             _fail(f"{layer.name} (per-channel weights)")
         if getattr(layer, "conv1d", False):
