@@ -32,10 +32,14 @@ def parse_stage_args(argv, description):
     """The command line 0201 and 0202 share."""
     parser = argparse.ArgumentParser(description=description, formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, default=paths.QAT_MODEL,
-                        help="int8 TorchScript, or fp32 state_dict/TorchScript of MnistModel or QMnistModel")
+                        help="int8: a traced eager TorchScript or a PT2E .pt2 program; fp32: a .pt2 "
+                             "program, a TorchScript, or a state_dict (with --model-class)")
     parser.add_argument("--input-shape", type=_shape_argument, default=None,
                         help="the model's input, batch 1, e.g. 1x3x32x32 (default: the shape the "
                              "TorchScript was traced with, else 1x1x28x28)")
+    parser.add_argument("--model-class", default=None, metavar="MODULE:CLASS",
+                        help="the network of a float state_dict (built with no arguments), e.g. "
+                             "mynets:KwsNet (default: the project's MnistModel or QMnistModel)")
     parser.add_argument("--engine", choices=ENGINES, default="qnnpack",
                         help="the quantized engine the int8 model was converted for: PyTorch runs it "
                              "under that engine and the library follows its arithmetic")
@@ -76,7 +80,7 @@ def run_stage(stage, argv, description, backend):
     args = parse_stage_args(argv, description)
     figures = compile_and_verify(args.model, args.kind, args.out, args.images, args.seed,
                                  args.build_dir, backend, quick=args.quick, started=started,
-                                 input_shape=args.input_shape, engine=args.engine)
+                                 input_shape=args.input_shape, engine=args.engine, model_class=args.model_class)
     figures["load_average_at_start"] = round(load_before, 2)
     figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
     # the last run at the top level (the keys the issue names), and each kind's last run
@@ -140,14 +144,14 @@ def _golden(layers, x):
 
 
 def compile_and_verify(model, kind, out, images, seed, build_dir, backend, quick=False, started=None,
-                       input_shape=None, engine="qnnpack"):
+                       input_shape=None, engine="qnnpack", model_class=None):
     """Compile `model` with `backend` to the MLF tar `out`, verify it, measure it; returns the
     figures. The tar reaches `out` only if verification passes (a failed one is kept beside
     it). A backend with a golden backend is also compared with that one's library on the same
     images: the outputs must be the same bits (int8: the uint8 logits too)."""
     started = started or time.perf_counter()
     out = Path(out)
-    source = load_model(model, kind, input_shape, engine)
+    source = load_model(model, kind, input_shape, engine, model_class)
     _say(f"model {source.path} ({source.network}, input {list(source.input_shape)}, hash {source.model_hash})")
 
     candidate = out.with_name(out.stem + ".candidate.tar")
