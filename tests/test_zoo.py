@@ -132,6 +132,7 @@ def test_zoo_quick_reports_every_model(tmp_path):
     for name, row in models.items():
         assert REPORT_KEYS <= set(row), (name, REPORT_KEYS - set(row))
         assert row["inputs"] == BY_NAME[name].inputs and row["images"] == 20
+        assert row["inputs_about"].lower().startswith(row["inputs"])
         assert row["macs"] == count_macs(BY_NAME[name].network(), BY_NAME[name].input_shape)
         assert not any(r.get("crashed") for r in row["backends"].values()), (name, row["backends"])
         for backend, result in row["backends"].items():

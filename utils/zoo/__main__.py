@@ -92,9 +92,10 @@ def main(argv=None):
     for name in args.models:
         entry = BY_NAME[name]
         path, made = weights_for(entry, args.weights_dir, args.plan, args.remake)
-        x, labels = verification_inputs(entry, args.images)
+        x, labels, inputs_about = verification_inputs(entry, args.images)
         row = {"about": entry.about, "macs": count_macs(entry.network(), entry.input_shape),
-               "inputs": entry.inputs, "images": len(x), "input_shape": list(entry.input_shape),
+               "inputs": entry.inputs, "inputs_about": inputs_about, "images": len(x),
+               "input_shape": list(entry.input_shape),
                "model": str(path), "model_hash": model_hash(path), **made, "quick": args.quick}
         row.update(check_model(entry, path, backends, x, labels, args.out_dir, args.build_dir))
         models[name] = row

@@ -19,17 +19,21 @@ from utils.aot.compiler import compile_model
 from utils.aot.host_library import HostLibrary
 from utils.aot.model_file import load_model
 from utils.aot.torchscript import torch_int8_reference
-from utils.zoo.make import VERIFY_SEED, as_float, synthetic_inputs, quiet
+from utils.zoo.make import (CALIBRATION_SEED, SYNTHETIC_ABOUT, VERIFY_SEED, as_float, quiet,
+                            synthetic_inputs)
 
 
 def verification_inputs(entry, count, seed=VERIFY_SEED):
-    """(float32 inputs [N, *shape[1:]], labels or None): MNIST test images (the fixed subset
-    0201 uses) or the synthetic inputs."""
+    """(float32 inputs [N, *shape[1:]], labels or None, what they are in words): MNIST test
+    images (the fixed subset 0201 uses) or the synthetic inputs."""
     if entry.inputs == "mnist":
         images, labels = mnist_arrays(False)
         index = subset_indices(len(images), count if count < len(images) else None, seed)
-        return as_float(images[index], entry.input_shape), labels[index]
-    return as_float(synthetic_inputs(entry.input_shape, count, seed), entry.input_shape), None
+        about = f"MNIST test images as pixel / 255 ({'all' if count >= len(images) else f'subset seed {seed}'})"
+        return as_float(images[index], entry.input_shape), labels[index], about
+    about = (f"synthetic, value / 255 of uint8 inputs: {SYNTHETIC_ABOUT}, seed {seed} (PTQ calibrated "
+             f"on another draw, seed {CALIBRATION_SEED})")
+    return as_float(synthetic_inputs(entry.input_shape, count, seed), entry.input_shape), None, about
 
 
 def _shape_kwargs(function, input_shape):
@@ -109,9 +113,9 @@ def check_model(entry, model_path, backends, x, labels, out_dir: Path, build_dir
 
 
 def _say_row(name, backend, row):
-    if not row["accepted"] or "error" in row:
-        print(f"{name:18s} {backend:9s} {'refused' if not row['accepted'] else 'FAILED'}: {row['error']}",
-              flush=True)
+    if "error" in row:
+        what = "CRASHED" if row.get("crashed") else "refused" if not row["accepted"] else "FAILED"
+        print(f"{name:18s} {backend:9s} {what}: {row['error']}", flush=True)
         return
     print(f"{name:18s} {backend:9s} uint8 identical {row['uint8_exact_fraction']:.2%}, argmax "
           f"{row['argmax_agreement']:.2%} on {row['images']} inputs; arena {row['arena_bytes']} B, "
@@ -128,6 +132,8 @@ def markdown_table(models: dict) -> str:
         result = row.get("backends", {}).get(backend)
         if result is None:
             return "not run"
+        if result.get("crashed"):
+            return f"crashed at {result['failed_at']}"
         if not result["accepted"]:
             return "refused"
         if "error" in result:

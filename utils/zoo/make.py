@@ -33,6 +33,8 @@ from utils.zoo.models import fusable_groups
 
 CALIBRATION_SEED = 1   # the inputs PTQ calibrates on
 VERIFY_SEED = 0        # the inputs the libraries are checked on (another draw)
+SYNTHETIC_ABOUT = ("all 0, all 255, 128, a 0/255 checkerboard, a ramp and its reverse, then in turn "
+                   "uniform noise and blocky noise (uniform values held over 4x4 blocks, 4 in 1-D)")
 
 
 # ----------------------------------------------------------------------------- inputs
