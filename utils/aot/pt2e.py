@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.fx import Interpreter
 
-from utils.cli import StageError
+from utils.cli import StageError, one_line
 from utils.aot.layers import (Dequantize, Flatten, FloatActivation, LogSoftmax, MaxPool2d, Permute, QConv2d,
                               QLinear, QLookup, Quantize, Reshape, Softmax)
 from utils.aot.layers.base import F32, pair, quantize_bias, requant_multiplier
@@ -85,6 +85,7 @@ class _Pending:
     inputs: list                # _Dequantized
     low: str = None             # "relu": the output's zero point is the lowest value
     high: float = None          # ReLU6's 6.0, as a float bound
+    after: tuple = ()           # shape ops on its float result before the Q (they move no value)
 
 
 def _fail(what, node=None):
@@ -135,9 +136,16 @@ class Pt2eParser:
                              "layer; quantize it with prepare_pt2e and a quantizer that annotates them")
         return self.layers
 
+    def _value(self, a):
+        if isinstance(a, torch.fx.Node):
+            return self.values.get(a, a)
+        if isinstance(a, (list, tuple)):
+            return [self._value(v) for v in a]
+        return a
+
     def _call(self, node):
         target = node.target
-        args = [self.values.get(a, a) if isinstance(a, torch.fx.Node) else a for a in node.args]
+        args = [self._value(a) for a in node.args]
         if target in QUANTIZE:
             return self._quantize(node, args)
         if target in DEQUANTIZE:
@@ -152,27 +160,51 @@ class Pt2eParser:
                 _fail("per-channel weights not along axis 0 with zero points 0", node)
             return _Weight(_int8(args[0], node), torch.as_tensor(args[1]).double().numpy())
         pending = [a for a in args if isinstance(a, _Pending)]
+        if pending and target in SHAPES and isinstance(args[0], _Pending):
+            first = args[0]
+            return _Pending(first.node, first.inputs, first.low, first.high, first.after + (node,))
         if pending:
-            return self._fuse(node, pending[0], args)
+            fused = self._fuse(node, pending[0], args)
+            if fused is not None:
+                return fused
+            args = [self._settle(a) if isinstance(a, _Pending) else
+                    [self._settle(v) if isinstance(v, _Pending) else v for v in a] if isinstance(a, list) else a
+                    for a in args]
         dequantized = [a for a in _flat(args) if isinstance(a, _Dequantized)]
         if dequantized:
             return _Pending(node, dequantized)
         if target in FLOAT_OUTPUTS and isinstance(args[0], _Float):
             return self._float_output(node, args)
-        if all(not isinstance(a, (_Float, _Quantized)) for a in _flat(args)):
+        if all(not isinstance(a, (_Float, _Quantized, _Weight, torch.fx.Node)) for a in _flat(args)):
             return _evaluate(node, args)            # arithmetic on constants
         _fail(f"float op {target} outside a quantize/dequantize pair", node)
 
     def _fuse(self, node, pending, args):
-        """A ReLU or a ReLU6 right after a conv, linear or add, before its Q."""
-        if pending.low is None and pending.high is None and len(node.args) >= 1:
-            if node.target in RELU:
+        """A ReLU or a ReLU6 right after a conv, linear or add, before its Q; else None."""
+        fusable = pending.node.target in (A.conv2d.default, A.conv1d.default, A.linear.default, A.add.Tensor,
+                                          A.add_.Tensor)
+        if fusable and pending.low is None and pending.high is None:
+            if node.target in RELU and not pending.after:
                 return _Pending(pending.node, pending.inputs, low="relu")
-            if node.target in CLAMPS:
+            if node.target in CLAMPS and not pending.after:
                 low, high = _clamp_bounds(node, args)
                 if low == 0.0:
                     return _Pending(pending.node, pending.inputs, low="relu", high=high)
-        _fail(f"{node.target} on a float result that is never quantized", node)
+        return None
+
+    def _settle(self, pending):
+        """An elementwise or shape op that the quantizer left without a Q of its own (stock
+        quantizers do so for ReLU6, for one): its result is quantized with its input's
+        parameters, which bounded activations fit, and computed on them. This departs from the
+        program, which keeps the float value; the report counts how often that shows."""
+        node = pending.node
+        if node.target not in ELEMENTWISE and node.target not in SHAPES or len(pending.inputs) != 1 \
+                or pending.low is not None or pending.high is not None:
+            _fail(f"{node.target} whose float result goes on unquantized", node)
+        x = pending.inputs[0].of
+        out = _Quantized(f"{node.name}_requantized", x.scale, x.zero_point, x.shift)
+        self._materialize(pending, out, float(np.float32(1.0 / x.scale)), out.name)
+        return _Dequantized(out)
 
     def _quantize(self, node, args):
         source, scale, zero_point, qmin, qmax, dtype = args[:6]
@@ -195,8 +227,16 @@ class Pt2eParser:
             return out
         if not isinstance(source, _Pending):
             _fail(f"a quantize of {type(source).__name__}", node)
-        self._add(self._layer(source, out, inv), [d.of.name for d in source.inputs], node.name)
+        self._materialize(source, out, inv, node.name)
         return out
+
+    def _materialize(self, pending, out, inv, name):
+        """The pending op's layer, quantized like `out`, then the shape ops that followed it."""
+        names = [f"{name}_before_{shape.name}" for shape in pending.after] + [name]
+        self._add(self._layer(pending, out, inv), [d.of.name for d in pending.inputs], names[0])
+        for shape, source, target in zip(pending.after, names, names[1:]):
+            args = [self.values.get(a, a) if isinstance(a, torch.fx.Node) else a for a in shape.args]
+            self._add(_shape_layer(shape, shape.target, args), [source], target)
 
     def _output(self, node):
         results = node.args[0]
@@ -405,7 +445,13 @@ def _evaluate(node, args):
 
 def parse_pt2e(program):
     """Layer records of a PT2E-quantized ExportedProgram, in graph order."""
-    return Pt2eParser(program).parse()
+    try:
+        return Pt2eParser(program).parse()
+    except StageError:
+        raise
+    except Exception as exc:  # a program shaped unlike any the reader knows: one line, not a traceback
+        raise StageError(f"cannot read the PT2E program ({type(exc).__name__}: {one_line(exc)}); "
+                         f"quantize it with prepare_pt2e/convert_pt2e and export it with static shapes") from None
 
 
 class _Capture(Interpreter):

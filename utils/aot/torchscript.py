@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.cli import StageError
+from utils.cli import StageError, one_line
 from utils.aot.layers import ATEN_RULES, F32, FALLBACK_RULES, MODULE_RULES, Dequantize
 from utils.aot.layers.base import constant_value, is_quantized_module
 
@@ -314,7 +314,16 @@ def parse_int8(script_module, input_shape=None, engine="qnnpack"):
     """Layers of a traced int8 model in an order where every layer comes after its inputs;
     each has `inputs` (value names; INPUT is the model's input) and `output`. `engine`: whose
     arithmetic the records follow where torch's engines differ."""
-    return Parser(script_module, input_shape, engine).parse()
+    parser = Parser(script_module, input_shape, engine)
+    try:
+        return parser.parse()
+    except StageError:
+        raise
+    except Exception as exc:  # a graph shaped unlike any the walker knows: one line, not a traceback
+        where = f" in module {parser._inside[-1]}" if parser._inside else ""
+        where += f" at {parser._where}" if parser._where else ""
+        raise StageError(f"cannot read the int8 model{where} ({type(exc).__name__}: {one_line(exc)}); "
+                         f"trace the converted model with torch.jit.trace") from None
 
 
 def torch_int8_reference(script_module, layers, x):

@@ -42,8 +42,9 @@ def compare_outputs(out, ref_out, logits=None, ref_logits=None) -> dict:
     uses (library vs PyTorch, library vs the golden backend's, device vs host). `bit_exact`:
     int8 (logits given) the uint8 logits of every image are identical; fp32 every output is
     the same bits."""
-    out = np.ascontiguousarray(out, np.float32)
-    ref_out = np.ascontiguousarray(ref_out, np.float32)
+    # one row per input, whatever the model's output shape
+    out = np.ascontiguousarray(out, np.float32).reshape(len(out), -1)
+    ref_out = np.ascontiguousarray(ref_out, np.float32).reshape(len(ref_out), -1)
     same_bits = np.all(out.reshape(len(out), -1).view(np.uint32) == ref_out.reshape(len(ref_out), -1).view(np.uint32),
                        axis=1)
     figures = {
@@ -54,7 +55,8 @@ def compare_outputs(out, ref_out, logits=None, ref_logits=None) -> dict:
         "outputs_identical_fraction": float(same_bits.mean()),
     }
     if logits is not None:
-        identical = np.all(np.asarray(logits) == np.asarray(ref_logits), axis=1)
+        logits = np.asarray(logits).reshape(len(logits), -1)
+        identical = np.all(logits == np.asarray(ref_logits).reshape(len(logits), -1), axis=1)
         figures["uint8_exact_fraction"] = float(identical.mean())
         figures["bit_exact"] = bool(identical.all())
     else:

@@ -144,6 +144,8 @@ def plan_stages(layers, input_shape):
         _fail("a model that does not start with a QuantStub")
     quantize = layers[i]
     i += 1
+    if len(input_shape) != 4:
+        _fail(f"a model whose input is not an image ({list(input_shape)})")
     _, channels, height, width = input_shape
     shape = (height, width, channels)   # channels-last view of what flows
     flattened = None                     # (h, w, c) the flatten came from
