@@ -45,6 +45,11 @@ def parse_args(argv):
     parser.add_argument("--reports-dir", type=Path, default=argparse.SUPPRESS,
                         help=f"where bench.json/.md/.png go (default: {paths.REPORTS_DIR}; "
                              f"--quick: build/quick/reports)")
+    parser.add_argument("--zoo", default="",
+                        help="zoo models to run too, comma-separated, or 'mlperf' for the MLPerf Tiny ones "
+                             "(their weights: `python3 -m utils.zoo`); rows under `models` in bench.json")
+    parser.add_argument("--zoo-images", type=int, default=10,
+                        help="inputs per zoo model (--quick: 1)")
     parser.add_argument("--quick", action="store_true",
                         help="CI: few images, one opt level, int8 variants, outputs under build/quick/ "
                              "(the values given explicitly still win)")
@@ -58,6 +63,16 @@ def parse_args(argv):
         if "--opt-levels" not in given:
             args.opt_levels = ",".join(QUICK_OPT_LEVELS)
     args.variants = [v for v in args.variants.split(",") if v]
+    from utils.zoo.catalog import BY_NAME, MLPERF  # deferred, as above
+    zoo = [n for n in args.zoo.split(",") if n]
+    args.zoo = [m for n in zoo for m in (MLPERF if n == "mlperf" else [n])]
+    unknown_zoo = [n for n in args.zoo if n not in BY_NAME]
+    if unknown_zoo:
+        parser.error(f"--zoo: unknown {', '.join(unknown_zoo)}; choose from mlperf, {', '.join(BY_NAME)}")
+    if args.quick and "--zoo-images" not in given:
+        args.zoo_images = 1
+    if not 1 <= args.zoo_images <= 100:
+        parser.error("--zoo-images must be between 1 and 100")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
         parser.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from "
@@ -76,9 +91,20 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    from utils.bench import run_bench  # deferred, as in parse_args
+    from utils.bench import run_bench, run_zoo_bench  # deferred, as in parse_args
+    from utils.zoo.catalog import QUICK_WEIGHTS_DIR, WEIGHTS_DIR
     report = run_bench(args.variants, args.images, args.opt_levels, args.int8_model, args.fp32_model,
                        args.build_dir, args.reports_dir, quick=args.quick)
+    if args.zoo:
+        report = run_zoo_bench(args.zoo, args.zoo_images, args.opt_levels, args.build_dir / "zoo",
+                               args.reports_dir, QUICK_WEIGHTS_DIR if args.quick else WEIGHTS_DIR,
+                               quick=args.quick)
+        # the generic backend must run every zoo model; the Cortex-M one may refuse some
+        failed = [name for name in args.zoo if report["models"][name]["variants"]["int8_no_optim"]["status"] != "ok"]
+        if failed:
+            print(f"bench: zoo model(s) not measured with the generic backend: {', '.join(failed)}",
+                  file=sys.stderr)
+            return 1
     failed = [name for name in args.variants if report["variants"][name].get("status") != "ok"]
     if failed:
         print(f"bench: {len(failed)} of {len(args.variants)} variant(s) not measured: {', '.join(failed)} "

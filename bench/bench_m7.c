@@ -23,13 +23,18 @@
 #include "platform.h"
 #include "tvmgen_default.h"
 
-#define PIXELS 784u
-#define CLASSES 10u
+/* The model's sizes come from its header: any input and output shape. */
+#define IN_FLOATS (TVMGEN_DEFAULT_INPUT0_SIZE / sizeof(float))
+#define OUT_FLOATS (TVMGEN_DEFAULT_OUTPUT_SIZE / sizeof(float))
 #define PAINT 0xC5C5C5C5u
 #define EMPTY_PASS 0xFFFFFFFFu
 
+/* Inputs as bytes (flash is scarce), made floats as low + span * (byte / 255): MNIST's
+   pixel / 255 with low 0 and span 1, the same float operations as the host's (utils/bench.py). */
 extern const uint32_t bench_image_count;
-extern const uint8_t bench_images[][PIXELS];
+extern const uint8_t bench_images[][IN_FLOATS];
+extern const float bench_input_low;
+extern const float bench_input_span;
 extern uint32_t _ebss; /* the stack lies between the end of .bss and _estack */
 #ifdef TVMGEN_DEFAULT_DEBUG_TAP
 const void *tvmgen_default_debug_tap_ptr(void);
@@ -46,8 +51,8 @@ __attribute__((noinline, noipa, used)) void bench_marker_stop(void)
     __asm volatile("nop" ::: "memory");
 }
 
-static float input[PIXELS];
-static float output[CLASSES];
+static float input[IN_FLOATS];
+static float output[OUT_FLOATS];
 
 static void put(const char *text)
 {
@@ -106,9 +111,9 @@ __attribute__((noinline)) static void pass(uint32_t index)
     put_hex(t1 - t0);
     put_hex((uint32_t)((uintptr_t)sp - (uintptr_t)low));
     if (index != EMPTY_PASS) {
-        put_floats(output, CLASSES);
+        put_floats(output, OUT_FLOATS);
 #ifdef TVMGEN_DEFAULT_DEBUG_TAP
-        put_floats((const float *)tvmgen_default_debug_tap_ptr(), CLASSES);
+        put_floats((const float *)tvmgen_default_debug_tap_ptr(), OUT_FLOATS);
 #endif
     }
     put("\n");
@@ -116,8 +121,8 @@ __attribute__((noinline)) static void pass(uint32_t index)
 
 static void load(uint32_t image)
 {
-    for (uint32_t i = 0; i < PIXELS; i++) {
-        input[i] = (float)bench_images[image][i] / 255.0f;
+    for (uint32_t i = 0; i < IN_FLOATS; i++) {
+        input[i] = bench_input_low + bench_input_span * ((float)bench_images[image][i] / 255.0f);
     }
 }
 

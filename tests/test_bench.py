@@ -1,12 +1,17 @@
 """The benchmark in --quick mode: real TVM, real arm-none-eabi-gcc, real QEMU with the
 counting plugin, on the quick QAT model and its float LeNet-5, a few test images."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from tests.fixtures_models import run_stage
 from utils import bench, paths
+from utils.zoo.catalog import MLPERF, QUICK_WEIGHTS_DIR
+from utils.zoo.models import REFERENCE_MACS
 
 VARIANT_NAMES = {"fp32_no_optim", "fp32_optim", "int8_no_optim", "int8_optim"}
 ROW_KEYS = ["instructions_per_inference", "instructions_min", "instructions_max", "instructions_per_mac",
@@ -155,3 +160,25 @@ def test_ulp_distance():
     assert list(bench.ulp_distance(a, a)) == [0, 0, 0, 0]
     assert list(bench.ulp_distance(a, b)) == [1, 1, 1, 1]
     assert bench.ulp_distance(np.array([-1e-45], np.float32), np.array([1e-45], np.float32))[0] == 2
+
+
+def test_mlperf_shaped_zoo_models_run_on_the_emulator(tmp_path):
+    """The MLPerf Tiny shapes (their quick zoo weights), one input each on QEMU's Cortex-M7:
+    a figure row per model under `models`, bit-exact with the host library; the Cortex-M
+    backend may refuse one, in one line."""
+    env = dict(os.environ, TINYML_REPORTS_DIR=str(tmp_path / "zoo-reports"))
+    zoo = subprocess.run([sys.executable, "-m", "utils.zoo", "--quick", "--models", *MLPERF, "--backends",
+                          "generic"], cwd=paths.ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert zoo.returncode == 0, zoo.stdout[-2000:] + zoo.stderr[-2000:]
+    proc = run_stage("bench/bench.py", "--quick", "--variants", "int8_no_optim", "--zoo", "mlperf",
+                     "--int8-model", QUICK_WEIGHTS_DIR / "lenet5_scripted_int8.pth",
+                     "--build-dir", tmp_path / "build", "--reports-dir", tmp_path / "r", check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "r" / "bench.json").read_text())
+    for name in MLPERF:
+        rows = report["models"][name]["variants"]
+        generic = rows["int8_no_optim"]
+        assert generic["status"] == "ok", (name, generic.get("error"))
+        assert generic["bit_exact"] is True and generic["instructions_per_inference"] > 100_000
+        assert generic["macs"] == REFERENCE_MACS[name]
+        assert rows["int8_optim"]["status"] == "ok" or "\n" not in rows["int8_optim"]["error"]

@@ -38,8 +38,12 @@ from utils.aot import mlf
 from utils.aot.backends import BACKENDS
 from utils.aot.compiler import compile_model, to_relax
 from utils.aot.host_library import HostLibrary
+from utils.aot.layers import QConv2d, QLinear
+from utils.aot.torchscript import INPUT
 from utils.aot.model_file import load_model
 from utils.aot.verify import compare_outputs, object_sizes
+from utils.zoo import catalog as zoo_catalog
+from utils.zoo import make as zoo_make
 
 STAGE = "bench"
 BENCH_SRC = paths.ROOT / "bench"
@@ -91,8 +95,19 @@ def count_macs(relax_mod) -> int:
 
 
 def model_macs(source) -> int:
-    """MACs of one inference of the model (from the generic backend's Relax module: it has the plain ops)."""
-    return count_macs(to_relax(source, BACKENDS["generic"])[0])
+    """MACs of one inference: int8 models from their conv and linear layer records (a pool
+    lowered as a convolution is no MAC), fp32 from the generic backend's Relax module."""
+    relax_mod, layers = to_relax(source, BACKENDS["generic"])
+    if layers is None:
+        return count_macs(relax_mod)
+    values, total = {INPUT: np.zeros(source.input_shape, np.float32)}, 0
+    for layer in layers:
+        values[layer.output] = out = layer.golden(*[values[name] for name in layer.inputs])
+        if isinstance(layer, QConv2d):
+            total += int(out.size) * int(np.prod(layer.weight.shape[1:]))
+        elif isinstance(layer, QLinear):
+            total += int(out.size) * int(layer.weight.shape[1])
+    return total
 
 
 # ------------------------------------------------------------------ building
@@ -106,15 +121,24 @@ def build_plugin(build_dir: Path) -> Path:
     return plugin
 
 
-def write_images_c(images: np.ndarray, path: Path):
-    """bench_images.c: the test images as `const uint8_t bench_images[N][784]` (rewritten only
-    when they change, so builds stay cached)."""
-    images = np.asarray(images, np.uint8).reshape(-1, 784)
+def bytes_to_inputs(images, low=0.0, span=1.0) -> np.ndarray:
+    """float32 inputs from input bytes, low + span * (byte / 255), the float operations
+    bench_m7.c does (MNIST: low 0, span 1 give pixel / 255)."""
+    images = np.asarray(images, np.uint8)
+    return (np.float32(low) + np.float32(span) * (images.astype(np.float32) / np.float32(255.0))).astype(np.float32)
+
+
+def write_images_c(images: np.ndarray, path: Path, low=0.0, span=1.0):
+    """bench_images.c: the inputs as bytes, `const uint8_t bench_images[N][input floats]`, and
+    how they become floats (rewritten only when they change, so builds stay cached)."""
+    images = np.asarray(images, np.uint8).reshape(len(images), -1)
     rows = ",\n".join("  {" + ",".join(map(str, image)) + "}" for image in images)
-    text = ("/* MNIST test images for bench/bench_m7.c, written by utils/bench.py */\n"
+    text = ("/* Inputs for bench/bench_m7.c, written by utils/bench.py */\n"
             "#include <stdint.h>\n"
             f"const uint32_t bench_image_count = {len(images)};\n"
-            f"const uint8_t bench_images[{len(images)}][784] = {{\n{rows}\n}};\n")
+            f"const float bench_input_low = {float(np.float32(low)):.9e}f;\n"
+            f"const float bench_input_span = {float(np.float32(span)):.9e}f;\n"
+            f"const uint8_t bench_images[{len(images)}][{images.shape[1]}] = {{\n{rows}\n}};\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
@@ -176,8 +200,8 @@ class Pass:
     rc: int
     timer: int                 # instructions by TIMER0 (-icount shift=0), ±40
     stack: int                 # bytes of stack used below the caller's SP
-    output: np.ndarray = None  # float32 [10]
-    tap: np.ndarray = None     # float32 [10] (tap builds)
+    output: np.ndarray = None  # float32 [outputs]
+    tap: np.ndarray = None     # float32 [outputs] (tap builds)
     count: int = None          # instructions between the markers (plugin)
 
 
@@ -187,7 +211,7 @@ def qemu_command(elf: Path, plugin: Path, start: int, stop: int, uart: Path, plu
         "-plugin", f"{plugin},start={start:#x},stop={stop:#x}", "-d", "plugin", "-D", str(plugin_log)])
 
 
-def run_on_qemu(elf: Path, plugin: Path, timeout: float = QEMU_TIMEOUT) -> list:
+def run_on_qemu(elf: Path, plugin: Path, outputs: int = 10, timeout: float = QEMU_TIMEOUT) -> list:
     """Run the bench ELF once; its passes (empty pass first), each with the plugin's count.
     QEMU ends itself (semihosting exit); if not within `timeout`, it is stopped by its PID."""
     out_dir = elf.parent
@@ -217,7 +241,7 @@ def run_on_qemu(elf: Path, plugin: Path, timeout: float = QEMU_TIMEOUT) -> list:
         raise TargetError(f"the bench on QEMU did not finish (status {process.returncode}, "
                           f"{len(text.splitlines())} UART lines); logs: {uart}, {qemu_log}"
                           f"{' (' + tail[0][:160] + ')' if tail else ''}")
-    passes = parse_uart(text)
+    passes = parse_uart(text, outputs)
     counts = parse_plugin_log(plugin_log.read_text(errors="replace") if plugin_log.is_file() else "")
     if len(counts) != len(passes):
         raise TargetError(f"the plugin counted {len(counts)} passes, the harness ran {len(passes)}; "
@@ -231,7 +255,7 @@ def _floats(words) -> np.ndarray:
     return np.array([int(w, 16) for w in words], dtype=np.uint32).view(np.float32)
 
 
-def parse_uart(text: str) -> list:
+def parse_uart(text: str, outputs: int = 10) -> list:
     passes = []
     for line in text.splitlines():
         fields = line.split()
@@ -241,11 +265,11 @@ def parse_uart(text: str) -> list:
         values = fields[5:]
         p = Pass(index, rc if rc < 2**31 else rc - 2**32, timer, stack)
         if index != EMPTY_PASS:
-            if len(values) not in (10, 20):
+            if len(values) not in (outputs, 2 * outputs):
                 raise TargetError(f"garbled bench line on the UART: {line[:120]}")
-            p.output = _floats(values[:10])
-            if len(values) == 20:
-                p.tap = _floats(values[10:])
+            p.output = _floats(values[:outputs])
+            if len(values) == 2 * outputs:
+                p.tap = _floats(values[outputs:])
         passes.append(p)
     if not passes or passes[0].index != EMPTY_PASS:
         raise TargetError("the bench printed no empty pass first")
@@ -269,7 +293,8 @@ def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_ou
     """Build and run one opt level of one variant; its figures."""
     level_dir = build_dir / opt.lstrip("-")
     build = build_elf(tar, level_dir / "fw", opt, images_c, tap=False)
-    passes = run_on_qemu(build.elf, plugin)
+    outputs = int(np.prod(metadata["outputs"][0]["shape"]))
+    passes = run_on_qemu(build.elf, plugin, outputs)
     empty, runs = passes[0], passes[1:]
     images, repeat = runs[:n_images], runs[n_images:]
     if len(images) != n_images or len(repeat) != 1 or any(p.rc != 0 for p in runs):
@@ -280,9 +305,12 @@ def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_ou
     device_out = np.stack([p.output for p in images])
     device_logits = None
     tap_out_same = None
-    if kind == "int8":
+    if kind == "int8" and "debug_tap" not in metadata:
+        # the model ends with its DeQuantStub: the output itself holds the logits
+        device_logits = mlf.uint8_logits_from_tap(device_out, metadata)
+    elif kind == "int8":
         tap_build = build_elf(tar, level_dir / "tap", opt, images_c, tap=True)
-        tap_passes = run_on_qemu(tap_build.elf, plugin)[1:n_images + 1]
+        tap_passes = run_on_qemu(tap_build.elf, plugin, outputs)[1:n_images + 1]
         device_logits = mlf.uint8_logits_from_tap(np.stack([p.tap for p in tap_passes]), metadata)
         tap_out_same = bool(np.array_equal(np.stack([p.output for p in tap_passes]).view(np.uint32),
                                            device_out.view(np.uint32)))
@@ -316,11 +344,14 @@ def _host_outputs(tar, images, build_dir):
     return HostLibrary(tar, build_dir=build_dir / "host-lib").outputs(images)
 
 
-def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plugin, macs_cache) -> dict:
-    """Compile, run and compare one variant; raises on any failure (the caller makes it a row)."""
+def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plugin, macs_cache,
+                    low=0.0, span=1.0) -> dict:
+    """Compile, run and compare one variant on input bytes `images` (floats low + span * byte
+    / 255); raises on any failure (the caller makes it a row)."""
     kind, backend_name = VARIANTS[name]
     backend = BACKENDS[backend_name]
     variant_dir = build_dir / name
+    inputs = bytes_to_inputs(images, low, span)
     variant_dir.mkdir(parents=True, exist_ok=True)
     source = load_model(model_path, kind)
     t0 = time.perf_counter()
@@ -336,13 +367,13 @@ def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plu
         macs_cache[source.path] = model_macs(source)
     macs = macs_cache[source.path]
 
-    host_out, host_logits = _host_outputs(compiled.tar, images, build_dir)
+    host_out, host_logits = _host_outputs(compiled.tar, inputs, build_dir)
     reference = None
     if backend.golden is not None:
         # the golden backend's library of the same model, on the host
         golden = compile_model(source, variant_dir / "golden_reference.tar", backend.golden)
-        reference = _host_outputs(golden.tar, images, build_dir)
-    images_c = write_images_c(images, build_dir / "bench_images.c")
+        reference = _host_outputs(golden.tar, inputs, build_dir)
+    images_c = write_images_c(images, variant_dir / "bench_images.c", low, span)
 
     levels, vs_golden = {}, {}
     for opt in opt_levels:
@@ -351,7 +382,7 @@ def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plu
         figures, device_out, device_logits = measure_level(
             compiled.tar, metadata, kind, opt, images_c, variant_dir, plugin, host_out, host_logits,
             len(images))
-        figures["accuracy"] = float(np.mean(device_out.argmax(1) == labels))
+        figures["accuracy"] = None if labels is None else float(np.mean(device_out.argmax(1) == labels))
         if reference is not None:
             vs_golden[opt] = compare_outputs(device_out, reference[0], device_logits, reference[1])
             figures["vs_golden"] = vs_golden[opt]
@@ -448,6 +479,53 @@ def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir,
     _say(md.read_text())
     _say(f"wrote {report_path(STAGE, reports_dir)}, {md}, {png} ({figures['seconds']} s)")
     return report
+
+
+def run_zoo_bench(names, n_images, opt_levels, build_dir, reports_dir, weights_dir, quick=False) -> dict:
+    """Zoo models (utils.zoo; their weights made by `python3 -m utils.zoo`) on the emulator,
+    each with the generic and the Cortex-M backend: reports/bench.json `models`. MNIST-shaped
+    ones run MNIST test images, the others the zoo's synthetic inputs (bytes / 255)."""
+    build_dir = Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    plugin = build_plugin(build_dir)
+    models, macs_cache = {}, {}
+    for name in names:
+        entry = zoo_catalog.BY_NAME[name]
+        path = zoo_weights_path(entry, weights_dir)
+        if entry.inputs == "mnist":
+            images, labels = (a[:n_images] for a in mnist_arrays(False))
+            about = "MNIST test images"
+        else:
+            images = zoo_make.synthetic_inputs(entry.input_shape, n_images, zoo_make.VERIFY_SEED)
+            labels, about = None, "synthetic (the zoo's, value / 255)"
+        rows = {}
+        for variant in ("int8_no_optim", "int8_optim"):
+            _say(f"[{name}] {variant} ({path})")
+            t0 = time.perf_counter()
+            try:
+                if not path.is_file():
+                    raise StageError(f"{path} not found; make it with `python3 -m utils.zoo"
+                                     f"{' --quick' if quick else ''}`")
+                rows[variant] = measure_variant(variant, path, images, labels, opt_levels,
+                                                build_dir / name, plugin, macs_cache)
+            except Exception as exc:  # a backend that refuses the model is a row, not the end
+                rows[variant] = {"status": "error", "error": f"{type(exc).__name__}: {one_line(exc)}",
+                                 "model": str(path), "kind": "int8", "backend": VARIANTS[variant][1]}
+                _say(f"  ERROR {variant}: {rows[variant]['error']}")
+            rows[variant]["seconds"] = round(time.perf_counter() - t0, 1)
+        models[name] = {"variants": rows, "inputs": about, "images": int(len(images)),
+                        "input_shape": list(entry.input_shape)}
+    write_report(STAGE, {"zoo_quick": bool(quick), "zoo_opt_levels": list(opt_levels)}, reports_dir=reports_dir)
+    write_report(STAGE, models, section="models", reports_dir=reports_dir)
+    return read_report(STAGE, reports_dir)
+
+
+def zoo_weights_path(entry, weights_dir) -> Path:
+    """Where `python3 -m utils.zoo` keeps a zoo model's int8 TorchScript (a built-in's stage
+    file when the stage made one)."""
+    if entry.stage_file is not None and Path(entry.stage_file).is_file():
+        return Path(entry.stage_file)
+    return Path(weights_dir) / f"{entry.name}_scripted_int8.pth"
 
 
 def _qemu_version() -> str:

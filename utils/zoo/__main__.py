@@ -16,7 +16,7 @@ from utils import paths
 from utils.cli import DefaultsHelpFormatter, check_output_dir, positive_int, run
 from utils.reports import model_hash, read_report, write_report
 from utils.aot.backends import BACKENDS
-from utils.zoo.catalog import BY_NAME, ZOO
+from utils.zoo.catalog import BY_NAME, QUICK_DIR, QUICK_WEIGHTS_DIR, WEIGHTS_DIR, ZOO
 from utils.zoo.check import check_model, markdown_table, verification_inputs
 from utils.zoo.make import Plan, weights_for
 from utils.zoo.models import count_macs
@@ -62,7 +62,7 @@ def parse_args(argv):
     args.plan = Plan(seed=args.seed, epochs=args.epochs, qat_epochs=args.qat_epochs,
                      freeze_after=min(Plan.freeze_after, args.qat_epochs), calibration=args.calibration,
                      threads=args.threads, own_builtins=args.own_builtins)
-    quick_dir = paths.BUILD_DIR / "zoo-quick"
+    quick_dir = QUICK_DIR
     if args.quick:
         for key, value in QUICK.items():
             if key == "images":
@@ -71,7 +71,7 @@ def parse_args(argv):
             else:
                 setattr(args.plan, key, value)
     if args.weights_dir is None:  # the defaults are ours to create; a given folder is checked
-        args.weights_dir = quick_dir / "weights" if args.quick else paths.WEIGHTS_DIR / "zoo"
+        args.weights_dir = QUICK_WEIGHTS_DIR if args.quick else WEIGHTS_DIR
         args.weights_dir.mkdir(parents=True, exist_ok=True)
     args.out_dir = args.out_dir or (quick_dir if args.quick else paths.BUILD_DIR / "zoo")
     return args

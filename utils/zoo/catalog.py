@@ -8,6 +8,10 @@ from utils.zoo.models import (DSCNN, FCAutoencoder, MnistResidual, MnistSeparabl
                               MobileNetV1, ResNet8)
 
 MNIST_SHAPE = (1, 1, 28, 28)
+# where `python3 -m utils.zoo` keeps its weights (--quick: under QUICK_DIR), for every user
+WEIGHTS_DIR = paths.WEIGHTS_DIR / "zoo"
+QUICK_DIR = paths.BUILD_DIR / "zoo-quick"
+QUICK_WEIGHTS_DIR = QUICK_DIR / "weights"
 
 
 @dataclass(frozen=True)
@@ -41,4 +45,5 @@ ZOO = [
           about="MLPerf Tiny anomaly detection FC autoencoder, 640 → 640"),
 ]
 BY_NAME = {entry.name: entry for entry in ZOO}
+MLPERF = ["ds_cnn", "resnet8", "mobilenet_v1_025", "fc_autoencoder"]
 
