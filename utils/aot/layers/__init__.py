@@ -14,5 +14,5 @@ from utils.aot.layers.reshape import Flatten, Permute, Reshape
 from utils.aot.layers.softmax import FloatActivation, LogSoftmax, Softmax
 
 __all__ = ["ATEN_RULES", "F32", "FALLBACK_RULES", "MODULE_RULES", "Dequantize", "Flatten", "FloatScalarOps",
-           "FloatActivation", "Layer", "LogSoftmax", "MaxPool2d", "QAdd", "QAvgPool", "QCat", "QConv2d", "QLinear",
-           "QLookup", "QMul", "QRelu", "Quantize", "Softmax"]
+           "FloatActivation", "Layer", "LogSoftmax", "MaxPool2d", "Permute", "QAdd", "QAvgPool", "QCat", "QConv2d", "QLinear",
+           "QLookup", "QMul", "QRelu", "Quantize", "Reshape", "Softmax"]

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from tvm import relax
 
 from utils.cli import StageError
-from utils.aot.layers.base import F32, Layer, aten_rule, graph_constants, module_rule
+from utils.aot.layers.base import F32, Layer, aten_rule, graph_constants, module_rule, pair
+from utils.aot.layers.pool import pooled_size
 
 ROUND_THEN_ADD = "round_then_add"
 ADD_THEN_ROUND = "add_then_round"
@@ -367,20 +368,6 @@ def _lead_shape(x):
 
 # ----------------------------------------------------------------------------- parse rules
 
-def _output_size(size, k, s, p, ceil_mode):
-    """torch's pooling_output_shape (dilation 1)."""
-    out = (size + 2 * p - k + ((s - 1) if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
-def _two(v):
-    """A pooling argument (an int, or a list of 1 or 2) as (height, width)."""
-    v = list(v) if isinstance(v, (list, tuple)) else [v]
-    return (v[0], v[0]) if len(v) == 1 else tuple(v)
-
-
 def _channels_last(t):
     return t.is_contiguous(memory_format=torch.channels_last)
 
@@ -403,9 +390,9 @@ def _check_input(parser, what):
 def avg_pool_layer(parser, what, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
     x = _check_input(parser, what)
     scale, zp = parser.qparams
-    (kh, kw), (sh, sw), (ph, pw) = _two(kernel), _two(stride or kernel), _two(padding)
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride or kernel), pair(padding)
     h, w = int(x.shape[2]), int(x.shape[3])
-    oh, ow = _output_size(h, kh, sh, ph, ceil_mode), _output_size(w, kw, sw, pw, ceil_mode)
+    oh, ow = pooled_size(h, kh, sh, ph, 1, ceil_mode), pooled_size(w, kw, sw, pw, 1, ceil_mode)
     # torch's windows: [o*s - p, o*s - p + k) clipped to input + padding (that is the divisor
     # with padding), then to the input (the pixels summed)
     spans_h = [(o * sh - ph, min(o * sh - ph + kh, h + ph)) for o in range(oh)]
@@ -436,7 +423,7 @@ def adaptive_avg_pool_layer(parser, what, output_size):
     x = _check_input(parser, what)
     scale, zp = parser.qparams
     h, w = int(x.shape[2]), int(x.shape[3])
-    oh, ow = (d if d is not None else full for d, full in zip(_two(output_size), (h, w)))
+    oh, ow = (d if d is not None else full for d, full in zip(pair(output_size), (h, w)))
     oh, ow = int(oh), int(ow)
     fields = dict(op="aten::adaptive_avg_pool2d", op_args=((oh, ow),), zero_point=zp, scale=scale,
                   out_shape=(1, int(x.shape[1]), oh, ow))

@@ -198,4 +198,6 @@ def quantized_op(module, name):
 
 
 def pair(v):
-    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+    """A 2-d argument (an int, or a list of 1 or 2) as (height, width)."""
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return (v[0], v[0]) if len(v) == 1 else tuple(v)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tvm import relax
 
 from utils.cli import StageError
-from utils.aot.layers.base import Layer, aten_rule, graph_constants, module_rule
+from utils.aot.layers.base import Layer, aten_rule, graph_constants, module_rule, pair
 
 
 @dataclass
@@ -30,7 +30,7 @@ class MaxPool2d(Layer):
     clamp_taps: bool = False    # qnnpack: taps in the padding read the border pixel
 
     def output_size(self, h, w):
-        return tuple(_output_size(n, k, s, p, d, self.ceil_mode)
+        return tuple(pooled_size(n, k, s, p, d, self.ceil_mode)
                      for n, k, s, p, d in zip((h, w), self.kernel, self.stride, self.padding, self.dilation))
 
     def golden(self, x):
@@ -71,7 +71,7 @@ class MaxPool2d(Layer):
         return F.max_pool2d(t, self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
-def _output_size(size, k, s, p, d, ceil_mode):
+def pooled_size(size, k, s, p, d, ceil_mode):
     """torch's pooling_output_shape."""
     out = (size + 2 * p - d * (k - 1) - 1 + ((s - 1) if ceil_mode else 0)) // s + 1
     if ceil_mode and (out - 1) * s >= size + p:
@@ -79,14 +79,9 @@ def _output_size(size, k, s, p, d, ceil_mode):
     return out
 
 
-def _two(v):
-    v = list(v) if isinstance(v, (list, tuple)) else [v]
-    return (v[0], v[0]) if len(v) == 1 else tuple(v)
-
-
 def _max_pool(parser, what, kernel, stride, padding, dilation, ceil_mode):
     parser.need_quantized(what)
-    layer = MaxPool2d(_two(kernel), _two(stride or kernel), _two(padding), _two(dilation), bool(ceil_mode),
+    layer = MaxPool2d(pair(kernel), pair(stride or kernel), pair(padding), pair(dilation), bool(ceil_mode),
                       clamp_taps=parser.engine == "qnnpack" and not ceil_mode)
     x = parser.examples[0]
     if x.dim() != 4:
