@@ -86,3 +86,33 @@ def test_nested_containers_are_walked(tmp_path):
     _, layers, _ = check_bit_exact(path)
     names = [getattr(layer, "name", "") for layer in layers]
     assert names.count("block.conv") == 2 and "stem.0" in names and "head.1" in names
+
+
+class ShuffleBlock(nn.Module):
+    """ShuffleNet's moves: chunk the channels, convolve one half, join them with cat and
+    shuffle the channels (view into groups, transpose, view back); narrow and split too."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = nn.Conv2d(4, 4, 3, padding=1)
+        self.cat = nn.quantized.FloatFunctional()
+        self.fc = nn.Linear(6 * 5 * 6, 3)
+
+    def forward(self, x):
+        x = self.stem(self.quant(x))
+        left, right = x.chunk(2, dim=1)
+        x = self.cat.cat([left, self.branch(right)], 1)
+        b, c, h, w = x.size()
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+        first, second = torch.split(x, [5, 3], dim=1)
+        x = torch.narrow(first, 1, 1, 4)[:, :, :, 1:]
+        x = torch.flatten(torch.cat([x, second[:, :2, :, 1:]], 1), 1)
+        return self.dequant(self.fc(x))
+
+
+def test_channel_split_shuffle_and_slices(tmp_path):
+    path = quantized_script(ShuffleBlock(), (1, 3, 5, 7), tmp_path / "shuffle.pth")
+    _, layers, _ = check_bit_exact(path)
+    assert [type(layer).__name__ for layer in layers].count("Slice") >= 6

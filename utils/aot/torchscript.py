@@ -16,6 +16,7 @@ import torch
 from utils.cli import StageError, one_line
 from utils.aot.layers import ATEN_RULES, F32, FALLBACK_RULES, MODULE_RULES, Dequantize
 from utils.aot.layers.base import constant_value, is_quantized_module
+from utils.aot.layers.reshape import split_pieces
 
 PASS_THROUGH = {"Identity", "Dropout"}
 # aten ops that hand their input on unchanged (in an eval-mode trace)
@@ -138,8 +139,27 @@ class Parser:
         if kind in ALIAS_OPS:
             self._alias(outs[0], ins[0])
             return
-        if kind in SHAPE_ARITHMETIC and not any(isinstance(self._values.get(i), torch.Tensor) for i in ins):
-            operands = [self._argument(v) for v in node.inputs()][:2]
+        if kind in ("aten::chunk", "aten::split", "aten::split_with_sizes", "aten::unsafe_chunk",
+                    "aten::unsafe_split"):
+            self._begin([ins[0]], kind)
+            args = [self._argument(v) for v in node.inputs()]
+            names = []
+            for index, piece in enumerate(split_pieces(self, node, args)):
+                names.append(f"{outs[0]}#{index}")
+                self._begin([ins[0]], kind)
+                self._add(piece, [ins[0]], names[-1], ("aten", node))
+            self._lists[outs[0]] = names
+            return
+        if kind in ("prim::ListUnpack", "prim::TupleUnpack") and ins[0] in self._lists:
+            pieces = self._lists[ins[0]]
+            if len(pieces) != len(outs):
+                self.fail(f"{kind} of {len(pieces)} tensors into {len(outs)}")
+            for out, piece in zip(outs, pieces):
+                self._alias(out, piece)
+            return
+        if kind in SHAPE_ARITHMETIC and not any(isinstance(self._values.get(i), torch.Tensor)
+                                                and self._values.get(i).dim() > 0 for i in ins):
+            operands = [_as_int(self._argument(v)) for v in node.inputs()][:2]
             if all(isinstance(v, int) for v in operands):
                 self._values[outs[0]] = int(SHAPE_ARITHMETIC[kind](*operands))
                 return
@@ -260,6 +280,13 @@ class Parser:
         if rule is None:
             self.fail(f"op {kind}")
         return rule(self, node, args)
+
+
+def _as_int(value):
+    """A size as an int: a traced 0-d integer tensor constant counts."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        return int(value.item())
+    return value
 
 
 def _is_container(module):

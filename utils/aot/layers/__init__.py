@@ -10,9 +10,9 @@ from utils.aot.layers.linear import QLinear
 from utils.aot.layers.lut import QLookup
 from utils.aot.layers.pool import MaxPool2d
 from utils.aot.layers.quantize import Dequantize, Quantize
-from utils.aot.layers.reshape import Flatten, Permute, Reshape
+from utils.aot.layers.reshape import Flatten, Permute, Reshape, Slice
 from utils.aot.layers.softmax import FloatActivation, LogSoftmax, Softmax
 
 __all__ = ["ATEN_RULES", "F32", "FALLBACK_RULES", "MODULE_RULES", "Dequantize", "Flatten", "FloatScalarOps",
            "FloatActivation", "Layer", "LogSoftmax", "MaxPool2d", "Permute", "QAdd", "QAvgPool", "QCat", "QConv2d", "QLinear",
-           "QLookup", "QMul", "QRelu", "Quantize", "Reshape", "Softmax"]
+           "QLookup", "QMul", "QRelu", "Quantize", "Reshape", "Slice", "Softmax"]

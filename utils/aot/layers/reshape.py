@@ -125,3 +125,74 @@ def _batch_stays(layer, what):
     if layer.dims[0] != 0:
         raise StageError(f"{what} {list(layer.dims)} moves the batch dimension; keep dimension 0 first")
     return layer
+
+
+@dataclass
+class Slice(Layer):
+    """A range of one dimension (narrow, slice, and each piece of a chunk or split)."""
+    axis: int
+    begin: int
+    end: int
+
+    def golden(self, x):
+        index = [slice(None)] * x.ndim
+        index[self.axis] = slice(self.begin, self.end)
+        return np.ascontiguousarray(x[tuple(index)])
+
+    def to_relax(self, r, x):
+        return r.bb.emit(relax.op.strided_slice(x, [self.axis], [self.begin], [self.end]))
+
+    def torch_replay(self, t):
+        return t.narrow(self.axis, self.begin, self.end - self.begin).contiguous()
+
+
+def _slice_axis(parser, node, axis):
+    rank = parser.examples[0].dim()
+    axis = int(axis) % rank
+    if axis == 0:
+        raise StageError(f"{node.kind()} along the batch dimension; slice another one")
+    return axis
+
+
+@aten_rule("aten::slice")
+def parse_slice(parser, node, args):
+    size = parser.examples[0].shape
+    rank = len(size)
+    axis = int(args[1] if len(args) > 1 and args[1] is not None else 0) % rank
+    start, end, step = (list(args[2:5]) + [None, None, 1])[:3]
+    begin, end, step = slice(start, end, step).indices(int(size[axis]))
+    if (begin, end, step) == (0, int(size[axis]), 1):
+        return Reshape(tuple(size))  # x[:, ...]: the whole dimension, nothing moves
+    axis = _slice_axis(parser, node, axis)
+    if step != 1:
+        parser.fail(f"{node.kind()} with step {step}")
+    return Slice(axis, begin, end)
+
+
+@aten_rule("aten::narrow")
+def parse_narrow(parser, node, args):
+    axis = _slice_axis(parser, node, args[1])
+    begin = int(args[2]) % int(parser.examples[0].shape[axis])
+    return Slice(axis, begin, begin + int(args[3]))
+
+
+def split_pieces(parser, node, args):
+    """The Slices of aten::chunk / split / split_with_sizes, in order."""
+    kind = node.kind()
+    axis = _slice_axis(parser, node, args[2] if len(args) > 2 and args[2] is not None else 0)
+    size = int(parser.examples[0].shape[axis])
+    if kind == "aten::chunk":
+        step = -(-size // int(args[1]))
+        sizes = [min(step, size - b) for b in range(0, size, step)]
+    elif isinstance(args[1], (list, tuple)):
+        sizes = [int(v) for v in args[1]]
+    else:
+        step = int(args[1])
+        sizes = [min(step, size - b) for b in range(0, size, step)]
+    if sum(sizes) != size:
+        parser.fail(f"{kind} into {sizes} of a dimension of {size}")
+    pieces, begin = [], 0
+    for n in sizes:
+        pieces.append(Slice(axis, begin, begin + n))
+        begin += n
+    return pieces
