@@ -6,6 +6,12 @@ before the QuantStub), attaches qnnpack observers, runs N calibration batches th
 converts to int8 and compares fp32 and int8 accuracy. Saves the int8 state_dict and a
 TorchScript of the int8 model, reloaded and checked bit for bit against the eager one.
 
+--flow pt2e instead exports the float network with torch.export, calibrates torchao's
+prepare_pt2e with the project's MicroQuantizer (utils.quantize_pt2e: int8 activations,
+per-channel int8 weights; MnistModel's Normalize folded into conv1), converts with convert_pt2e
+and saves the program exported again with batch 1 as a .pt2 file beside the TorchScript ones,
+reloaded and checked to be the same program.
+
 --model mnist: MnistModel from 0101mnist.py (1.2 M parameters in fc1 alone: 4.8 MB fp32,
 1.2 MB int8, more than the STM32F746's 1 MB flash). --model lenet5: QMnistModel in float, the
 network 0103 deploys; its float weights come from 0103mnist_QAT.py or --train-epochs.
@@ -35,6 +41,9 @@ MODELS = {
                "qmnist_lenet5_ptq_scripted_int8.pth",
                "0103mnist_QAT.py"),
 }
+# the pt2e flow's int8 program of each model
+PROGRAMS = {"mnist": "mnist_cnn_int8.pt2", "lenet5": "qmnist_lenet5_ptq_int8.pt2"}
+FLOWS = ("eager", "pt2e")
 
 
 def parse_args(argv):
@@ -42,6 +51,9 @@ def parse_args(argv):
                                      formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="mnist",
                         help="mnist: MnistModel of 0101; lenet5: the LeNet-5 of 0103")
+    parser.add_argument("--flow", choices=FLOWS, default="eager",
+                        help="eager: torch.ao eager quantization → int8 state_dict + TorchScript; "
+                             "pt2e: torch.export + torchao PT2E → .pt2 program")
     parser.add_argument("--calib-batches", type=int, default=32,
                         help="training batches run through the observers")
     parser.add_argument("--batch-size", type=int, default=64,
@@ -55,7 +67,7 @@ def parse_args(argv):
                         help="lenet5 only: first train the float network for this many epochs "
                              "(0103's float recipe) and save it to --weights")
     parser.add_argument("--out-dir", type=Path, default=paths.WEIGHTS_DIR,
-                        help="where the int8 state_dict and TorchScript go")
+                        help="where the int8 state_dict and TorchScript (pt2e: the .pt2) go")
     parser.add_argument("--seed", type=int, default=1, help="random seed")
     parser.add_argument("--quick", action="store_true",
                         help=f"tests: evaluate on {QUICK_TEST_IMAGES} test images, "
@@ -95,6 +107,9 @@ def main(argv=None):
 
     fp32_out, labels = predict(model, test_loader)
     fp32_accuracy = 100.0 * (fp32_out.argmax(1) == labels).float().mean().item()
+    if args.flow == "pt2e":
+        return _pt2e(args, model, fp32_out, fp32_accuracy, labels, train_loader, test_loader,
+                     seconds_per_epoch)
 
     start = time.perf_counter()
     prepared = prepare_ptq(model)
@@ -114,6 +129,7 @@ def main(argv=None):
 
     figures = {
         "quick": args.quick,
+        "flow": "eager",
         "model": args.model,
         "fp32_accuracy": round(fp32_accuracy, 2),
         "int8_accuracy": round(int8_accuracy, 2),
@@ -133,7 +149,8 @@ def main(argv=None):
         "torchscript_matches_eager": True,
     }
     # One section per model, so a run of one never hides the other's figures; the top level
-    # is the latest run's, and its "model" says which one that was.
+    # is the latest run's, and its "model" says which one that was. These are the eager
+    # flow's; the pt2e flow's runs sit in their own section, "pt2e".
     write_report(STAGE, figures, section=args.model)
     report = write_report(STAGE, figures)
     drop = fp32_accuracy - int8_accuracy
@@ -144,6 +161,62 @@ def main(argv=None):
           f"bytes, int8 TorchScript {figures['model_bytes']} bytes")
     print(f"saved {state_path} and {scripted_path} (hash {figures['model_hash']}); "
           f"report {report} (section {args.model!r})")
+    return figures
+
+
+def _pt2e(args, model, fp32_out, fp32_accuracy, labels, train_loader, test_loader, seconds_per_epoch):
+    """PTQ through torch.export and torchao's PT2E; the float figures are the eager flow's."""
+    # deferred: torchao costs seconds on import and registers ops of its own in torch; the
+    # eager flow runs without it, as it always has
+    from utils import quantize_pt2e
+
+    start = time.perf_counter()
+    prepared = quantize_pt2e.prepare_ptq(model)
+    calib_images = calibrate(prepared, train_loader, args.calib_batches)
+    converted = quantize_pt2e.to_int8(prepared)
+    calibration_seconds = time.perf_counter() - start
+
+    int8_out, _ = predict(converted, test_loader)
+    int8_accuracy = 100.0 * (int8_out.argmax(1) == labels).float().mean().item()
+    agreement = 100.0 * (int8_out.argmax(1) == fp32_out.argmax(1)).float().mean().item()
+
+    program_path = args.out_dir / PROGRAMS[args.model]
+    program = quantize_pt2e.export_int8(converted)
+    quantize_pt2e.save_program(program, program_path)
+    compared = quantize_pt2e.check_round_trip(converted, program, program_path, test_loader)
+
+    figures = {
+        "quick": args.quick,
+        "flow": "pt2e",
+        "model": args.model,
+        "quantizer": "utils.quantize_pt2e.MicroQuantizer (int8 activations, per-channel int8 weights)",
+        "fp32_accuracy": round(fp32_accuracy, 2),
+        "int8_accuracy": round(int8_accuracy, 2),
+        "argmax_agreement": round(agreement, 2),
+        "test_images": len(labels),
+        "calib_batches": args.calib_batches,
+        "calib_images": calib_images,
+        "calibration_seconds": round(calibration_seconds, 2),
+        "epochs": args.train_epochs,
+        "seconds_per_epoch": seconds_per_epoch,
+        "fp32_bytes": args.weights.stat().st_size,
+        "model_bytes": program_path.stat().st_size,
+        "model_hash": model_hash(program_path),
+        "model_path": str(program_path),
+        "fp32_model_hash": model_hash(args.weights),
+        "ops": quantize_pt2e.op_counts(program),
+        "program_matches_converted": True,
+        "round_trip_images": compared,
+    }
+    # the pt2e flow's own section, one entry per model; the top level stays the eager flow's
+    report = write_report(STAGE, {args.model: figures}, section="pt2e")
+    drop = fp32_accuracy - int8_accuracy
+    print(f"{args.model}: fp32 {fp32_accuracy:.2f} % → PT2E int8 {int8_accuracy:.2f} % "
+          f"({drop:+.2f} points lost, argmax agreement {agreement:.2f} %) on {len(labels)} "
+          f"test images; calibrated on {calib_images} training images")
+    print(f"saved {program_path} ({figures['model_bytes']} bytes, hash {figures['model_hash']}); "
+          f"reloaded program is the one converted ({compared} images compared); report {report} "
+          f"(section 'pt2e')")
     return figures
 
 

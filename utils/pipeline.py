@@ -2,10 +2,14 @@
 
     python3 -m utils.pipeline            # QAT → TVM (0201, 0202) → firmware → qemu-m7 → 10 000 images
     python3 -m utils.pipeline --quick    # the same path on small budgets, in about 2 minutes
+    python3 -m utils.pipeline --flow pt2e    # QAT through torch.export + torchao PT2E → .pt2 → ...
 
 Each step is the stage's own command line, run as a child process, so the pipeline proves
 the commands a user types. Figures come back through reports/*.json. The quick variant keeps
-its models, tar and reports under build/quick/ so it never overwrites the real ones.
+its models, tar and reports under build/quick/ (build/quick-pt2e/ for --flow pt2e) so it
+never overwrites the real ones. When 0202's Cortex-M kernels cannot run a model (they refuse
+per-channel weights, which the pt2e flow's quantizer makes), the firmware keeps 0201's library
+and the job says so in one line.
 """
 import argparse
 import os
@@ -21,6 +25,11 @@ from utils.standin import StandIn
 from utils.targets.registry import DEFAULT_TARGET, TARGETS
 
 PY = sys.executable
+# each flow's int8 LeNet-5, as 0103 names it in weights/
+MODEL_FILES = {"eager": paths.QAT_MODEL.name, "pt2e": "qmnist_lenet5_int8.pt2"}
+# how 0202 begins the one line it exits with when its kernels cannot run a model
+# (utils/aot/backends/cortex_m): a model to deploy with 0201's library, not a failure
+REFUSAL = "0202 cannot optimize"
 
 
 def _step(title, argv, env):
@@ -34,6 +43,25 @@ def _step(title, argv, env):
     return seconds
 
 
+def _step_or_refusal(title, argv, env, refusal):
+    """_step for a stage that may refuse the model: (seconds, None) when it ran, (seconds,
+    its one-line reason) when it exited with a line that starts with `refusal`."""
+    print(f"\n=== {title}: {' '.join(str(a) for a in argv)}", flush=True)
+    started = time.monotonic()
+    result = subprocess.run([PY, *map(str, argv)], cwd=paths.ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    seconds = time.monotonic() - started
+    refused = [line for line in result.stderr.splitlines() if line.removeprefix("error: ").startswith(refusal)]
+    if result.returncode == 0 or not refused:
+        sys.stderr.write(result.stderr)
+        if result.returncode != 0:
+            raise StageError(f"step '{title}' failed (exit {result.returncode}); its output is above")
+        print(f"=== {title}: done in {seconds:.0f} s", flush=True)
+        return seconds, None
+    # the refusal's own line says "error:"; the caller says it in the job's words instead
+    sys.stderr.write("".join(line + "\n" for line in result.stderr.splitlines() if line not in refused))
+    return seconds, refused[-1].removeprefix("error: ")
+
+
 def _pct(value):
     """A fraction in [0, 1] (0201, 0401, firmware reports) as a percentage."""
     return "n/a" if value is None else f"{100 * value:.2f} %"
@@ -44,15 +72,20 @@ def _points(value):
     return "n/a" if value is None else f"{value:.2f} %"
 
 
-def summary_lines(reports_dir: Path, target: str, seconds: dict) -> list:
+def summary_lines(reports_dir: Path, target: str, seconds: dict, flow: str = "eager",
+                  refusal: str = None) -> list:
+    """The summary's lines from the reports; `flow` picks each stage report's section,
+    `refusal` is 0202's one line when it refused the model."""
     qat = read_report("0103mnist_QAT", reports_dir)
     aot = read_report("0201tvm_no_optim", reports_dir)
     opt = read_report("0202tvm_optim", reports_dir)
+    if flow != "eager":   # the eager flow's figures are the reports' top level
+        qat, aot, opt = qat.get(flow, {}), aot.get(flow, {}), opt.get(flow, {})
     fw = read_report("firmware", reports_dir).get(target, {})
     val = read_report("0401pc_terminal_sendimage", reports_dir)
     lines = [
         f"model            {aot.get('model_hash', qat.get('model_hash', '?'))}"
-        f"{'  (quick)' if qat.get('quick') else ''}",
+        f"{'  (quick)' if qat.get('quick') else ''}{'  (pt2e)' if flow == 'pt2e' else ''}",
         f"QAT LeNet-5      fp32 {_points(qat.get('fp32_accuracy'))}   int8 {_points(qat.get('int8_accuracy'))}"
         f"   ({qat.get('epochs', '?')} epochs, {qat.get('seconds_per_epoch', 0):.1f} s/epoch)",
         f"TVM library      flash {aot.get('arm_text_bytes', 0) + aot.get('arm_data_bytes', 0)} B"
@@ -61,7 +94,13 @@ def summary_lines(reports_dir: Path, target: str, seconds: dict) -> list:
         f"                 host check: {aot.get('images')} images, argmax agreement "
         f"{_pct(aot.get('argmax_agreement'))}, int8 exact {_pct(aot.get('uint8_exact_fraction'))}",
     ]
-    if opt and "optimize" in seconds:  # this run deployed 0202's library
+    if flow == "pt2e":  # PyTorch's Q/DQ program is a float reference; the golden model is the truth
+        golden = aot.get("vs_golden_model") or {}
+        lines.append(f"                 largest difference from PyTorch's Q/DQ program {aot.get('max_lsb_diff')} LSB;"
+                     f" same bits as the golden integer model {_pct(golden.get('uint8_exact_fraction'))}")
+    if refusal:
+        lines.append(f"TVM optimized    not deployed: {refusal.split(';')[0]}")
+    elif opt and "optimize" in seconds:  # this run deployed 0202's library
         lines += [
             f"TVM optimized    flash {opt.get('arm_flash_bytes')} B (text+data, Cortex-M7"
             f" {' '.join(['-Os'] + opt.get('library_cflags', []))})   arena {opt.get('arena_bytes')} B",
@@ -87,7 +126,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="small budgets everywhere; outputs under build/quick/")
+                        help="small budgets everywhere; outputs under build/quick/ (build/quick-pt2e/)")
+    parser.add_argument("--flow", choices=sorted(MODEL_FILES), default="eager",
+                        help="eager: 0103's TorchScript int8 model; pt2e: 0103 --flow pt2e's .pt2 "
+                             "program (torch.export + torchao PT2E)")
     parser.add_argument("--target", default=DEFAULT_TARGET, choices=sorted(TARGETS),
                         help="stand-in board to validate on")
     parser.add_argument("--images", type=int, default=None,
@@ -102,34 +144,45 @@ def main(argv=None):
         parser.error("--images must be between 1 and 10000")
 
     env = dict(os.environ)
+    pt2e = args.flow == "pt2e"
     if args.quick:
-        out = paths.BUILD_DIR / "quick"
-        weights, tar, reports = out / "qmnist_lenet5_scripted_int8.pth", out / "mnistCNN.tar", out / "reports"
+        out = paths.BUILD_DIR / ("quick-pt2e" if pt2e else "quick")
+        weights, tar, reports = out / MODEL_FILES[args.flow], out / "mnistCNN.tar", out / "reports"
         env["TINYML_REPORTS_DIR"] = str(reports)
     else:
-        weights, tar, reports = paths.QAT_MODEL, paths.MLF_TAR, paths.REPORTS_DIR
+        weights, tar, reports = paths.WEIGHTS_DIR / MODEL_FILES[args.flow], paths.MLF_TAR, paths.REPORTS_DIR
     images = args.images if args.images is not None else (300 if args.quick else 10000)
     quick = ["--quick"] if args.quick else []
+    flow = ["--flow", "pt2e"] if pt2e else []
+    # the stages create a missing output file's folder but want their reports folder's parent
+    reports.mkdir(parents=True, exist_ok=True)
 
     data.fetch()
     data.check()
     seconds = {}
     started = time.monotonic()
     if args.retrain or args.quick or not weights.is_file():
-        seconds["QAT"] = _step("QAT (0103)", ["0103mnist_QAT.py", "--out", weights, *quick], env)
+        seconds["QAT"] = _step("QAT (0103)", ["0103mnist_QAT.py", *flow, "--out", weights, *quick], env)
     else:
         print(f"\n=== QAT (0103): {weights} exists, reused (--retrain trains again)")
     seconds["compile"] = _step("TVM compile + verify (0201)",
                                ["0201tvm_no_optim.py", "--model", weights, "--out", tar, *quick], env)
+    refusal = None
     if not args.no_optim:
-        seconds["optimize"] = _step("TVM Cortex-M compile + verify against 0201 (0202)",
-                                    ["0202tvm_optim.py", "--model", weights, "--out", tar, *quick], env)
+        spent, refusal = _step_or_refusal("TVM Cortex-M compile + verify against 0201 (0202)",
+                                          ["0202tvm_optim.py", "--model", weights, "--out", tar, *quick], env,
+                                          REFUSAL)
+        seconds["optimize"] = spent
+        if refusal:
+            print(f"=== {refusal.split(';')[0]}: the firmware keeps 0201's library ({tar})", flush=True)
+    library = "0201" if args.no_optim or refusal else "0202"
     seconds["firmware"] = _step(f"firmware build + figures on {args.target}",
                                 ["-m", "utils.standin", "--target", args.target, "--tar", tar,
                                  "--check", "100"], env)
 
     print(f"\n=== start the {args.target} stand-in", flush=True)
-    with StandIn(args.target, tar, link=paths.BUILD_DIR / f"pipeline-{args.target}.pty") as board:
+    link = paths.BUILD_DIR / f"pipeline-{args.target}{'-pt2e' if pt2e and args.quick else ''}.pty"
+    with StandIn(args.target, tar, link=link) as board:
         print(f"    port {board.port} ({board.pty})", flush=True)
         seconds["validate"] = _step(
             f"validate {images} images on {args.target} (0401)",
@@ -138,13 +191,15 @@ def main(argv=None):
     print(f"=== {args.target} stand-in stopped", flush=True)
     seconds["total"] = time.monotonic() - started
 
-    lines = summary_lines(reports, args.target, seconds)
+    lines = summary_lines(reports, args.target, seconds, args.flow, refusal)
     print("\n==== summary " + "=" * 60)
     print("\n".join(lines))
-    write_report("pipeline", {"target": args.target, "images": images, "quick": args.quick,
-                              "library": "0201" if args.no_optim else "0202",
-                              "seconds": {k: round(v, 1) for k, v in seconds.items()}},
-                 reports_dir=reports)
+    figures = {"target": args.target, "images": images, "quick": args.quick, "flow": args.flow,
+               "model": str(weights), "library": library, "optimize_refused": refusal,
+               "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    # the last run at the top level, and each flow's last run in its own section
+    write_report("pipeline", figures, reports_dir=reports)
+    write_report("pipeline", figures, section=args.flow, reports_dir=reports)
 
 
 if __name__ == "__main__":

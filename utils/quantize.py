@@ -51,6 +51,10 @@ MADE_BY = {
     "qmnist_lenet5_ptq.pth": "0102quantization.py --model lenet5",
     "qmnist_lenet5_ptq_scripted_int8.pth": "0102quantization.py --model lenet5",
     "qmnist_lenet5_scripted_int8.pth": "0103mnist_QAT.py",
+    # the PT2E flow's programs (torch.export .pt2)
+    "mnist_cnn_int8.pt2": "0102quantization.py --flow pt2e",
+    "qmnist_lenet5_ptq_int8.pt2": "0102quantization.py --model lenet5 --flow pt2e",
+    "qmnist_lenet5_int8.pt2": "0103mnist_QAT.py --flow pt2e",
 }
 
 
@@ -217,6 +221,16 @@ def describe_state(state) -> str:
            f"QMnistModel's)"
 
 
+def is_program_file(path) -> bool:
+    """A torch.export.save archive (.pt2): its zip holds an archive_format record and models/."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/archive_format") for n in names) and any("/models/" in n for n in names)
+
+
 def describe_model_file(path) -> str:
     """What kind of file `path` is, as a noun phrase ("a float state_dict of MnistModel", "a
     TorchScript int8 model", "a damaged PyTorch file", ...), so an error names what was found
@@ -235,6 +249,8 @@ def describe_model_file(path) -> str:
         return "not a PyTorch file (neither torch.save nor TorchScript)"
     except OSError as exc:
         return f"an unreadable file ({exc.strerror or one_line(exc)})"
+    if is_program_file(path):
+        return "a torch.export program (.pt2)"
     if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
         try:
             with warnings.catch_warnings():
@@ -256,24 +272,28 @@ def describe_model_file(path) -> str:
     return describe_state(state)
 
 
-def load_int8_model(path, made_by: str = None) -> torch.jit.ScriptModule:
-    """Load a TorchScript int8 model (the deployed format) on qnnpack, with one-line errors:
-    a missing file names the stage that makes it; any other file says what it is instead
-    (a float state_dict, a damaged file, ...) and what is expected."""
+def load_int8_model(path, made_by: str = None):
+    """Load an int8 model for the host, with one-line errors: a TorchScript int8 model (the
+    eager flow's deployed format) on qnnpack, or a PT2E int8 program (.pt2, the pt2e flow's)
+    as a module that takes batches. A missing file names the stage that makes it; any other
+    file says what it is instead (a float state_dict, a damaged file, ...) and what is expected."""
     path = Path(path)
     _require_file(path, made_by)
-    expected = ("expected a TorchScript int8 model, as `python3 0103mnist_QAT.py` or "
-                "`python3 0102quantization.py` save")
+    expected = ("expected a TorchScript int8 model or a PT2E int8 program (.pt2), as "
+                "`python3 0103mnist_QAT.py` or `python3 0102quantization.py` (--flow pt2e) save")
     use_qnnpack()
-    try:
-        with _quiet_deprecations():
-            model = torch.jit.load(str(path), map_location="cpu")
-    except Exception:
-        raise StageError(f"{path} is {describe_model_file(path)}; {expected}") from None
-    model.eval()
-    kinds = {node.kind() for node in model.inlined_graph.nodes()}
-    if not any(kind.startswith("quantized::") for kind in kinds):
-        raise StageError(f"{path} is a TorchScript float model; {expected}")
+    if is_program_file(path):
+        model = _load_int8_program(path, expected)
+    else:
+        try:
+            with _quiet_deprecations():
+                model = torch.jit.load(str(path), map_location="cpu")
+        except Exception:
+            raise StageError(f"{path} is {describe_model_file(path)}; {expected}") from None
+        model.eval()
+        kinds = {node.kind() for node in model.inlined_graph.nodes()}
+        if not any(kind.startswith("quantized::") for kind in kinds):
+            raise StageError(f"{path} is a TorchScript float model; {expected}")
     try:
         with torch.no_grad():
             out = model(torch.zeros(INPUT_SHAPE))
@@ -282,6 +302,16 @@ def load_int8_model(path, made_by: str = None) -> torch.jit.ScriptModule:
     if tuple(out.shape) != (1, 10):
         raise StageError(f"{path} returns shape {tuple(out.shape)}, expected (1, 10)")
     return model
+
+
+def _load_int8_program(path, expected):
+    # deferred: torchao (which registers the Q/DQ ops a .pt2 program calls) costs seconds on
+    # import, and the eager flow never needs it
+    from utils import quantize_pt2e
+    program = quantize_pt2e.load_program(path)
+    if not quantize_pt2e.is_quantized(program):
+        raise StageError(f"{path} is a torch.export float program; {expected}")
+    return quantize_pt2e.ProgramModule(program)
 
 
 def load_fp32_model(model: nn.Module, path, made_by: str = None, hint: str = "") -> nn.Module:

@@ -83,9 +83,11 @@ def run_stage(stage, argv, description, backend):
                                  input_shape=args.input_shape, engine=args.engine, model_class=args.model_class)
     figures["load_average_at_start"] = round(load_before, 2)
     figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    # the last run at the top level (the keys the issue names), and each kind's last run
-    # under its own section, so an fp32 run does not hide the int8 figures
+    # the last run at the top level (the keys the issue names), and each kind's and each
+    # flow's last run under its own section, so an fp32 run does not hide the int8 figures
+    # nor a pt2e run the eager ones
     write_report(stage, figures)
+    write_report(stage, figures, section=figures.get("flow") or "eager")
     report = write_report(stage, figures, section=figures["kind"])
     print(f"report: {report}")
     return 0
