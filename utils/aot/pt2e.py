@@ -186,7 +186,9 @@ class Pt2eParser:
         if fusable and pending.low is None and pending.high is None:
             if node.target in RELU and not pending.after:
                 return _Pending(pending.node, pending.inputs, low="relu")
-            if node.target in CLAMPS and not pending.after:
+            # an add's requantization has a lower bound only: a clamp after it stays a table
+            if node.target in CLAMPS and not pending.after and pending.node.target not in (A.add.Tensor,
+                                                                                            A.add_.Tensor):
                 low, high = _clamp_bounds(node, args)
                 if low == 0.0:
                     return _Pending(pending.node, pending.inputs, low="relu", high=high)
