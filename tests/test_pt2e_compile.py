@@ -177,3 +177,35 @@ def test_bad_programs_are_one_line(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+@pytest.mark.parametrize("name", ["mnist_separable", "mnist_residual", "ds_cnn", "resnet8", "mobilenet_v1_025",
+                                  "fc_autoencoder"])
+def test_pt2e_versions_of_the_zoo_models(name, tmp_path):
+    """Each zoo network (random weights) through the project's PT2E quantizer: 0201 compiles
+    it and the library equals the golden integer model on synthetic inputs."""
+    from utils.aot.backends.generic import GENERIC
+    from utils.aot.compiler import compile_model
+    from utils.aot.golden import golden_int8
+    from utils.aot.host_library import HostLibrary
+    from utils.aot.model_file import load_model
+    from utils.aot.torchscript import last_quantized_layer
+    from utils.quantize_pt2e import export_int8, prepare_ptq, save_program, to_int8
+    from utils.zoo.catalog import BY_NAME
+    from utils.zoo.make import as_float, synthetic_inputs
+
+    entry = BY_NAME[name]
+    torch.manual_seed(0)
+    shape = entry.input_shape
+    calibration = torch.from_numpy(as_float(synthetic_inputs(shape, 8, 1), shape))
+    prepared = prepare_ptq(entry.network().eval(), shape)
+    with torch.no_grad():
+        prepared(calibration)
+    path = save_program(export_int8(to_int8(prepared), shape), tmp_path / f"{name}.pt2")
+    source = load_model(path)
+    assert source.flow == "pt2e" and source.input_shape == tuple(shape)
+    compiled = compile_model(source, tmp_path / f"{name}.tar", GENERIC)
+    x = as_float(synthetic_inputs(shape, 6, 0), shape)
+    _, logits = HostLibrary(compiled.tar, build_dir=tmp_path / "host").outputs(x)
+    golden = golden_int8(compiled.layers, x, stop_after=last_quantized_layer(compiled.layers))
+    assert np.array_equal(logits, np.asarray(golden).reshape(logits.shape))
