@@ -11,7 +11,7 @@ import pytest
 from tests.fixtures_models import run_stage
 from utils import bench, paths
 from utils.aot import verify
-from utils.zoo.catalog import MLPERF, QUICK_WEIGHTS_DIR
+from utils.zoo.catalog import MLPERF
 from utils.zoo.models import REFERENCE_MACS
 
 VARIANT_NAMES = {"fp32_no_optim", "fp32_optim", "int8_no_optim", "int8_optim"}
@@ -163,7 +163,7 @@ def test_ulp_distance():
     assert verify.ulp_distance(np.array([-1e-45], np.float32), np.array([1e-45], np.float32))[0] == 2
 
 
-def test_mlperf_shaped_zoo_models_run_on_the_emulator(tmp_path):
+def test_mlperf_shaped_zoo_models_run_on_the_emulator(models, tmp_path):
     """The MLPerf Tiny shapes (their quick zoo weights), one input each on QEMU's Cortex-M7:
     a figure row per model under `models`, bit-exact with the host library; the Cortex-M
     backend may refuse one, in one line."""
@@ -172,10 +172,11 @@ def test_mlperf_shaped_zoo_models_run_on_the_emulator(tmp_path):
                           "generic"], cwd=paths.ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert zoo.returncode == 0, zoo.stdout[-2000:] + zoo.stderr[-2000:]
     proc = run_stage("bench/bench.py", "--quick", "--variants", "int8_no_optim", "--zoo", "mlperf",
-                     "--int8-model", QUICK_WEIGHTS_DIR / "lenet5_scripted_int8.pth",
+                     "--int8-model", models[0],
                      "--build-dir", tmp_path / "build", "--reports-dir", tmp_path / "r", check=False)
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     report = json.loads((tmp_path / "r" / "bench.json").read_text())
+    assert report["variants"]["int8_no_optim"]["status"] == "ok"
     for name in MLPERF:
         rows = report["models"][name]["variants"]
         generic = rows["int8_no_optim"]
