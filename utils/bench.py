@@ -453,8 +453,7 @@ def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir,
             rows[name] = measure_variant(name, model, images, labels, opt_levels, build_dir, plugin,
                                          macs_cache)
         except Exception as exc:  # one variant that cannot be built must not hide the others
-            rows[name] = {"status": "error", "error": f"{type(exc).__name__}: {one_line(exc)}", "model": str(model),
-                          "kind": kind, "backend": VARIANTS[name][1]}
+            rows[name] = _error_row(exc, model, name)
             _say(f"  ERROR {name}: {rows[name]['error']}")
         rows[name]["seconds"] = round(time.perf_counter() - t0, 1)
         rows[name]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -509,8 +508,7 @@ def run_zoo_bench(names, n_images, opt_levels, build_dir, reports_dir, weights_d
                 rows[variant] = measure_variant(variant, path, images, labels, opt_levels,
                                                 build_dir / name, plugin, macs_cache)
             except Exception as exc:  # a backend that refuses the model is a row, not the end
-                rows[variant] = {"status": "error", "error": f"{type(exc).__name__}: {one_line(exc)}",
-                                 "model": str(path), "kind": "int8", "backend": VARIANTS[variant][1]}
+                rows[variant] = _error_row(exc, path, variant)
                 _say(f"  ERROR {variant}: {rows[variant]['error']}")
             rows[variant]["seconds"] = round(time.perf_counter() - t0, 1)
         models[name] = {"variants": rows, "inputs": about, "images": int(len(images)),
@@ -526,6 +524,13 @@ def zoo_weights_path(entry, weights_dir) -> Path:
     if entry.stage_file is not None and Path(entry.stage_file).is_file():
         return Path(entry.stage_file)
     return Path(weights_dir) / f"{entry.name}_scripted_int8.pth"
+
+
+def _error_row(exc, model, variant) -> dict:
+    """The row of a variant that could not be measured: the reason in one line."""
+    kind, backend = VARIANTS[variant]
+    return {"status": "error", "error": f"{type(exc).__name__}: {one_line(exc)}", "model": str(model),
+            "kind": kind, "backend": backend}
 
 
 def _qemu_version() -> str:

@@ -42,6 +42,7 @@ finally:
     _PYTREE_LOG.setLevel(_PYTREE_LEVEL)
 
 from utils.cli import StageError, one_line  # noqa: E402
+from utils.fx_clamps import clamp_bounds  # noqa: E402
 from utils.model import MnistModel  # noqa: E402
 
 A = torch.ops.aten
@@ -124,22 +125,6 @@ def _is_float_tensor(node) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype == torch.float32
 
 
-def _clamp_bounds(node):
-    """(low, high) of a hardtanh / relu6 / clamp node; high None when unbounded."""
-    if node.target == A.relu6.default:
-        return 0.0, 6.0
-    args = list(node.args[1:])
-    if node.target in (A.hardtanh.default, A.hardtanh_.default):
-        low = args[0] if len(args) > 0 else node.kwargs.get("min_val", -1.0)
-        high = args[1] if len(args) > 1 else node.kwargs.get("max_val", 1.0)
-    else:
-        low = args[0] if len(args) > 0 else node.kwargs.get("min")
-        high = args[1] if len(args) > 1 else node.kwargs.get("max")
-    if isinstance(low, Node) or isinstance(high, Node):
-        return None, None
-    return (None if low is None else float(low)), (None if high is None else float(high))
-
-
 def fusable_activation(node) -> bool:
     """ReLU, or a clamp from 0 (ReLU6, hardtanh(0, h), clamp(min=0)): after a conv or a linear
     the compiler applies it as the bounds of the requantized integers, so no quantize sits
@@ -147,7 +132,7 @@ def fusable_activation(node) -> bool:
     if _is(node, RELUS):
         return True
     if _is(node, CLAMPS):
-        low, high = _clamp_bounds(node)
+        low, high = clamp_bounds(node)
         return low == 0.0 and (high is None or high > 0.0)
     return False
 

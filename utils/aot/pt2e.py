@@ -25,10 +25,12 @@ import torch
 from torch.fx import Interpreter
 
 from utils.cli import StageError, one_line
+from utils.fx_clamps import clamp_bounds
 from utils.aot.layers import (Dequantize, Flatten, FloatActivation, LogSoftmax, MaxPool2d, Permute, QConv2d,
                               QLinear, QLookup, Quantize, Reshape, Softmax)
 from utils.aot.layers.base import F32, pair, quantize_bias, requant_multiplier
 from utils.aot.layers.qdq import FloatAdd, FloatCat, IntegerAverage
+from utils.aot.layers.reshape import swapped_dims
 from utils.aot.model_file import register_quantized_decomposed
 from utils.aot.torchscript import INPUT
 
@@ -189,7 +191,7 @@ class Pt2eParser:
             # an add's requantization has a lower bound only: a clamp after it stays a table
             if node.target in CLAMPS and not pending.after and pending.node.target not in (A.add.Tensor,
                                                                                             A.add_.Tensor):
-                low, high = _clamp_bounds(node, args)
+                low, high = clamp_bounds(node)
                 if low == 0.0:
                     return _Pending(pending.node, pending.inputs, low="relu", high=high)
         return None
@@ -394,10 +396,7 @@ def _shape_layer(node, target, args):
         if target == A.permute.default:
             dims = tuple(int(d) % rank for d in args[1])
         else:
-            dims = list(range(rank))
-            a, b = int(args[1]) % rank, int(args[2]) % rank
-            dims[a], dims[b] = dims[b], dims[a]
-            dims = tuple(dims)
+            dims = swapped_dims(rank, args[1], args[2])
         if dims[0] != 0:
             _fail("a permute that moves the batch dimension", node)
         return Permute(dims)
@@ -407,17 +406,6 @@ def _shape_layer(node, target, args):
     if target == A.flatten.using_ints and len(args) >= 2:
         return Flatten(int(args[1]), int(args[2]) if len(args) > 2 else -1)
     return Reshape(shape)
-
-
-def _clamp_bounds(node, args):
-    if node.target == A.relu6.default:
-        return 0.0, 6.0
-    low = args[1] if len(args) > 1 else node.kwargs.get("min", node.kwargs.get("min_val"))
-    high = args[2] if len(args) > 2 else node.kwargs.get("max", node.kwargs.get("max_val"))
-    if node.target in (A.hardtanh.default, A.hardtanh_.default):
-        low = -1.0 if low is None else low
-        high = 1.0 if high is None else high
-    return (None if low is None else float(low)), (None if high is None else float(high))
 
 
 def _int8(tensor, node):

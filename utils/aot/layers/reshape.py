@@ -112,13 +112,17 @@ def parse_permute(parser, node, args):
     return _batch_stays(Permute(tuple(int(d) % ndim for d in args[1])), node.kind())
 
 
+def swapped_dims(rank, a, b):
+    """The permutation of a transpose of dimensions a and b (negative ones count from the end)."""
+    dims = list(range(rank))
+    a, b = int(a) % rank, int(b) % rank
+    dims[a], dims[b] = dims[b], dims[a]
+    return tuple(dims)
+
+
 @aten_rule("aten::transpose")
 def parse_transpose(parser, node, args):
-    ndim = parser.examples[0].dim()
-    dims = list(range(ndim))
-    a, b = int(args[1]) % ndim, int(args[2]) % ndim
-    dims[a], dims[b] = dims[b], dims[a]
-    return _batch_stays(Permute(tuple(dims)), node.kind())
+    return _batch_stays(Permute(swapped_dims(parser.examples[0].dim(), args[1], args[2])), node.kind())
 
 
 def _batch_stays(layer, what):
