@@ -1,0 +1,259 @@
+"""The Cortex-M backend's per-layer lowering: any graph of int8 layers (branches, joins,
+depthwise, pointwise and strided convolutions, dense layers), one kernel per layer.
+
+The chain planner (int8.py) fuses a plain chain of convolutions, pools and dense layers into
+a few kernels; what it refuses comes here. Tensors flow channels-last (NHWC) between the
+kernels of kernels_nhwc.h, the layout they read fastest (a pixel's channels are one word
+apart, as CMSIS-NN and TFLite Micro keep them):
+
+    QConv2d   1x1 stride 1       → utvm_pointwise_u8s8 (register-tiled matrix product)
+              depthwise          → utvm_depthwise_u8s8 (multiplier 1, any kernel and stride)
+              other, groups 1    → utvm_conv_u8s8 (two windows gathered, then a matrix product)
+    QLinear                      → utvm_dense_u8s8
+    QAdd, QLookup, QRelu         elementwise: the generic lowering, on whichever layout comes in
+    anything else                the generic backend's lowering on NCHW tensors, with a
+                                 transpose where the layout changes
+
+Every kernel ends in the same float32 requantization as the generic backend's (per tensor or
+per channel, clip to [lo, hi]), so the library's bits equal 0201's.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import relax
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from utils.cli import StageError
+from utils.aot.backends.generic import RelaxEmitter
+from utils.aot.layers import Flatten, QAdd, QConv2d, QLinear, QLookup, QRelu, Quantize
+from utils.aot.torchscript import INPUT
+
+NCHW, NHWC, FLAT_NHWC, PLAIN = "nchw", "nhwc", "flat_nhwc", "plain"
+OP_PATTERN_OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves these calls alone
+ELEMENTWISE = (QAdd, QLookup, QRelu)
+
+
+@dataclass
+class Value:
+    var: object                 # the Relax tensor
+    layout: str                 # NCHW | NHWC | FLAT_NHWC (a flatten of an NHWC tensor) | PLAIN
+    source: object = None       # FLAT_NHWC: the NHWC tensor it flattens
+
+    @property
+    def shape(self):
+        return tuple(int(d) for d in self.var.ty.shape)
+
+
+def _kernel_func(name, kernel, args, outputs, scratch=()):
+    """A TIR function that calls `kernel` once: args/outputs are (name, shape, dtype); the
+    extern call's arguments are the buffers' data in that order, then `constants`."""
+    def build(constants):
+        with IRBuilder() as builder:
+            with T.prim_func():
+                T.func_name(name)
+                T.func_attr({"tirx.noalias": True})
+                buffers = [T.arg(n, T.buffer(shape, dtype)) for n, shape, dtype in list(args) + list(outputs)]
+                T.evaluate(T.call_extern("int32", kernel, *[b.data for b in buffers], *constants))
+        func = builder.get()
+        return func.with_attrs({"tirx.is_scheduled": True, "op_pattern": OP_PATTERN_OPAQUE})
+    return build
+
+
+def _requant_args(layer):
+    """(multiplier constant, m_stride, out_zp, lo, hi) of a conv or linear layer."""
+    multiplier = np.asarray(layer.multiplier, np.float32).reshape(-1)
+    lo = layer.out_zero_point if layer.relu else 0
+    return multiplier, (1 if multiplier.size > 1 else 0), int(layer.out_zero_point), int(lo), int(layer.clip_high)
+
+
+def kernel_refusal(layer):
+    """Why a conv or linear layer has no kernel here (None: it has one)."""
+    if getattr(layer, "bias_float", None) is not None or getattr(layer, "pre_scale", None) is not None:
+        return "an x86/fbgemm engine's float requantization"
+    if isinstance(layer, QConv2d):
+        if layer.conv1d:
+            return "a 1-d convolution"
+        if tuple(layer.dilation) != (1, 1):
+            return "a dilated convolution"
+        o, i_per_group = layer.weight.shape[:2]
+        if layer.groups != 1 and not (i_per_group == 1 and o == layer.groups):
+            return "a grouped convolution that is not depthwise with multiplier 1"
+    return None
+
+
+def _folded_bias(layer, rows):
+    """bias - zp_in * sum(w) per output channel, int32."""
+    bias = layer.bias if layer.bias is not None else np.zeros(rows.shape[0], np.int64)
+    folded = bias.astype(np.int64) - layer.in_zero_point * rows.astype(np.int64).sum(axis=1)
+    if np.abs(folded).max(initial=0) >= 2 ** 31:
+        raise StageError(f"{layer.name}: the folded bias overflows int32")
+    return folded.astype(np.int32)
+
+
+def conv_weight_rows(weight, k4):
+    """[O, k4] int8: each channel's window, taps row by row, channels last, zeros up to k4,
+    each group of 4 bytes stored (k0, k2, k1, k3) (utvm_conv_u8s8 widens them so)."""
+    o = weight.shape[0]
+    rows = weight.transpose(0, 2, 3, 1).reshape(o, -1)
+    padded = np.zeros((o, k4), np.int8)
+    padded[:, :rows.shape[1]] = rows
+    return np.ascontiguousarray(padded.reshape(o, k4 // 4, 4)[:, :, [0, 2, 1, 3]].reshape(o, k4))
+
+
+def depthwise_weights(weight):
+    """[kh][kw][C4] int16, each group of 4 channels stored (c0, c2, c1, c3)."""
+    c, _, kh, kw = weight.shape
+    c4 = (c + 3) // 4 * 4
+    taps = np.zeros((kh, kw, c4), np.int16)
+    taps[:, :, :c] = weight[:, 0].transpose(1, 2, 0)
+    return np.ascontiguousarray(taps.reshape(kh, kw, c4 // 4, 4)[:, :, :, [0, 2, 1, 3]].reshape(-1))
+
+
+class GraphLowering:
+    def __init__(self, bb):
+        self.bb = bb
+        self.r = RelaxEmitter(bb)
+        self.names = set()
+
+    def const(self, value, dtype):
+        return relax.const(np.ascontiguousarray(np.asarray(value, dtype=dtype)), dtype)
+
+    def name(self, layer):
+        base = getattr(layer, "name", None) or type(layer).__name__
+        base = "".join(ch if ch.isalnum() else "_" for ch in base)
+        name, k = base, 1
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+    # -------------------------------------------------------------- layouts
+
+    def nchw(self, value):
+        if value.layout == NHWC:
+            return Value(self.bb.emit(relax.op.permute_dims(value.var, [0, 3, 1, 2])), NCHW)
+        if value.layout == FLAT_NHWC:
+            chw = self.nchw(value.source)
+            return Value(self.bb.emit(relax.op.reshape(chw.var, list(value.shape))), PLAIN)
+        return value
+
+    def nhwc(self, value):
+        if value.layout == NHWC:
+            return value
+        value = self.nchw(value)
+        if len(value.shape) != 4:
+            raise StageError(f"a {len(value.shape)}-d tensor where an image is expected")
+        return Value(self.bb.emit(relax.op.permute_dims(value.var, [0, 2, 3, 1])), NHWC)
+
+    # -------------------------------------------------------------- layers
+
+    def lower(self, layer, inputs):
+        if isinstance(layer, QConv2d) and kernel_refusal(layer) is None and inputs[0].layout != PLAIN:
+            return self.conv(layer, self.nhwc(inputs[0]))
+        if isinstance(layer, QLinear) and kernel_refusal(layer) is None:
+            return self.dense(layer, inputs[0])
+        if isinstance(layer, Quantize) and len(inputs[0].shape) == 4:
+            return self.nhwc(Value(layer.to_relax(self.r, inputs[0].var), NCHW))
+        if isinstance(layer, Flatten) and inputs[0].layout == NHWC and layer.start_dim == 1 \
+                and layer.end_dim % 4 == 3:
+            n = int(np.prod(inputs[0].shape[1:]))
+            return Value(self.bb.emit(relax.op.reshape(inputs[0].var, [1, n])), FLAT_NHWC, inputs[0])
+        if isinstance(layer, ELEMENTWISE) and len({v.layout for v in inputs}) == 1 \
+                and inputs[0].layout in (NCHW, NHWC):
+            return Value(layer.to_relax(self.r, *[v.var for v in inputs]), inputs[0].layout)
+        plain = [self.nchw(v) for v in inputs]
+        out = layer.to_relax(self.r, *[v.var for v in plain])
+        return Value(out, NCHW if len(out.ty.shape) == 4 else PLAIN)
+
+    def conv(self, layer, x):
+        _, h, w, c = x.shape
+        o, _, kh, kw = layer.weight.shape
+        (sh, sw), (ph, pw) = layer.stride, layer.padding
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        multiplier, m_stride, zp, lo, hi = _requant_args(layer)
+        name = self.name(layer)
+        out_shape = (1, oh, ow, o)
+        if layer.groups != 1:
+            bias = (layer.bias if layer.bias is not None else np.zeros(o)).astype(np.int32)
+            weights = depthwise_weights(layer.weight)
+            build = _kernel_func(name, "utvm_depthwise_u8s8",
+                                 [("x", x.shape, "uint8"), ("w", weights.shape, "int16"), ("b", (o,), "int32"),
+                                  ("m", multiplier.shape, "float32")], [("y", out_shape, "uint8")])
+            func = build([h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
+            args = [x.var, self.const(weights, "int16"), self.const(bias, "int32"),
+                    self.const(multiplier, "float32")]
+            return Value(self.emit_call(func, name, args, [out_shape], ["uint8"]), NHWC)
+        if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+            rows = np.ascontiguousarray(layer.weight.reshape(o, c))
+            bias = _folded_bias(layer, rows)
+            build = _kernel_func(name, "utvm_pointwise_u8s8",
+                                 [("x", x.shape, "uint8"), ("w", (o * c,), "int8"), ("b", (o,), "int32"),
+                                  ("m", multiplier.shape, "float32")], [("y", out_shape, "uint8")])
+            func = build([h * w, c, o, m_stride, zp, lo, hi])
+            args = [x.var, self.const(rows.reshape(-1), "int8"), self.const(bias, "int32"),
+                    self.const(multiplier, "float32")]
+            return Value(self.emit_call(func, name, args, [out_shape], ["uint8"]), NHWC)
+        k = kh * kw * c
+        k4 = (k + 3) // 4 * 4
+        natural = layer.weight.transpose(0, 2, 3, 1).reshape(o, -1)
+        bias = _folded_bias(layer, natural)
+        rows = conv_weight_rows(layer.weight, k4)
+        build = _kernel_func(name, "utvm_conv_u8s8",
+                             [("x", x.shape, "uint8"), ("w", (o * k4,), "int8"), ("b", (o,), "int32"),
+                              ("m", multiplier.shape, "float32")],
+                             [("y", out_shape, "uint8"), ("col", (2 * k4,), "int16")])
+        func = build([h, w, c, oh, ow, o, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
+        args = [x.var, self.const(rows.reshape(-1), "int8"), self.const(bias, "int32"),
+                self.const(multiplier, "float32")]
+        return Value(self.emit_call(func, name, args, [out_shape, (2 * k4,)], ["uint8", "int16"]), NHWC)
+
+    def dense(self, layer, x):
+        o, n = layer.weight.shape
+        weight = layer.weight
+        if x.layout == FLAT_NHWC:
+            # torch flattened [C, H, W]; the tensor is [H, W, C]: permute the columns
+            _, h, w, c = x.source.shape
+            weight = weight.reshape(o, c, h, w).transpose(0, 2, 3, 1).reshape(o, n)
+        elif len(x.shape) != 2 or x.shape[0] != 1:
+            x = self.nchw(x)
+            if len(x.shape) != 2:
+                raise StageError(f"{layer.name}: a dense layer on a {len(x.shape)}-d tensor")
+        rows = np.ascontiguousarray(weight)
+        bias = _folded_bias(layer, rows)
+        multiplier, m_stride, zp, lo, hi = _requant_args(layer)
+        name = self.name(layer)
+        build = _kernel_func(name, "utvm_dense_u8s8",
+                             [("x", (1, n), "uint8"), ("w", (o * n,), "int8"), ("b", (o,), "int32"),
+                              ("m", multiplier.shape, "float32")], [("y", (1, o), "uint8")])
+        func = build([n, o, m_stride, zp, lo, hi])
+        x_var = x.var if x.layout != FLAT_NHWC else x.var
+        args = [x_var, self.const(rows.reshape(-1), "int8"), self.const(bias, "int32"),
+                self.const(multiplier, "float32")]
+        return Value(self.emit_call(func, name, args, [(1, o)], ["uint8"]), PLAIN)
+
+    def emit_call(self, func, name, args, shapes, dtypes):
+        gv = self.bb.add_func(func, name)
+        types = [relax.TensorType(list(s), d) for s, d in zip(shapes, dtypes)]
+        if len(types) == 1:
+            return self.bb.emit(relax.call_tir(gv, relax.Tuple(args), types[0]))
+        outputs = self.bb.emit(relax.call_tir(gv, relax.Tuple(args), types))
+        return self.bb.emit(relax.TupleGetItem(outputs, 0))  # the scratch dies here
+
+
+def int8_to_relax_graph(layers, input_shape):
+    """An IRModule whose `main(input0: float32[input_shape])` computes the layers, one
+    kernel per layer, channels-last between the Cortex-M kernels."""
+    bb = relax.BlockBuilder()
+    lowering = GraphLowering(bb)
+    x_in = relax.Var("input0", relax.TensorType(list(input_shape), "float32"))
+    values = {INPUT: Value(x_in, NCHW if len(input_shape) == 4 else PLAIN)}
+    with bb.function("main", [x_in]):
+        with bb.dataflow():
+            for layer in layers:
+                values[layer.output] = lowering.lower(layer, [values[name] for name in layer.inputs])
+            last = lowering.nchw(values[layers[-1].output])
+            out = bb.emit_output(last.var)
+        bb.emit_func_output(out)
+    return bb.get()

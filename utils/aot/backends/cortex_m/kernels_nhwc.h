@@ -1,0 +1,344 @@
+/* Whole-layer int8 kernels on channels-last (NHWC) tensors, for the Cortex-M backend's
+ * per-layer lowering (graph.py): the networks with branches, depthwise, pointwise and
+ * strided convolutions, and dense layers. One TIR function per layer calls one of these.
+ *
+ * Activations are uint8 [H][W][C] (a convolution's output is its next layer's input as is),
+ * weights int8 in flash in the order each kernel reads them (graph.py lays them out), biases
+ * int32. Each kernel ends in the requantization every layer of the golden model uses, in the
+ * same float32 operations in the same order, so the bits equal 0201's:
+ *     q = clip(rint(float32(acc) * M) + zp_out, lo, hi)
+ * with M one per output channel (m_stride 1) or one for all (m_stride 0).
+ *
+ * On the DSP extension the dot products are __smlad on pairs of int16: a word of 4 uint8
+ * activations or int8 weights becomes the pairs (b0, b2) and (b1, b3) (__uxtb16 / __sxtb16 on
+ * the word and on the word rotated by 8). Elsewhere (host, native64) plain loops over the
+ * same layouts; integer sums are exact in any order, so both give the same bits.
+ */
+#ifndef UTVM_CORTEX_M_KERNELS_NHWC_H_
+#define UTVM_CORTEX_M_KERNELS_NHWC_H_
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define UTVM_NHWC_DSP 1
+#else
+#define UTVM_NHWC_DSP 0
+#endif
+
+#define UTVM_NHWC_INLINE static inline __attribute__((always_inline))
+#define UTVM_NHWC_KERNEL static __attribute__((noinline))
+
+UTVM_NHWC_INLINE uint32_t utvm_nhwc_load32(const void* p) {
+  uint32_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+UTVM_NHWC_INLINE uint8_t utvm_nhwc_requantize(int32_t acc, float m, float zp, float lo, float hi) {
+  float f = nearbyintf((float)acc * m) + zp;
+  f = f < hi ? f : hi;
+  f = f > lo ? f : lo;
+  return (uint8_t)f;
+}
+
+#if UTVM_NHWC_DSP
+UTVM_NHWC_INLINE uint32_t utvm_nhwc_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
+#endif
+
+/* ---------------------------------------------------------------- pointwise 1x1, stride 1
+ * y[p][o] = requantize(bias[o] + sum_c x[p][c] * w[o][c]) for p < pixels; w natural [O][C],
+ * bias with the input zero point folded in (bias - zp_in * sum_c w[o][c]).
+ * 2 pixels x 2 output channels per step: each activation word and each weight word is
+ * widened once for 4 multiply-accumulate pairs. */
+UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias,
+                                             const float* mult, uint8_t* y, int32_t pixels, int32_t in_c,
+                                             int32_t out_c, int32_t m_stride, int32_t out_zp, int32_t lo,
+                                             int32_t hi) {
+  const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
+  const int32_t whole = in_c & ~3;
+  for (int32_t p = 0; p < pixels; p += 2) {
+    const int32_t two = p + 1 < pixels;
+    const uint8_t* x0 = x + p * in_c;
+    const uint8_t* x1 = x0 + two * in_c; /* an odd last pixel is computed twice, stored once */
+    uint8_t* y0 = y + p * out_c;
+    for (int32_t o = 0; o < out_c; o += 2) {
+      const int32_t both = o + 1 < out_c;
+      const int8_t* w0 = w + o * in_c;
+      const int8_t* w1 = w0 + both * in_c;
+      int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0; /* a<pixel><channel> */
+      int32_t c = 0;
+#if UTVM_NHWC_DSP
+      for (; c < whole; c += 4) {
+        const uint32_t xv0 = utvm_nhwc_load32(x0 + c), xv1 = utvm_nhwc_load32(x1 + c);
+        const uint32_t wv0 = utvm_nhwc_load32(w0 + c), wv1 = utvm_nhwc_load32(w1 + c);
+        const uint32_t x0e = __uxtb16(xv0), x0o = __uxtb16(utvm_nhwc_ror8(xv0));
+        const uint32_t x1e = __uxtb16(xv1), x1o = __uxtb16(utvm_nhwc_ror8(xv1));
+        const uint32_t w0e = __sxtb16(wv0), w0o = __sxtb16(utvm_nhwc_ror8(wv0));
+        const uint32_t w1e = __sxtb16(wv1), w1o = __sxtb16(utvm_nhwc_ror8(wv1));
+        a00 = __smlad(x0e, w0e, a00);
+        a00 = __smlad(x0o, w0o, a00);
+        a01 = __smlad(x0e, w1e, a01);
+        a01 = __smlad(x0o, w1o, a01);
+        a10 = __smlad(x1e, w0e, a10);
+        a10 = __smlad(x1o, w0o, a10);
+        a11 = __smlad(x1e, w1e, a11);
+        a11 = __smlad(x1o, w1o, a11);
+      }
+#else
+      (void)whole;
+#endif
+      for (; c < in_c; ++c) {
+        const int32_t v0 = x0[c], v1 = x1[c];
+        a00 += v0 * w0[c];
+        a01 += v0 * w1[c];
+        a10 += v1 * w0[c];
+        a11 += v1 * w1[c];
+      }
+      y0[o] = utvm_nhwc_requantize(a00 + bias[o], mult[o * m_stride], zp, flo, fhi);
+      if (both) {
+        y0[o + 1] = utvm_nhwc_requantize(a01 + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
+      }
+      if (two) {
+        y0[out_c + o] = utvm_nhwc_requantize(a10 + bias[o], mult[o * m_stride], zp, flo, fhi);
+        if (both) {
+          y0[out_c + o + 1] = utvm_nhwc_requantize(a11 + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- general convolution
+ * Any kernel size, stride and padding, groups 1. Two output pixels at a time, their windows
+ * are gathered into `col` (2 x k4 int16: the window's taps row by row, channels last, the
+ * input zero point where the window leaves the image, zeros past k = kh * kw * C up to k4, a
+ * multiple of 4), then multiplied with every channel's weight row: w [O][k4] int8 with each
+ * group of 4 bytes stored as (k0, k2, k1, k3), so that __sxtb16 of a word gives the pair
+ * (k0, k1) and of the word rotated by 8 the pair (k2, k3): the same pairs as the int16 words
+ * of `col`. bias with the input zero point folded in (padding holds the zero point). */
+UTVM_NHWC_INLINE void utvm_nhwc_gather(const uint8_t* x, int16_t* col, int32_t oy, int32_t ox, int32_t in_h,
+                                       int32_t in_w, int32_t in_c, int32_t k_h, int32_t k_w, int32_t stride_h,
+                                       int32_t stride_w, int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t k,
+                                       int32_t k4) {
+  int16_t* out = col;
+  const int32_t y0 = oy * stride_h - pad_h, x0 = ox * stride_w - pad_w;
+  for (int32_t ky = 0; ky < k_h; ++ky) {
+    const int32_t iy = y0 + ky;
+    if (iy < 0 || iy >= in_h) {
+      for (int32_t i = 0; i < k_w * in_c; ++i) {
+        *out++ = (int16_t)in_zp;
+      }
+      continue;
+    }
+    for (int32_t kx = 0; kx < k_w; ++kx) {
+      const int32_t ix = x0 + kx;
+      if (ix < 0 || ix >= in_w) {
+        for (int32_t c = 0; c < in_c; ++c) {
+          *out++ = (int16_t)in_zp;
+        }
+      } else {
+        const uint8_t* src = x + (iy * in_w + ix) * in_c;
+        for (int32_t c = 0; c < in_c; ++c) {
+          *out++ = src[c];
+        }
+      }
+    }
+  }
+  for (int32_t i = k; i < k4; ++i) {
+    *out++ = 0;
+  }
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_conv_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
+                                        uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c,
+                                        int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w,
+                                        int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
+                                        int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+  const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
+  const int32_t k = k_h * k_w * in_c, k4 = (k + 3) & ~3;
+  const int32_t pixels = out_h * out_w;
+  int16_t* col0 = col;
+  int16_t* col1 = col + k4;
+  for (int32_t p = 0; p < pixels; p += 2) {
+    const int32_t two = p + 1 < pixels;
+    utvm_nhwc_gather(x, col0, p / out_w, p % out_w, in_h, in_w, in_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
+                     in_zp, k, k4);
+    if (two) {
+      utvm_nhwc_gather(x, col1, (p + 1) / out_w, (p + 1) % out_w, in_h, in_w, in_c, k_h, k_w, stride_h, stride_w,
+                       pad_h, pad_w, in_zp, k, k4);
+    }
+    uint8_t* y0 = y + p * out_c;
+    for (int32_t o = 0; o < out_c; o += 2) {
+      const int32_t both = o + 1 < out_c;
+      const int8_t* w0 = w + o * k4;
+      const int8_t* w1 = w0 + both * k4;
+      int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+#if UTVM_NHWC_DSP
+      for (int32_t i = 0; i < k4; i += 4) {
+        const uint32_t wv0 = utvm_nhwc_load32(w0 + i), wv1 = utvm_nhwc_load32(w1 + i);
+        const uint32_t w0a = __sxtb16(wv0), w0b = __sxtb16(utvm_nhwc_ror8(wv0));
+        const uint32_t w1a = __sxtb16(wv1), w1b = __sxtb16(utvm_nhwc_ror8(wv1));
+        const uint32_t x0a = utvm_nhwc_load32(col0 + i), x0b = utvm_nhwc_load32(col0 + i + 2);
+        const uint32_t x1a = utvm_nhwc_load32(col1 + i), x1b = utvm_nhwc_load32(col1 + i + 2);
+        a00 = __smlad(x0a, w0a, a00);
+        a00 = __smlad(x0b, w0b, a00);
+        a01 = __smlad(x0a, w1a, a01);
+        a01 = __smlad(x0b, w1b, a01);
+        a10 = __smlad(x1a, w0a, a10);
+        a10 = __smlad(x1b, w0b, a10);
+        a11 = __smlad(x1a, w1a, a11);
+        a11 = __smlad(x1b, w1b, a11);
+      }
+#else
+      for (int32_t i = 0; i < k4; i += 4) {
+        /* the weights' byte order (k0, k2, k1, k3) → taps k0..k3 */
+        static const int8_t order[4] = {0, 2, 1, 3};
+        for (int32_t j = 0; j < 4; ++j) {
+          const int32_t wt0 = w0[i + order[j]], wt1 = w1[i + order[j]];
+          a00 += col0[i + j] * wt0;
+          a01 += col0[i + j] * wt1;
+          a10 += col1[i + j] * wt0;
+          a11 += col1[i + j] * wt1;
+        }
+      }
+#endif
+      y0[o] = utvm_nhwc_requantize(a00 + bias[o], mult[o * m_stride], zp, flo, fhi);
+      if (both) {
+        y0[o + 1] = utvm_nhwc_requantize(a01 + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
+      }
+      if (two) {
+        y0[out_c + o] = utvm_nhwc_requantize(a10 + bias[o], mult[o * m_stride], zp, flo, fhi);
+        if (both) {
+          y0[out_c + o + 1] = utvm_nhwc_requantize(a11 + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- depthwise, multiplier 1
+ * y[oy][ox][c] = requantize(bias[c] + sum over the window's taps inside the image of
+ * (x[iy][ix][c] - zp_in) * w[ky][kx][c]); taps outside add nothing (they would hold the zero
+ * point). w16: the weights widened to int16 [kh][kw][C4] with each group of 4 channels stored
+ * as (c0, c2, c1, c3), C4 = C rounded up to 4; bias as the model has it (nothing folded).
+ * On the DSP extension 4 channels per step: one activation word, widened and centered with
+ * __ssub16, against two weight words, by __smlabb / __smlatt. */
+UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w16, const int32_t* bias,
+                                             const float* mult, uint8_t* y, int32_t in_h, int32_t in_w, int32_t chans,
+                                             int32_t out_h, int32_t out_w, int32_t k_h, int32_t k_w, int32_t stride_h,
+                                             int32_t stride_w, int32_t pad_h, int32_t pad_w, int32_t in_zp,
+                                             int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+  const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
+  const int32_t c4 = (chans + 3) & ~3;
+  const int32_t whole = chans & ~3;
+#if UTVM_NHWC_DSP
+  const uint32_t zp2 = (uint32_t)(uint16_t)in_zp * 0x00010001u;
+#endif
+  for (int32_t oy = 0; oy < out_h; ++oy) {
+    const int32_t y0 = oy * stride_h - pad_h;
+    const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = y0 + k_h > in_h ? in_h - y0 : k_h;
+    for (int32_t ox = 0; ox < out_w; ++ox) {
+      const int32_t x0 = ox * stride_w - pad_w;
+      const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = x0 + k_w > in_w ? in_w - x0 : k_w;
+      uint8_t* out = y + (oy * out_w + ox) * chans;
+      int32_t c = 0;
+#if UTVM_NHWC_DSP
+      for (; c < whole; c += 4) {
+        int32_t a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
+        for (int32_t ky = ky0; ky < ky1; ++ky) {
+          const uint8_t* row = x + ((y0 + ky) * in_w + x0) * chans + c;
+          const int16_t* wrow = w16 + (ky * k_w) * c4 + c;
+          for (int32_t kx = kx0; kx < kx1; ++kx) {
+            const uint32_t xv = utvm_nhwc_load32(row + kx * chans);
+            const uint32_t xe = __ssub16(__uxtb16(xv), zp2), xo = __ssub16(__uxtb16(utvm_nhwc_ror8(xv)), zp2);
+            const uint32_t we = utvm_nhwc_load32(wrow + kx * c4), wo = utvm_nhwc_load32(wrow + kx * c4 + 2);
+            a0 = __smlabb(xe, we, a0);
+            a2 = __smlatt(xe, we, a2);
+            a1 = __smlabb(xo, wo, a1);
+            a3 = __smlatt(xo, wo, a3);
+          }
+        }
+        out[c] = utvm_nhwc_requantize(a0, mult[c * m_stride], zp, flo, fhi);
+        out[c + 1] = utvm_nhwc_requantize(a1, mult[(c + 1) * m_stride], zp, flo, fhi);
+        out[c + 2] = utvm_nhwc_requantize(a2, mult[(c + 2) * m_stride], zp, flo, fhi);
+        out[c + 3] = utvm_nhwc_requantize(a3, mult[(c + 3) * m_stride], zp, flo, fhi);
+      }
+#else
+      (void)whole;
+#endif
+      for (; c < chans; ++c) {
+        /* where channel c sits in its group of 4: (c0, c2, c1, c3) */
+        static const int8_t slot[4] = {0, 2, 1, 3};
+        const int32_t at = (c & ~3) + slot[c & 3];
+        int32_t acc = bias[c];
+        for (int32_t ky = ky0; ky < ky1; ++ky) {
+          for (int32_t kx = kx0; kx < kx1; ++kx) {
+            acc += ((int32_t)x[((y0 + ky) * in_w + x0 + kx) * chans + c] - in_zp) * w16[(ky * k_w + kx) * c4 + at];
+          }
+        }
+        out[c] = utvm_nhwc_requantize(acc, mult[c * m_stride], zp, flo, fhi);
+      }
+    }
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- dense
+ * y[o] = requantize(bias[o] + sum_i x[i] * w[o][i]); w natural [O][N], bias with the input
+ * zero point folded in. 4 output channels per step, the input word widened once for all. */
+UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
+                                         uint8_t* y, int32_t n, int32_t out_c, int32_t m_stride, int32_t out_zp,
+                                         int32_t lo, int32_t hi) {
+  const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
+  const int32_t whole = n & ~3;
+  for (int32_t o = 0; o < out_c; o += 4) {
+    const int32_t left = out_c - o;
+    const int8_t* w0 = w + o * n;
+    const int8_t* w1 = w0 + (left > 1 ? 1 : 0) * n;
+    const int8_t* w2 = w0 + (left > 2 ? 2 : 0) * n;
+    const int8_t* w3 = w0 + (left > 3 ? 3 : 0) * n;
+    int32_t a[4] = {0, 0, 0, 0};
+    int32_t i = 0;
+#if UTVM_NHWC_DSP
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (; i < whole; i += 4) {
+      const uint32_t xv = utvm_nhwc_load32(x + i);
+      const uint32_t xe = __uxtb16(xv), xo = __uxtb16(utvm_nhwc_ror8(xv));
+      const uint32_t v0 = utvm_nhwc_load32(w0 + i), v1 = utvm_nhwc_load32(w1 + i);
+      const uint32_t v2 = utvm_nhwc_load32(w2 + i), v3 = utvm_nhwc_load32(w3 + i);
+      a0 = __smlad(xe, __sxtb16(v0), a0);
+      a0 = __smlad(xo, __sxtb16(utvm_nhwc_ror8(v0)), a0);
+      a1 = __smlad(xe, __sxtb16(v1), a1);
+      a1 = __smlad(xo, __sxtb16(utvm_nhwc_ror8(v1)), a1);
+      a2 = __smlad(xe, __sxtb16(v2), a2);
+      a2 = __smlad(xo, __sxtb16(utvm_nhwc_ror8(v2)), a2);
+      a3 = __smlad(xe, __sxtb16(v3), a3);
+      a3 = __smlad(xo, __sxtb16(utvm_nhwc_ror8(v3)), a3);
+    }
+    a[0] = a0;
+    a[1] = a1;
+    a[2] = a2;
+    a[3] = a3;
+#else
+    (void)whole;
+#endif
+    for (; i < n; ++i) {
+      const int32_t v = x[i];
+      a[0] += v * w0[i];
+      a[1] += v * w1[i];
+      a[2] += v * w2[i];
+      a[3] += v * w3[i];
+    }
+    for (int32_t j = 0; j < 4 && j < left; ++j) {
+      y[o + j] = utvm_nhwc_requantize(a[j] + bias[o + j], mult[(o + j) * m_stride], zp, flo, fhi);
+    }
+  }
+  return 0;
+}
+
+#endif /* UTVM_CORTEX_M_KERNELS_NHWC_H_ */
