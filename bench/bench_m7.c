@@ -14,7 +14,8 @@
  *   PASS <index> <rc> <timer instructions> <stack bytes> <10 output float bits>[ <10 tap float bits>]
  *   END
  *
- * index ffffffff is the empty pass. The tap (int8 libraries compiled with
+ * index ffffffff is the empty pass. Compiled with -DTVMGEN_DEFAULT_PROFILE (with the library),
+ * it defines the library's per-kernel hook for the per-layer breakdown. The tap (int8 libraries compiled with
  * -DTVMGEN_DEFAULT_DEBUG_TAP) is the dequantized logits the last kernel reads, from which
  * Python recovers the uint8 logits. Then semihosting SYS_EXIT ends QEMU. */
 #include <stdint.h>
@@ -50,6 +51,16 @@ __attribute__((noinline, noipa, used)) void bench_marker_stop(void)
 {
     __asm volatile("nop" ::: "memory");
 }
+
+#ifdef TVMGEN_DEFAULT_PROFILE
+/* The profiling build: the library calls this before and after each kernel call; the plugin
+ * (layer=<its address>) cuts the pass into segments there, glue and kernels in turn. */
+__attribute__((noinline, noipa, used)) void tvmgen_default_profile_mark(int32_t call, int32_t after)
+{
+    (void)call, (void)after;
+    __asm volatile("" ::: "memory");
+}
+#endif
 
 static float input[IN_FLOATS];
 static float output[OUT_FLOATS];

@@ -34,7 +34,10 @@ from utils.reports import read_report, report_path, write_report
 from utils.targets import (TargetError, compile_and_link, die_with_parent, library_flags,
                            library_objects_dir, run_build, stale, stop_process)
 from utils.targets import qemu_m7
+from utils import bench_peers
+from utils import cycle_estimate
 from utils.aot import mlf
+from utils.aot.emit import PROFILE_DEFINE, PROFILE_FUNCTION
 from utils.aot.backends import BACKENDS
 from utils.aot.compiler import compile_model, to_relax
 from utils.aot.host_library import HostLibrary
@@ -59,11 +62,22 @@ VARIANTS = {
     "int8_optim": ("int8", "cortex_m"),
 }
 OPT_LEVELS = ("-Os", "-O2")
+# the models' variants: each model with the generic backend (0201) and the Cortex-M one (0202)
+MODEL_VARIANTS = ("int8_no_optim", "int8_optim")
+STAGE_OF = {"int8_no_optim": "0201", "int8_optim": "0202", "fp32_no_optim": "0201", "fp32_optim": "0202"}
+CYCLE_MODEL = ("estimated Cortex-M7 cycles: plugin block counts x llvm-mca-14 -mcpu=cortex-m7 "
+               "steady-state cycles per block, branches and IT one issue slot each, LDM/STM/PUSH/POP "
+               "ceil(registers/2) (utils/cycle_estimate.py); no flash wait states, ART accelerator, "
+               "caches, TCM or branch mispredictions")
 NM = "arm-none-eabi-nm"
 QEMU_TIMEOUT = 120.0
 TIMER_RESOLUTION = 40  # instructions per TIMER0 tick under -icount shift=0 (platform_m7.c)
 EMPTY_PASS = 0xFFFFFFFF
 GOAL_INSTRUCTIONS = 1_000_000  # int8 LeNet-5 on the emulated Cortex-M7
+
+
+class Refused(StageError):
+    """The backend does not compile this model (its one-line StageError)."""
 
 
 def _say(text):
@@ -152,10 +166,11 @@ class Build:
     library_flags: list
 
 
-def build_elf(tar: Path, out_dir: Path, opt: str, images_c: Path, tap: bool) -> Build:
+def build_elf(tar: Path, out_dir: Path, opt: str, images_c: Path, tap: bool, profile: bool = False) -> Build:
     """The bench ELF for QEMU mps2-an500: harness and platform with qemu_m7's flags (-Os), the
-    library with qemu_m7's flags and then `opt`; with `tap` both see -DTVMGEN_DEFAULT_DEBUG_TAP."""
-    defines = [f"-D{mlf.DEBUG_TAP_DEFINE}"] if tap else []
+    library with qemu_m7's flags and then `opt`; with `tap` both see -DTVMGEN_DEFAULT_DEBUG_TAP,
+    with `profile` -DTVMGEN_DEFAULT_PROFILE (the per-kernel marks)."""
+    defines = ([f"-D{mlf.DEBUG_TAP_DEFINE}"] if tap else []) + ([f"-D{PROFILE_DEFINE}"] if profile else [])
     our_flags = qemu_m7.OUR_FLAGS + defines
     lib_flags = qemu_m7.LIB_FLAGS + defines
     sources = [HARNESS_SOURCE, qemu_m7.M7_DIR / "platform_m7.c", qemu_m7.M7_DIR / "startup.c", images_c]
@@ -173,7 +188,7 @@ def build_elf(tar: Path, out_dir: Path, opt: str, images_c: Path, tap: bool) -> 
     return Build(elf, objects, flags)
 
 
-def marker_addresses(elf: Path) -> tuple:
+def elf_symbols(elf: Path) -> dict:
     try:
         out = subprocess.run([NM, str(elf)], capture_output=True, text=True, check=True).stdout
     except (FileNotFoundError, subprocess.CalledProcessError) as exc:
@@ -183,6 +198,11 @@ def marker_addresses(elf: Path) -> tuple:
         fields = line.split()
         if len(fields) == 3:
             symbols[fields[2]] = int(fields[0], 16) & ~1
+    return symbols
+
+
+def marker_addresses(elf: Path) -> tuple:
+    symbols = elf_symbols(elf)
     try:
         start, stop = symbols["bench_marker_start"], symbols["bench_marker_stop"]
     except KeyError:
@@ -203,23 +223,58 @@ class Pass:
     output: np.ndarray = None  # float32 [outputs]
     tap: np.ndarray = None     # float32 [outputs] (tap builds)
     count: int = None          # instructions between the markers (plugin)
+    segments: list = None      # profiling builds: instructions between consecutive marks
+    blocks: dict = None        # bb=on: {(start, end, insns): executions}
 
 
-def qemu_command(elf: Path, plugin: Path, start: int, stop: int, uart: Path, plugin_log: Path) -> list:
+def layer_marker_address(elf: Path) -> int:
+    symbols = elf_symbols(elf)
+    if PROFILE_FUNCTION not in symbols:
+        raise TargetError(f"{elf} has no {PROFILE_FUNCTION} (not a profiling build)")
+    return symbols[PROFILE_FUNCTION]
+
+
+def qemu_command(elf: Path, plugin: Path, start: int, stop: int, uart: Path, plugin_log: Path,
+                 layer: int = None, bb: bool = False) -> list:
+    options = f"{plugin},start={start:#x},stop={stop:#x}"
+    options += (f",layer={layer:#x}" if layer is not None else "") + (",bb=on" if bb else "")
     return qemu_m7.qemu_command(elf, serial=f"file:{uart}", extra=[
         "-semihosting-config", "enable=on,target=native",
-        "-plugin", f"{plugin},start={start:#x},stop={stop:#x}", "-d", "plugin", "-D", str(plugin_log)])
+        "-plugin", options, "-d", "plugin", "-D", str(plugin_log)])
 
 
-def run_on_qemu(elf: Path, plugin: Path, outputs: int = 10, timeout: float = QEMU_TIMEOUT) -> list:
-    """Run the bench ELF once; its passes (empty pass first), each with the plugin's count.
+def run_on_qemu(elf: Path, plugin: Path, outputs: int = 10, timeout: float = QEMU_TIMEOUT,
+                layers: bool = False, bb: bool = False) -> list:
+    """Run the bench ELF once; its passes (empty pass first), each with the plugin's count
+    (and with `layers` its segments between the profiling marks, with `bb` its block counts).
     QEMU ends itself (semihosting exit); if not within `timeout`, it is stopped by its PID."""
+    uart_text, plugin_text = run_qemu_plugin(elf, plugin, timeout, layers, bb)
+    passes = parse_uart(uart_text, outputs)
+    counts = parse_plugin_log(plugin_text)
+    if len(counts) != len(passes):
+        raise TargetError(f"the plugin counted {len(counts)} passes, the harness ran {len(passes)}; "
+                          f"logs: {elf.parent / 'plugin.log'}, {elf.parent / 'uart.txt'}")
+    segments = parse_segments(plugin_text)
+    blocks = cycle_estimate.parse_bb_lines(plugin_text) if bb else {}
+    for i, (p, count) in enumerate(zip(passes, counts)):
+        p.count = count
+        if layers:
+            p.segments = segments.get(i, [])
+        if bb:
+            p.blocks = blocks.get(i, {})
+    return passes
+
+
+def run_qemu_plugin(elf: Path, plugin: Path, timeout: float = QEMU_TIMEOUT, layers: bool = False,
+                    bb: bool = False) -> tuple:
+    """Run an ELF with the counting plugin until its UART says END; (UART text, plugin log)."""
     out_dir = elf.parent
     uart, plugin_log, qemu_log = out_dir / "uart.txt", out_dir / "plugin.log", out_dir / "qemu.log"
     for path in (uart, plugin_log):
         path.unlink(missing_ok=True)
     start, stop = marker_addresses(elf)
-    command = qemu_command(elf, plugin, start, stop, uart, plugin_log)
+    layer = layer_marker_address(elf) if layers else None
+    command = qemu_command(elf, plugin, start, stop, uart, plugin_log, layer, bb)
     with open(qemu_log, "w") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
@@ -241,14 +296,21 @@ def run_on_qemu(elf: Path, plugin: Path, outputs: int = 10, timeout: float = QEM
         raise TargetError(f"the bench on QEMU did not finish (status {process.returncode}, "
                           f"{len(text.splitlines())} UART lines); logs: {uart}, {qemu_log}"
                           f"{' (' + tail[0][:160] + ')' if tail else ''}")
-    passes = parse_uart(text, outputs)
-    counts = parse_plugin_log(plugin_log.read_text(errors="replace") if plugin_log.is_file() else "")
-    if len(counts) != len(passes):
-        raise TargetError(f"the plugin counted {len(counts)} passes, the harness ran {len(passes)}; "
-                          f"logs: {plugin_log}, {uart}")
-    for p, count in zip(passes, counts):
-        p.count = count
-    return passes
+    return text, plugin_log.read_text(errors="replace") if plugin_log.is_file() else ""
+
+
+def parse_segments(text: str) -> dict:
+    """pass → [instructions of each segment between profiling marks], from `segment` lines."""
+    out = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[0] == "segment":
+            index, mark, count = (int(f) for f in fields[1:])
+            segments = out.setdefault(index, [])
+            if mark != len(segments):
+                raise TargetError(f"plugin segments out of order: {line}")
+            segments.append(count)
+    return out
 
 
 def _floats(words) -> np.ndarray:
@@ -294,7 +356,7 @@ def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_ou
     level_dir = build_dir / opt.lstrip("-")
     build = build_elf(tar, level_dir / "fw", opt, images_c, tap=False)
     outputs = int(np.prod(metadata["outputs"][0]["shape"]))
-    passes = run_on_qemu(build.elf, plugin, outputs)
+    passes = run_on_qemu(build.elf, plugin, outputs, bb=True)
     empty, runs = passes[0], passes[1:]
     images, repeat = runs[:n_images], runs[n_images:]
     if len(images) != n_images or len(repeat) != 1 or any(p.rc != 0 for p in runs):
@@ -316,6 +378,7 @@ def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_ou
                                            device_out.view(np.uint32)))
     sizes = object_sizes(build.library_objects)
     stack = max(p.stack for p in images)
+    cycles = estimate_cycles(build.elf, empty, images, counts)
     figures = {
         "opt_level": opt,
         "library_cflags": [str(f) for f in build.library_flags],
@@ -333,6 +396,7 @@ def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_ou
         "bss_bytes": sizes["arm_bss_bytes"],
         "stack_peak_bytes": int(stack),
         "ram_bytes": int(metadata["arena_bytes"] + stack),
+        **cycles,
         **compare_outputs(device_out, host_out, device_logits, host_logits),
     }
     if tap_out_same is not None:
@@ -340,12 +404,64 @@ def measure_level(tar, metadata, kind, opt, images_c, build_dir, plugin, host_ou
     return figures, device_out, device_logits
 
 
+def estimate_cycles(elf, empty, images, counts) -> dict:
+    """The Cortex-M7 cycle estimate of each image's pass (utils.cycle_estimate), the empty
+    pass's blocks subtracted; the block counts must add up to the plugin's exact count."""
+    keys = set(empty.blocks)
+    for p in images:
+        keys |= set(p.blocks)
+    costs, unreadable = cycle_estimate.block_costs(elf, keys)
+    per_image, matches = [], True
+    for p, count in zip(images, counts):
+        estimate = cycle_estimate.weigh(p.blocks, empty.blocks, costs)
+        per_image.append(estimate.cycles)
+        matches &= estimate.instructions == count
+    median = float(statistics.median(per_image))
+    return {
+        "estimated_cycles": int(round(median)),
+        "estimated_ms_216mhz": round(cycle_estimate.milliseconds(median), 4),
+        "estimated_cycles_per_image": [int(round(c)) for c in per_image],
+        "estimated_instructions_per_cycle": round(statistics.median(counts) / median, 3) if median else None,
+        "estimate_blocks": len(keys),
+        "estimate_block_counts_match_plugin": bool(matches),
+        "estimate_unreadable_instructions": unreadable,
+    }
+
+
+def profile_layers(tar, metadata, opt, images_c, build_dir, plugin, default_count) -> dict:
+    """The per-layer breakdown from the profiling build (-DTVMGEN_DEFAULT_PROFILE) on the first
+    input: instructions of each kernel call (its packed-call wrapper and the marks included) and
+    of the glue between them; they add up to the profiling build's count exactly."""
+    build = build_elf(tar, build_dir / opt.lstrip("-") / "profile", opt, images_c, tap=False, profile=True)
+    outputs = int(np.prod(metadata["outputs"][0]["shape"]))
+    passes = run_on_qemu(build.elf, plugin, outputs, layers=True)
+    empty, first = passes[0], passes[1]
+    calls = metadata["calls"]
+    segments = first.segments
+    if len(segments) != 2 * len(calls) + 1 or first.rc != 0:
+        raise StageError(f"the profiling build marked {len(segments) - 1} kernel entries and exits for "
+                         f"{len(calls)} calls (rc {first.rc}); log {build.elf.parent / 'plugin.log'}")
+    total = first.count - empty.count
+    kernels = segments[1::2]
+    glue = sum(segments[0::2]) - empty.count
+    layers = [{"index": i, "kernel": name, "instructions": int(n), "share": round(n / total, 4)}
+              for i, (name, n) in enumerate(zip(calls, kernels))]
+    return {
+        "layers": layers,
+        "glue_instructions": int(glue),
+        "profile_instructions_per_inference": int(total),
+        "profile_marks_cost_instructions": int(total - default_count),
+        "profile_segments_add_up": bool(sum(segments) == first.count),
+        "profile_opt_level": opt,
+    }
+
+
 def _host_outputs(tar, images, build_dir):
     return HostLibrary(tar, build_dir=build_dir / "host-lib").outputs(images)
 
 
 def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plugin, macs_cache,
-                    low=0.0, span=1.0) -> dict:
+                    low=0.0, span=1.0, profile_layers_too=False) -> dict:
     """Compile, run and compare one variant on input bytes `images` (floats low + span * byte
     / 255); raises on any failure (the caller makes it a row)."""
     kind, backend_name = VARIANTS[name]
@@ -355,7 +471,10 @@ def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plu
     variant_dir.mkdir(parents=True, exist_ok=True)
     source = load_model(model_path, kind)
     t0 = time.perf_counter()
-    compiled = compile_model(source, variant_dir / "mnistCNN.tar", backend)
+    try:
+        compiled = compile_model(source, variant_dir / "mnistCNN.tar", backend)
+    except StageError as exc:  # the backend refuses the model, in one line
+        raise Refused(one_line(exc)) from None
     compile_seconds = time.perf_counter() - t0
     metadata = compiled.metadata
     if metadata.get("backend") != backend.name:
@@ -389,10 +508,16 @@ def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plu
         levels[opt] = figures
         _say(f"  {opt}: {figures['instructions_per_inference']:,} instructions per inference "
              f"(min {figures['instructions_min']:,}, max {figures['instructions_max']:,}), "
+             f"~{figures['estimated_cycles']:,} M7 cycles ({figures['estimated_ms_216mhz']:.2f} ms at 216 MHz), "
              f"flash {figures['flash_bytes']:,} B, stack {figures['stack_peak_bytes']} B, "
              f"bit-exact {figures['bit_exact']}")
     best = min(levels, key=lambda opt: levels[opt]["instructions_per_inference"])
     chosen = levels[best]
+    profile = None
+    if profile_layers_too:
+        _say(f"  {best}: the profiling build, per kernel call")
+        profile = profile_layers(compiled.tar, metadata, best, images_c, variant_dir, plugin,
+                                 chosen["instructions_per_image"][0])
     row = {
         "status": "ok",
         "kind": kind,
@@ -412,6 +537,9 @@ def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plu
         "arena_bytes": int(metadata["arena_bytes"]),
         "stack_peak_bytes": chosen["stack_peak_bytes"],
         "ram_bytes": chosen["ram_bytes"],
+        "estimated_cycles": chosen["estimated_cycles"],
+        "estimated_ms_216mhz": chosen["estimated_ms_216mhz"],
+        "estimated_instructions_per_cycle": chosen["estimated_instructions_per_cycle"],
         # every measured opt level, not only the chosen one, must match the host build
         "bit_exact": all(level["bit_exact"] for level in levels.values()),
         "outputs_bitwise_identical": all(level["outputs_identical_fraction"] == 1.0 for level in levels.values()),
@@ -424,6 +552,8 @@ def measure_variant(name, model_path, images, labels, opt_levels, build_dir, plu
         "timer_minus_plugin_max_abs": max(level["timer_minus_plugin_max_abs"] for level in levels.values()),
         "by_opt_level": levels,
     }
+    if profile is not None:
+        row["per_layer"] = profile
     if vs_golden:
         # int8: uint8 logits identical to the golden backend's library; fp32: outputs bitwise identical
         row["matches_golden"] = all(v["bit_exact"] for v in vs_golden.values())
@@ -480,42 +610,98 @@ def run_bench(variants, n_images, opt_levels, int8_model, fp32_model, build_dir,
     return report
 
 
-def run_zoo_bench(names, n_images, opt_levels, build_dir, reports_dir, weights_dir, quick=False) -> dict:
-    """Zoo models (utils.zoo; their weights made by `python3 -m utils.zoo`) on the emulator,
-    each with the generic and the Cortex-M backend: reports/bench.json `models`. MNIST-shaped
-    ones run MNIST test images, the others the zoo's synthetic inputs (bytes / 255)."""
+def model_key(name: str) -> str:
+    """The report's name of a model given by its short name (lenet5, dscnn, resnet8, mbv1, ad)
+    or its zoo name: the short one when it has one."""
+    short = {zoo: short for short, zoo in bench_peers.MODELS.items()}
+    return name if name in bench_peers.MODELS else short.get(name, name)
+
+
+def run_models_bench(names, n_images, opt_levels, build_dir, reports_dir, weights_dir, lenet5_model,
+                     quick=False, validate=True) -> dict:
+    """Models (short or zoo names) on the emulator, each with the generic (0201) and the
+    Cortex-M (0202) backend: reports/bench.json `models`, each with its variants, its
+    per-layer breakdown, its cycle estimate and the published peer row. MNIST-shaped ones run
+    MNIST test images, the others the zoo's synthetic inputs (bytes / 255). A backend that
+    refuses a model is an error row; so is one that crashes (`refused` false)."""
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     plugin = build_plugin(build_dir)
     models, macs_cache = {}, {}
     for name in names:
-        entry = zoo_catalog.BY_NAME[name]
-        path = zoo_weights_path(entry, weights_dir)
+        key = model_key(name)
+        entry = zoo_catalog.BY_NAME[bench_peers.MODELS.get(key, key)]
+        path = Path(lenet5_model) if entry.name == "lenet5" else zoo_weights_path(entry, weights_dir)
         if entry.inputs == "mnist":
             images, labels = (a[:n_images] for a in mnist_arrays(False))
             about = "MNIST test images"
         else:
             images = zoo_make.synthetic_inputs(entry.input_shape, n_images, zoo_make.VERIFY_SEED)
             labels, about = None, "synthetic (the zoo's, value / 255)"
+        peer = bench_peers.peer_row(key) if key in bench_peers.PEERS else None
         rows = {}
-        for variant in ("int8_no_optim", "int8_optim"):
-            _say(f"[{name}] {variant} ({path})")
+        for variant in MODEL_VARIANTS:
+            _say(f"[{key}] {variant} ({STAGE_OF[variant]}, {path})")
             t0 = time.perf_counter()
             try:
                 if not path.is_file():
                     raise StageError(f"{path} not found; make it with `python3 -m utils.zoo"
                                      f"{' --quick' if quick else ''}`")
                 rows[variant] = measure_variant(variant, path, images, labels, opt_levels,
-                                                build_dir / name, plugin, macs_cache)
+                                                build_dir / entry.name, plugin, macs_cache,
+                                                profile_layers_too=True)
+                rows[variant]["stage"] = STAGE_OF[variant]
+                rows[variant]["bit_exact_with_host"] = rows[variant]["bit_exact"]
+                rows[variant]["bit_exact_with_0201"] = rows[variant].get("matches_golden", True)
+                if peer is not None:
+                    rows[variant]["vs_peer"] = bench_peers.ratios(rows[variant], peer)
+                    if variant == "int8_optim":
+                        rows[variant]["meets_goal"] = (rows[variant]["instructions_per_inference"]
+                                                       <= peer["goal_0202_instructions"])
+                _print_layers(rows[variant])
             except Exception as exc:  # a backend that refuses the model is a row, not the end
                 rows[variant] = _error_row(exc, path, variant)
+                rows[variant]["stage"] = STAGE_OF[variant]
+                rows[variant]["refused"] = isinstance(exc, Refused)
                 _say(f"  ERROR {variant}: {rows[variant]['error']}")
             rows[variant]["seconds"] = round(time.perf_counter() - t0, 1)
-        models[name] = {"variants": rows, "inputs": about, "images": int(len(images)),
-                        "input_shape": list(entry.input_shape)}
-    write_report(STAGE, {"zoo_quick": bool(quick), "zoo_opt_levels": list(opt_levels)}, reports_dir=reports_dir)
+        models[key] = {"variants": rows, "peer": peer, "zoo_name": entry.name, "inputs": about,
+                       "images": int(len(images)), "input_shape": list(entry.input_shape)}
+    figures = {"models_quick": bool(quick), "models_opt_levels": list(opt_levels),
+               "models_finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "cycle_model": CYCLE_MODEL}
+    write_report(STAGE, figures, reports_dir=reports_dir)
     write_report(STAGE, models, section="models", reports_dir=reports_dir)
-    return read_report(STAGE, reports_dir)
+    if validate:
+        _say("cycle estimate: the check loops (bench/cycle_loops.c)")
+        check = validate_cycle_estimate(build_dir, plugin)
+        for row in check["loops"]:
+            _say(f"  {row['loop']}: estimated {row['estimated_cycles_per_iteration']:.2f}, expected "
+                 f"{row['expected_cycles_per_iteration']} cycles per iteration ({row['relative_error']:+.1%})")
+        write_report(STAGE, check, section="cycle_estimate_validation", reports_dir=reports_dir)
+    report = read_report(STAGE, reports_dir)
+    base = report_path(STAGE, reports_dir)
+    md = base.with_name("bench_models.md")
+    md.write_text(models_markdown(report))
+    png = base.with_name("bench_models.png")
+    models_chart(report, png)
+    _say("")
+    _say(md.read_text())
+    _say(f"wrote {base}, {md}, {png}")
+    return report
+
+
+
+
+def _print_layers(row, top=5):
+    per_layer = row.get("per_layer")
+    if not per_layer:
+        return
+    layers = sorted(per_layer["layers"], key=lambda layer: -layer["instructions"])
+    total = per_layer["profile_instructions_per_inference"]
+    _say(f"  per layer (profiling build, {total:,} instructions; glue {per_layer['glue_instructions']:,}):")
+    for layer in layers[:top]:
+        _say(f"    #{layer['index']:<3} {layer['kernel']:<48} {layer['instructions']:>12,}  {layer['share']:6.1%}")
 
 
 def zoo_weights_path(entry, weights_dir) -> Path:
@@ -539,6 +725,45 @@ def _qemu_version() -> str:
     except (FileNotFoundError, subprocess.CalledProcessError):
         raise TargetError(f"{qemu_m7.QEMU} not found; install qemu-system-arm (bash setup.sh)") from None
     return out.splitlines()[0].strip()
+
+
+# ------------------------------------------------------------------ the cycle estimate's check
+
+LOOPS_SOURCE = BENCH_SRC / "cycle_loops.c"
+
+
+def validate_cycle_estimate(build_dir: Path, plugin: Path) -> dict:
+    """The cycle estimate on bench/cycle_loops.c's loops, whose M7 cycles follow from published
+    measurements (utils.cycle_estimate.VALIDATION_LOOPS): estimated and expected cycles per
+    iteration of each, run on QEMU with the block-counting plugin."""
+    out_dir = Path(build_dir) / "cycle-loops"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    elf = out_dir / "cycle_loops.elf"
+    sources = [LOOPS_SOURCE, qemu_m7.M7_DIR / "platform_m7.c", qemu_m7.M7_DIR / "startup.c"]
+    if stale(elf, sources + [qemu_m7.LINKER_SCRIPT]):
+        run_build([qemu_m7.CC, *qemu_m7.OUR_FLAGS, f"-I{paths.ROOT / 'firmware'}", *qemu_m7.LINK_FLAGS,
+                   "-o", elf, *sources], "the cycle-estimate loops", out_dir / "build.log")
+    uart, plugin_text = run_qemu_plugin(elf, plugin, bb=True)
+    blocks = cycle_estimate.parse_bb_lines(plugin_text)
+    counts = parse_plugin_log(plugin_text)
+    loops = cycle_estimate.VALIDATION_LOOPS
+    if len(counts) != len(loops) + 1:
+        raise TargetError(f"the loops ran {len(counts) - 1} of {len(loops)} passes; log {out_dir / 'plugin.log'}")
+    keys = set().union(*(blocks.get(i, {}) for i in range(len(counts))))
+    costs, unreadable = cycle_estimate.block_costs(elf, keys)
+    rows = []
+    for i, loop in enumerate(loops, 1):
+        estimate = cycle_estimate.weigh(blocks.get(i, {}), blocks.get(0, {}), costs)
+        per_iteration = estimate.cycles / cycle_estimate.VALIDATION_ITERATIONS
+        rows.append({"loop": loop.name, "rule": loop.rule, "expected_cycles_per_iteration": loop.cycles,
+                     "estimated_cycles_per_iteration": round(per_iteration, 3),
+                     "relative_error": round(per_iteration / loop.cycles - 1, 4),
+                     "instructions_match_plugin": estimate.instructions == counts[i] - counts[0]})
+    worst = max(abs(r["relative_error"]) for r in rows)
+    return {"source": cycle_estimate.VALIDATION_SOURCE, "loops": rows, "max_abs_relative_error": worst,
+            "tolerance": cycle_estimate.VALIDATION_TOLERANCE,
+            "within_tolerance": worst <= cycle_estimate.VALIDATION_TOLERANCE,
+            "unreadable_instructions": unreadable}
 
 
 # ------------------------------------------------------------------ table and chart
@@ -638,6 +863,118 @@ def chart(report, path: Path):
     ax2.set_title("Library flash and RAM", fontsize=10)
     ax2.legend(fontsize=8)
     ax2.margins(y=0.15)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _models(report):
+    return list(report.get("models", {}).items())
+
+
+def models_markdown(report) -> str:
+    """The models x variants table with the published peer figures."""
+    lines = ["| model | variant | gcc | instructions / inference | MACs | instr. / MAC | est. M7 cycles | "
+             "est. ms @216 MHz | arena B | stack peak B | flash B | bit-exact: host / 0201 | "
+             "TFLM+CMSIS-NN ÷ ours | arena ÷ TFLM's | goal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, model in _models(report):
+        peer = model.get("peer") or {}
+        for variant, row in model["variants"].items():
+            label = f"{variant} ({row.get('stage', '')})"
+            if row.get("status") != "ok":
+                kind = "refused" if row.get("refused") else "error"
+                error = str(row.get("error", "?")).replace("|", "\\|")
+                lines.append(f"| {name} | {label} | | {kind}: {error} |" + " |" * 11)
+                continue
+            vs = row.get("vs_peer", {})
+            exact = (f"{'yes' if row['bit_exact_with_host'] else '**NO**'} / "
+                     f"{'yes' if row['bit_exact_with_0201'] else '**NO**'}")
+            goal = ""
+            if "meets_goal" in row:
+                goal = f"{'met' if row['meets_goal'] else 'not met'} (≤ {peer['goal_0202_instructions'] / 1e6:.2f} M)"
+            lines.append(
+                f"| {name} | {label} | {row['opt_level']} | {row['instructions_per_inference']:,} | "
+                f"{row['macs']:,} | {row['instructions_per_mac']:.2f} | {row['estimated_cycles']:,} | "
+                f"{row['estimated_ms_216mhz']:.2f} | {row['arena_bytes']:,} | {row['stack_peak_bytes']:,} | "
+                f"{row['flash_bytes']:,} | {exact} | "
+                f"{vs['tflm_cmsis_nn_over_ours']:.2f}× | {vs['arena_vs_tflm']:.2f} | {goal} |"
+                if vs else
+                f"| {name} | {label} | {row['opt_level']} | {row['instructions_per_inference']:,} | "
+                f"{row['macs']:,} | {row['instructions_per_mac']:.2f} | {row['estimated_cycles']:,} | "
+                f"{row['estimated_ms_216mhz']:.2f} | {row['arena_bytes']:,} | {row['stack_peak_bytes']:,} | "
+                f"{row['flash_bytes']:,} | {exact} | | | |")
+    lines += ["", "Published peers (utils/bench_peers.py, with sources):", "",
+              "| model | TFLM+CMSIS-NN instructions | per MAC | TFLM arena B | TFLM reference kernels | "
+              "ExecuTorch instructions | best published ms (STM32F746) |", "|---|---|---|---|---|---|---|"]
+    for name, model in _models(report):
+        peer = model.get("peer")
+        if not peer:
+            continue
+        et = f"{peer['executorch_instructions']:,}" if "executorch_instructions" in peer else "—"
+        lines.append(f"| {name} | {peer['tflm_cmsis_nn_instructions']:,} | {peer['tflm_cmsis_nn_instructions_per_mac']} | "
+                     f"{peer['tflm_arena_bytes']:,} | {peer['tflm_reference_instructions']:,} | {et} | "
+                     f"{peer['published_ms']} ({peer['published_ms_by']}) |")
+    check = report.get("cycle_estimate_validation")
+    if check:
+        lines += ["", f"Cycle estimate on check loops (expected cycles from {check['source']}):", "",
+                  "| loop | expected cycles / iteration | estimated | error |", "|---|---|---|---|"]
+        for row in check["loops"]:
+            lines.append(f"| {row['loop']} | {row['expected_cycles_per_iteration']} | "
+                         f"{row['estimated_cycles_per_iteration']:.2f} | {row['relative_error']:+.1%} |")
+    lines += ["", "Instructions: exact, QEMU mps2-an500 (Cortex-M7) with a TCG plugin. " + CYCLE_MODEL + "."
+              + (" QUICK RUN." if report.get("models_quick") else "")]
+    return "\n".join(lines) + "\n"
+
+
+def models_chart(report, path: Path):
+    """Instructions per inference against TFLM + CMSIS-NN, and estimated ms at 216 MHz against
+    the best published STM32F746 results, per model (log scales)."""
+    models = _models(report)
+    names = [name for name, _ in models]
+    x = np.arange(len(names))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+
+    def value(model, variant, key, scale):
+        row = model["variants"].get(variant, {})
+        return row[key] / scale if row.get("status") == "ok" else np.nan
+
+    series = [("0201 (generic)", lambda m: value(m, "int8_no_optim", "instructions_per_inference", 1e6), "#8da0cb"),
+              ("0202 (Cortex-M)", lambda m: value(m, "int8_optim", "instructions_per_inference", 1e6), "#4c72b0"),
+              ("TFLM + CMSIS-NN", lambda m: (m.get("peer") or {}).get("tflm_cmsis_nn_instructions", np.nan) / 1e6, "#dd8452"),
+              ("ExecuTorch 1.5", lambda m: (m.get("peer") or {}).get("executorch_instructions", np.nan) / 1e6, "#c44e52")]
+    width = 0.8 / len(series)
+    for k, (label, get, color) in enumerate(series):
+        values = [get(m) for _, m in models]
+        bars = ax1.bar(x + (k - (len(series) - 1) / 2) * width, values, width, label=label, color=color)
+        for bar, v in zip(bars, values):
+            if np.isfinite(v):
+                ax1.annotate(f"{v:.2g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=6)
+            elif label.startswith("020"):
+                ax1.annotate("refused", (bar.get_x() + bar.get_width() / 2, 0.05), ha="center", va="bottom",
+                             fontsize=6, rotation=90)
+    ax1.set_yscale("log")
+    ax1.set_xticks(x, names)
+    ax1.set_ylabel("million instructions per inference (log)")
+    ax1.set_title("Instructions per inference, QEMU Cortex-M7", fontsize=10)
+    ax1.legend(fontsize=7)
+    series2 = [("0201 estimate", lambda m: value(m, "int8_no_optim", "estimated_ms_216mhz", 1), "#8da0cb"),
+               ("0202 estimate", lambda m: value(m, "int8_optim", "estimated_ms_216mhz", 1), "#4c72b0"),
+               ("best published (MLPerf Tiny v1.1 / RIOT-ML)", lambda m: (m.get("peer") or {}).get("published_ms", np.nan), "#55a868")]
+    width = 0.8 / len(series2)
+    for k, (label, get, color) in enumerate(series2):
+        values = [get(m) for _, m in models]
+        bars = ax2.bar(x + (k - (len(series2) - 1) / 2) * width, values, width, label=label, color=color)
+        for bar, v in zip(bars, values):
+            if np.isfinite(v):
+                ax2.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=6)
+    ax2.set_yscale("log")
+    ax2.set_xticks(x, names)
+    ax2.set_ylabel("ms per inference at 216 MHz (log)")
+    ax2.set_title("Estimated M7 time (zero-wait memory; llvm-mca) vs published STM32F746", fontsize=10)
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -24,6 +24,19 @@ ARENA_ALIGN = 16
 DL_TYPES = {"int8": ("kDLInt", 8), "int16": ("kDLInt", 16), "int32": ("kDLInt", 32), "int64": ("kDLInt", 64),
             "uint8": ("kDLUInt", 8), "uint16": ("kDLUInt", 16), "uint32": ("kDLUInt", 32),
             "float32": ("kDLFloat", 32)}
+# The profiling hook: a call before and after each kernel call when the library is compiled
+# with -DTVMGEN_DEFAULT_PROFILE (the benchmark's per-layer build, which defines the function);
+# otherwise the macro is empty and the compiled code is that of a library without the hook.
+PROFILE_DEFINE = "TVMGEN_DEFAULT_PROFILE"
+PROFILE_MARK = "TVMGEN_DEFAULT_PROFILE_MARK"
+PROFILE_FUNCTION = "tvmgen_default_profile_mark"
+PROFILE_HOOK = f"""#ifdef {PROFILE_DEFINE}
+/* profiling builds only: called with (call index, 0) before each kernel call, (index, 1) after */
+void {PROFILE_FUNCTION}(int32_t call, int32_t after);
+#define {PROFILE_MARK}(call, after) {PROFILE_FUNCTION}(call, after)
+#else
+#define {PROFILE_MARK}(call, after) ((void)0)
+#endif"""
 C_TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
            "uint8": "uint8_t", "uint16": "uint16_t", "uint32": "uint32_t", "float32": "float"}
 
@@ -276,7 +289,9 @@ def glue_source(plan, banner, tap=None, helpers_out_of_line=False):
         tensors = ",\n      ".join(_tensor_expr(t, plan) for t in call.args)
         body.append(f"  {{  /* {i}: {call.kernel}({', '.join(t.name for t in call.args)}) */\n"
                     f"    DLTensor args[{len(call.args)}] = {{\n      {tensors}}};\n"
+                    f"    {PROFILE_MARK}({i}, 0);\n"
                     f"    int32_t rc = call_kernel(__tvm_ffi_{call.kernel}, args, {len(call.args)});\n"
+                    f"    {PROFILE_MARK}({i}, 1);\n"
                     f"    if (rc != 0) return rc;\n  }}")
         if tap is not None and any(a is tap for a in call.args[-1:]):
             body.append(f"#ifdef TVMGEN_DEFAULT_DEBUG_TAP\n"
@@ -293,6 +308,7 @@ def glue_source(plan, banner, tap=None, helpers_out_of_line=False):
     out = [f"/* {line} */" for line in banner]
     out += ["#include <stddef.h>", "#include <stdint.h>", "#include <string.h>", "",
             '#include "tvm/ffi/c_api.h"', '#include "tvmgen_default.h"', ""]
+    out.append(PROFILE_HOOK)
     out.append("typedef int32_t (*kernel_fn)(void* self, void* args, int32_t num_args, void* result);")
     for kernel in plan.kernels:
         out.append(f"int32_t __tvm_ffi_{kernel}(void* self, void* args, int32_t num_args, void* result);")
