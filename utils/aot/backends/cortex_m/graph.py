@@ -101,6 +101,15 @@ def conv_weight_rows(weight, k4):
     return np.ascontiguousarray(padded.reshape(o, k4 // 4, 4)[:, :, [0, 2, 1, 3]].reshape(o, k4))
 
 
+def channel_pairs(rows):
+    """[O, K] int8 rows (K a multiple of 4) → [ceil(O / 2)][K / 4][2][4], flat: each step of 4
+    taps holds both channels of a pair, one after the other (a missing last channel: zeros)."""
+    o, k = rows.shape
+    padded = np.zeros(((o + 1) // 2 * 2, k), np.int8)
+    padded[:o] = rows
+    return np.ascontiguousarray(padded.reshape(-1, 2, k // 4, 4).transpose(0, 2, 1, 3).reshape(-1))
+
+
 def depthwise_weights(weight):
     """[kh][kw][C4] int16, each group of 4 channels stored (c0, c2, c1, c3)."""
     c, _, kh, kw = weight.shape
@@ -185,11 +194,12 @@ class GraphLowering:
             args = [x.var, self.const(weights, "int16"), self.const(bias, "int32"),
                     self.const(multiplier, "float32")]
             return Value(self.emit_call(func, name, args, [out_shape], ["uint8"]), NHWC)
-        if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
-            rows = np.ascontiguousarray(layer.weight.reshape(o, c))
-            bias = _folded_bias(layer, rows)
+        if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and c % 4 == 0:
+            natural = layer.weight.reshape(o, c)
+            bias = _folded_bias(layer, natural)
+            rows = channel_pairs(natural)
             build = _kernel_func(name, "utvm_pointwise_u8s8",
-                                 [("x", x.shape, "uint8"), ("w", (o * c,), "int8"), ("b", (o,), "int32"),
+                                 [("x", x.shape, "uint8"), ("w", rows.shape, "int8"), ("b", (o,), "int32"),
                                   ("m", multiplier.shape, "float32")], [("y", out_shape, "uint8")])
             func = build([h * w, c, o, m_stride, zp, lo, hi])
             args = [x.var, self.const(rows.reshape(-1), "int8"), self.const(bias, "int32"),
@@ -199,9 +209,9 @@ class GraphLowering:
         k4 = (k + 3) // 4 * 4
         natural = layer.weight.transpose(0, 2, 3, 1).reshape(o, -1)
         bias = _folded_bias(layer, natural)
-        rows = conv_weight_rows(layer.weight, k4)
+        rows = channel_pairs(conv_weight_rows(layer.weight, k4))
         build = _kernel_func(name, "utvm_conv_u8s8",
-                             [("x", x.shape, "uint8"), ("w", (o * k4,), "int8"), ("b", (o,), "int32"),
+                             [("x", x.shape, "uint8"), ("w", rows.shape, "int8"), ("b", (o,), "int32"),
                               ("m", multiplier.shape, "float32")],
                              [("y", out_shape, "uint8"), ("col", (2 * k4,), "int16")])
         func = build([h, w, c, oh, ow, o, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])

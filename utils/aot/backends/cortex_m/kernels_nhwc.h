@@ -38,65 +38,82 @@ UTVM_NHWC_INLINE uint32_t utvm_nhwc_load32(const void* p) {
 }
 
 UTVM_NHWC_INLINE uint8_t utvm_nhwc_requantize(int32_t acc, float m, float zp, float lo, float hi) {
-  float f = nearbyintf((float)acc * m) + zp;
-  f = f < hi ? f : hi;
-  f = f > lo ? f : lo;
-  return (uint8_t)f;
+  /* fminf / fmaxf: one instruction each on the M7's FPU (vminnm / vmaxnm); no NaN gets here */
+  return (uint8_t)fmaxf(fminf(nearbyintf((float)acc * m) + zp, hi), lo);
 }
 
 #if UTVM_NHWC_DSP
-UTVM_NHWC_INLINE uint32_t utvm_nhwc_ror8(uint32_t v) { return (v >> 8) | (v << 24); }
+/* The extends rotate their operand for free, but gcc 12 does not fold a rotate into
+   __uxtb16/__sxtb16 (it emits two instructions), so these are written out. */
+UTVM_NHWC_INLINE uint32_t utvm_nhwc_uxtb16_ror8(uint32_t v) {
+  uint32_t r;
+  __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+
+UTVM_NHWC_INLINE uint32_t utvm_nhwc_sxtb16_ror8(uint32_t v) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
 #endif
 
 /* ---------------------------------------------------------------- pointwise 1x1, stride 1
- * y[p][o] = requantize(bias[o] + sum_c x[p][c] * w[o][c]) for p < pixels; w natural [O][C],
- * bias with the input zero point folded in (bias - zp_in * sum_c w[o][c]).
- * 2 pixels x 2 output channels per step: each activation word and each weight word is
- * widened once for 4 multiply-accumulate pairs. */
+ * y[p][o] = requantize(bias[o] + sum_c x[p][c] * w[o][c]) for p < pixels, C a multiple of 4;
+ * bias with the input zero point folded in (bias - zp_in * sum_c w[o][c]). w: channel pairs
+ * interleaved, [ceil(O / 2)][C / 4][2][4] (a missing last channel is zeros), so one pointer
+ * walks both channels' words. 2 pixels x 2 output channels per step: each activation word and
+ * each weight word is widened once for 4 multiply-accumulate pairs. */
 UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias,
                                              const float* mult, uint8_t* y, int32_t pixels, int32_t in_c,
                                              int32_t out_c, int32_t m_stride, int32_t out_zp, int32_t lo,
                                              int32_t hi) {
   const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
-  const int32_t whole = in_c & ~3;
   for (int32_t p = 0; p < pixels; p += 2) {
     const int32_t two = p + 1 < pixels;
     const uint8_t* x0 = x + p * in_c;
     const uint8_t* x1 = x0 + two * in_c; /* an odd last pixel is computed twice, stored once */
     uint8_t* y0 = y + p * out_c;
+    const int8_t* wp = w;
     for (int32_t o = 0; o < out_c; o += 2) {
       const int32_t both = o + 1 < out_c;
-      const int8_t* w0 = w + o * in_c;
-      const int8_t* w1 = w0 + both * in_c;
       int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0; /* a<pixel><channel> */
-      int32_t c = 0;
 #if UTVM_NHWC_DSP
-      for (; c < whole; c += 4) {
-        const uint32_t xv0 = utvm_nhwc_load32(x0 + c), xv1 = utvm_nhwc_load32(x1 + c);
-        const uint32_t wv0 = utvm_nhwc_load32(w0 + c), wv1 = utvm_nhwc_load32(w1 + c);
-        const uint32_t x0e = __uxtb16(xv0), x0o = __uxtb16(utvm_nhwc_ror8(xv0));
-        const uint32_t x1e = __uxtb16(xv1), x1o = __uxtb16(utvm_nhwc_ror8(xv1));
-        const uint32_t w0e = __sxtb16(wv0), w0o = __sxtb16(utvm_nhwc_ror8(wv0));
-        const uint32_t w1e = __sxtb16(wv1), w1o = __sxtb16(utvm_nhwc_ror8(wv1));
+      const uint8_t* xa = x0;
+      const uint8_t* xb = x1;
+      const int8_t* const end = wp + 2 * in_c;
+      while (wp < end) {
+        const uint32_t xv0 = utvm_nhwc_load32(xa), xv1 = utvm_nhwc_load32(xb);
+        xa += 4;
+        xb += 4;
+        const uint32_t x0e = __uxtb16(xv0), x0o = utvm_nhwc_uxtb16_ror8(xv0);
+        const uint32_t x1e = __uxtb16(xv1), x1o = utvm_nhwc_uxtb16_ror8(xv1);
+        const uint32_t wv0 = utvm_nhwc_load32(wp);
+        const uint32_t w0e = __sxtb16(wv0), w0o = utvm_nhwc_sxtb16_ror8(wv0);
         a00 = __smlad(x0e, w0e, a00);
         a00 = __smlad(x0o, w0o, a00);
-        a01 = __smlad(x0e, w1e, a01);
-        a01 = __smlad(x0o, w1o, a01);
         a10 = __smlad(x1e, w0e, a10);
         a10 = __smlad(x1o, w0o, a10);
+        const uint32_t wv1 = utvm_nhwc_load32(wp + 4);
+        wp += 8;
+        const uint32_t w1e = __sxtb16(wv1), w1o = utvm_nhwc_sxtb16_ror8(wv1);
+        a01 = __smlad(x0e, w1e, a01);
+        a01 = __smlad(x0o, w1o, a01);
         a11 = __smlad(x1e, w1e, a11);
         a11 = __smlad(x1o, w1o, a11);
       }
 #else
-      (void)whole;
-#endif
-      for (; c < in_c; ++c) {
-        const int32_t v0 = x0[c], v1 = x1[c];
-        a00 += v0 * w0[c];
-        a01 += v0 * w1[c];
-        a10 += v1 * w0[c];
-        a11 += v1 * w1[c];
+      for (int32_t c = 0; c < in_c; c += 4) {
+        for (int32_t j = 0; j < 4; ++j) {
+          const int32_t v0 = x0[c + j], v1 = x1[c + j], wt0 = wp[j], wt1 = wp[4 + j];
+          a00 += v0 * wt0;
+          a01 += v0 * wt1;
+          a10 += v1 * wt0;
+          a11 += v1 * wt1;
+        }
+        wp += 8;
       }
+#endif
       y0[o] = utvm_nhwc_requantize(a00 + bias[o], mult[o * m_stride], zp, flo, fhi);
       if (both) {
         y0[o + 1] = utvm_nhwc_requantize(a01 + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
@@ -116,10 +133,10 @@ UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, 
  * Any kernel size, stride and padding, groups 1. Two output pixels at a time, their windows
  * are gathered into `col` (2 x k4 int16: the window's taps row by row, channels last, the
  * input zero point where the window leaves the image, zeros past k = kh * kw * C up to k4, a
- * multiple of 4), then multiplied with every channel's weight row: w [O][k4] int8 with each
- * group of 4 bytes stored as (k0, k2, k1, k3), so that __sxtb16 of a word gives the pair
- * (k0, k1) and of the word rotated by 8 the pair (k2, k3): the same pairs as the int16 words
- * of `col`. bias with the input zero point folded in (padding holds the zero point). */
+ * multiple of 4), then multiplied with every channel's weight row: w int8, channel pairs
+ * interleaved as in utvm_pointwise_u8s8 ([ceil(O / 2)][k4 / 4][2][4]), each group of 4 bytes
+ * stored as (k0, k2, k1, k3), so that __sxtb16 of a word gives the pair (k0, k1) and of the
+ * word rotated by 8 the pair (k2, k3): the same pairs as the int16 words of `col`. bias with the input zero point folded in (padding holds the zero point). */
 UTVM_NHWC_INLINE void utvm_nhwc_gather(const uint8_t* x, int16_t* col, int32_t oy, int32_t ox, int32_t in_h,
                                        int32_t in_w, int32_t in_c, int32_t k_h, int32_t k_w, int32_t stride_h,
                                        int32_t stride_w, int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t k,
@@ -172,24 +189,30 @@ UTVM_NHWC_KERNEL int32_t utvm_conv_u8s8(const uint8_t* x, const int8_t* w, const
                        pad_h, pad_w, in_zp, k, k4);
     }
     uint8_t* y0 = y + p * out_c;
+    const int8_t* wp = w;
     for (int32_t o = 0; o < out_c; o += 2) {
       const int32_t both = o + 1 < out_c;
-      const int8_t* w0 = w + o * k4;
-      const int8_t* w1 = w0 + both * k4;
       int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
 #if UTVM_NHWC_DSP
-      for (int32_t i = 0; i < k4; i += 4) {
-        const uint32_t wv0 = utvm_nhwc_load32(w0 + i), wv1 = utvm_nhwc_load32(w1 + i);
-        const uint32_t w0a = __sxtb16(wv0), w0b = __sxtb16(utvm_nhwc_ror8(wv0));
-        const uint32_t w1a = __sxtb16(wv1), w1b = __sxtb16(utvm_nhwc_ror8(wv1));
-        const uint32_t x0a = utvm_nhwc_load32(col0 + i), x0b = utvm_nhwc_load32(col0 + i + 2);
-        const uint32_t x1a = utvm_nhwc_load32(col1 + i), x1b = utvm_nhwc_load32(col1 + i + 2);
+      const int16_t* xa = col0;
+      const int16_t* xb = col1;
+      const int8_t* const end = wp + 2 * k4;
+      while (wp < end) {
+        const uint32_t x0a = utvm_nhwc_load32(xa), x0b = utvm_nhwc_load32(xa + 2);
+        const uint32_t x1a = utvm_nhwc_load32(xb), x1b = utvm_nhwc_load32(xb + 2);
+        xa += 4;
+        xb += 4;
+        const uint32_t wv0 = utvm_nhwc_load32(wp);
+        const uint32_t w0a = __sxtb16(wv0), w0b = utvm_nhwc_sxtb16_ror8(wv0);
         a00 = __smlad(x0a, w0a, a00);
         a00 = __smlad(x0b, w0b, a00);
-        a01 = __smlad(x0a, w1a, a01);
-        a01 = __smlad(x0b, w1b, a01);
         a10 = __smlad(x1a, w0a, a10);
         a10 = __smlad(x1b, w0b, a10);
+        const uint32_t wv1 = utvm_nhwc_load32(wp + 4);
+        wp += 8;
+        const uint32_t w1a = __sxtb16(wv1), w1b = utvm_nhwc_sxtb16_ror8(wv1);
+        a01 = __smlad(x0a, w1a, a01);
+        a01 = __smlad(x0b, w1b, a01);
         a11 = __smlad(x1a, w1a, a11);
         a11 = __smlad(x1b, w1b, a11);
       }
@@ -198,12 +221,13 @@ UTVM_NHWC_KERNEL int32_t utvm_conv_u8s8(const uint8_t* x, const int8_t* w, const
         /* the weights' byte order (k0, k2, k1, k3) → taps k0..k3 */
         static const int8_t order[4] = {0, 2, 1, 3};
         for (int32_t j = 0; j < 4; ++j) {
-          const int32_t wt0 = w0[i + order[j]], wt1 = w1[i + order[j]];
+          const int32_t wt0 = wp[order[j]], wt1 = wp[4 + order[j]];
           a00 += col0[i + j] * wt0;
           a01 += col0[i + j] * wt1;
           a10 += col1[i + j] * wt0;
           a11 += col1[i + j] * wt1;
         }
+        wp += 8;
       }
 #endif
       y0[o] = utvm_nhwc_requantize(a00 + bias[o], mult[o * m_stride], zp, flo, fhi);
@@ -255,7 +279,7 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w1
           const int16_t* wrow = w16 + (ky * k_w) * c4 + c;
           for (int32_t kx = kx0; kx < kx1; ++kx) {
             const uint32_t xv = utvm_nhwc_load32(row + kx * chans);
-            const uint32_t xe = __ssub16(__uxtb16(xv), zp2), xo = __ssub16(__uxtb16(utvm_nhwc_ror8(xv)), zp2);
+            const uint32_t xe = __ssub16(__uxtb16(xv), zp2), xo = __ssub16(utvm_nhwc_uxtb16_ror8((xv)), zp2);
             const uint32_t we = utvm_nhwc_load32(wrow + kx * c4), wo = utvm_nhwc_load32(wrow + kx * c4 + 2);
             a0 = __smlabb(xe, we, a0);
             a2 = __smlatt(xe, we, a2);
@@ -308,17 +332,17 @@ UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, cons
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     for (; i < whole; i += 4) {
       const uint32_t xv = utvm_nhwc_load32(x + i);
-      const uint32_t xe = __uxtb16(xv), xo = __uxtb16(utvm_nhwc_ror8(xv));
+      const uint32_t xe = __uxtb16(xv), xo = utvm_nhwc_uxtb16_ror8((xv));
       const uint32_t v0 = utvm_nhwc_load32(w0 + i), v1 = utvm_nhwc_load32(w1 + i);
       const uint32_t v2 = utvm_nhwc_load32(w2 + i), v3 = utvm_nhwc_load32(w3 + i);
       a0 = __smlad(xe, __sxtb16(v0), a0);
-      a0 = __smlad(xo, __sxtb16(utvm_nhwc_ror8(v0)), a0);
+      a0 = __smlad(xo, utvm_nhwc_sxtb16_ror8((v0)), a0);
       a1 = __smlad(xe, __sxtb16(v1), a1);
-      a1 = __smlad(xo, __sxtb16(utvm_nhwc_ror8(v1)), a1);
+      a1 = __smlad(xo, utvm_nhwc_sxtb16_ror8((v1)), a1);
       a2 = __smlad(xe, __sxtb16(v2), a2);
-      a2 = __smlad(xo, __sxtb16(utvm_nhwc_ror8(v2)), a2);
+      a2 = __smlad(xo, utvm_nhwc_sxtb16_ror8((v2)), a2);
       a3 = __smlad(xe, __sxtb16(v3), a3);
-      a3 = __smlad(xo, __sxtb16(utvm_nhwc_ror8(v3)), a3);
+      a3 = __smlad(xo, utvm_nhwc_sxtb16_ror8((v3)), a3);
     }
     a[0] = a0;
     a[1] = a1;
