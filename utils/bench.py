@@ -871,7 +871,11 @@ def chart(report, path: Path):
 
 
 def _models(report):
-    return list(report.get("models", {}).items())
+    """The report's models, the issue's five first in its order, the others by name."""
+    order = list(bench_peers.MODELS)
+    models = report.get("models", {})
+    return sorted(models.items(), key=lambda item: (order.index(item[0]) if item[0] in order else len(order),
+                                                    item[0]))
 
 
 def models_markdown(report) -> str:
@@ -951,7 +955,7 @@ def models_chart(report, path: Path):
         bars = ax1.bar(x + (k - (len(series) - 1) / 2) * width, values, width, label=label, color=color)
         for bar, v in zip(bars, values):
             if np.isfinite(v):
-                ax1.annotate(f"{v:.2g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=6)
+                ax1.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=6)
             elif label.startswith("020"):
                 ax1.annotate("refused", (bar.get_x() + bar.get_width() / 2, 0.05), ha="center", va="bottom",
                              fontsize=6, rotation=90)
