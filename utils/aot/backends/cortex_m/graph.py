@@ -194,30 +194,21 @@ class GraphLowering:
             args = [x.var, self.const(weights, "int16"), self.const(bias, "int32"),
                     self.const(multiplier, "float32")]
             return Value(self.emit_call(func, name, args, [out_shape], ["uint8"]), NHWC)
-        if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and c % 4 == 0:
-            natural = layer.weight.reshape(o, c)
-            bias = _folded_bias(layer, natural)
-            rows = channel_pairs(natural)
-            build = _kernel_func(name, "utvm_pointwise_u8s8",
-                                 [("x", x.shape, "uint8"), ("w", rows.shape, "int8"), ("b", (o,), "int32"),
-                                  ("m", multiplier.shape, "float32")], [("y", out_shape, "uint8")])
-            func = build([h * w, c, o, m_stride, zp, lo, hi])
-            args = [x.var, self.const(rows.reshape(-1), "int8"), self.const(bias, "int32"),
-                    self.const(multiplier, "float32")]
-            return Value(self.emit_call(func, name, args, [out_shape], ["uint8"]), NHWC)
         k = kh * kw * c
         k4 = (k + 3) // 4 * 4
         natural = layer.weight.transpose(0, 2, 3, 1).reshape(o, -1)
         bias = _folded_bias(layer, natural)
         rows = channel_pairs(conv_weight_rows(layer.weight, k4))
-        build = _kernel_func(name, "utvm_conv_u8s8",
-                             [("x", x.shape, "uint8"), ("w", rows.shape, "int8"), ("b", (o,), "int32"),
-                              ("m", multiplier.shape, "float32")],
-                             [("y", out_shape, "uint8"), ("col", (2 * k4,), "int16")])
-        func = build([h, w, c, oh, ow, o, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
-        args = [x.var, self.const(rows.reshape(-1), "int8"), self.const(bias, "int32"),
-                self.const(multiplier, "float32")]
-        return Value(self.emit_call(func, name, args, [out_shape, (2 * k4,)], ["uint8", "int16"]), NHWC)
+        inputs = [("x", x.shape, "uint8"), ("w", rows.shape, "int8"), ("b", (o,), "int32"),
+                  ("m", multiplier.shape, "float32")]
+        outputs = [("y", out_shape, "uint8"), ("col", (8 * k4 // 4,), "int16")]
+        if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+            func = _kernel_func(name, "utvm_pointwise_u8s8", inputs, outputs)([h * w, c, o, m_stride, zp, lo, hi])
+        else:
+            func = _kernel_func(name, "utvm_conv_u8s8", inputs, outputs)(
+                [h, w, c, oh, ow, o, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
+        args = [x.var, self.const(rows, "int8"), self.const(bias, "int32"), self.const(multiplier, "float32")]
+        return Value(self.emit_call(func, name, args, [out_shape, (8 * k4 // 4,)], ["uint8", "int16"]), NHWC)
 
     def dense(self, layer, x):
         o, n = layer.weight.shape

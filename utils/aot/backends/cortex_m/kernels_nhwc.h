@@ -61,115 +61,171 @@ UTVM_NHWC_INLINE uint32_t utvm_nhwc_sxtb16_ror8(uint32_t v) {
 }
 #endif
 
-/* ---------------------------------------------------------------- pointwise 1x1, stride 1
- * y[p][o] = requantize(bias[o] + sum_c x[p][c] * w[o][c]) for p < pixels, C a multiple of 4;
- * bias with the input zero point folded in (bias - zp_in * sum_c w[o][c]). w: channel pairs
- * interleaved, [ceil(O / 2)][C / 4][2][4] (a missing last channel is zeros), so one pointer
- * walks both channels' words. 2 pixels x 2 output channels per step: each activation word and
- * each weight word is widened once for 4 multiply-accumulate pairs. */
-UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias,
-                                             const float* mult, uint8_t* y, int32_t pixels, int32_t in_c,
-                                             int32_t out_c, int32_t m_stride, int32_t out_zp, int32_t lo,
-                                             int32_t hi) {
-  const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
-  for (int32_t p = 0; p < pixels; p += 2) {
-    const int32_t two = p + 1 < pixels;
-    const uint8_t* x0 = x + p * in_c;
-    const uint8_t* x1 = x0 + two * in_c; /* an odd last pixel is computed twice, stored once */
-    uint8_t* y0 = y + p * out_c;
-    const int8_t* wp = w;
-    for (int32_t o = 0; o < out_c; o += 2) {
-      const int32_t both = o + 1 < out_c;
-      int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0; /* a<pixel><channel> */
-#if UTVM_NHWC_DSP
-      const uint8_t* xa = x0;
-      const uint8_t* xb = x1;
-      const int8_t* const end = wp + 2 * in_c;
-      while (wp < end) {
-        const uint32_t xv0 = utvm_nhwc_load32(xa), xv1 = utvm_nhwc_load32(xb);
-        xa += 4;
-        xb += 4;
-        const uint32_t x0e = __uxtb16(xv0), x0o = utvm_nhwc_uxtb16_ror8(xv0);
-        const uint32_t x1e = __uxtb16(xv1), x1o = utvm_nhwc_uxtb16_ror8(xv1);
-        const uint32_t wv0 = utvm_nhwc_load32(wp);
-        const uint32_t w0e = __sxtb16(wv0), w0o = utvm_nhwc_sxtb16_ror8(wv0);
-        a00 = __smlad(x0e, w0e, a00);
-        a00 = __smlad(x0o, w0o, a00);
-        a10 = __smlad(x1e, w0e, a10);
-        a10 = __smlad(x1o, w0o, a10);
-        const uint32_t wv1 = utvm_nhwc_load32(wp + 4);
-        wp += 8;
-        const uint32_t w1e = __sxtb16(wv1), w1o = utvm_nhwc_sxtb16_ror8(wv1);
-        a01 = __smlad(x0e, w1e, a01);
-        a01 = __smlad(x0o, w1o, a01);
-        a11 = __smlad(x1e, w1e, a11);
-        a11 = __smlad(x1o, w1o, a11);
-      }
-#else
-      for (int32_t c = 0; c < in_c; c += 4) {
-        for (int32_t j = 0; j < 4; ++j) {
-          const int32_t v0 = x0[c + j], v1 = x1[c + j], wt0 = wp[j], wt1 = wp[4 + j];
-          a00 += v0 * wt0;
-          a01 += v0 * wt1;
-          a10 += v1 * wt0;
-          a11 += v1 * wt1;
-        }
-        wp += 8;
-      }
-#endif
-      y0[o] = utvm_nhwc_requantize(a00 + bias[o], mult[o * m_stride], zp, flo, fhi);
-      if (both) {
-        y0[o + 1] = utvm_nhwc_requantize(a01 + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
-      }
-      if (two) {
-        y0[out_c + o] = utvm_nhwc_requantize(a10 + bias[o], mult[o * m_stride], zp, flo, fhi);
-        if (both) {
-          y0[out_c + o + 1] = utvm_nhwc_requantize(a11 + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
-        }
-      }
-    }
-  }
-  return 0;
-}
-
-/* ---------------------------------------------------------------- general convolution
- * Any kernel size, stride and padding, groups 1. Two output pixels at a time, their windows
- * are gathered into `col` (2 x k4 int16: the window's taps row by row, channels last, the
- * input zero point where the window leaves the image, zeros past k = kh * kw * C up to k4, a
- * multiple of 4), then multiplied with every channel's weight row: w int8, channel pairs
- * interleaved as in utvm_pointwise_u8s8 ([ceil(O / 2)][k4 / 4][2][4]), each group of 4 bytes
- * stored as (k0, k2, k1, k3), so that __sxtb16 of a word gives the pair (k0, k1) and of the
- * word rotated by 8 the pair (k2, k3): the same pairs as the int16 words of `col`. bias with the input zero point folded in (padding holds the zero point). */
-UTVM_NHWC_INLINE void utvm_nhwc_gather(const uint8_t* x, int16_t* col, int32_t oy, int32_t ox, int32_t in_h,
-                                       int32_t in_w, int32_t in_c, int32_t k_h, int32_t k_w, int32_t stride_h,
-                                       int32_t stride_w, int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t k,
-                                       int32_t k4) {
-  int16_t* out = col;
+/* ---------------------------------------------------------------- convolution, groups 1
+ * Any kernel size, stride and padding (a 1x1 stride-1 convolution is the pointwise case).
+ * Two output pixels at a time: their windows are gathered into `col` as int16, interleaved
+ * in steps of 4 taps, [k4 / 4][2 pixels][4] (the taps row by row, channels last; the input
+ * zero point where the window leaves the image; zeros past k = kh * kw * C up to k4, a
+ * multiple of 4), then multiplied with every channel's weights: w int8, channel pairs
+ * interleaved in the same steps, [ceil(O / 2)][k4 / 4][2 channels][4], each group of 4 bytes
+ * stored (k0, k2, k1, k3), so that __sxtb16 of a word gives the int16 pair (k0, k1) and of the
+ * word rotated by 8 the pair (k2, k3): the pairs of `col`'s words. One pointer walks each.
+ * bias with the input zero point folded in (the padding holds the zero point). */
+UTVM_NHWC_INLINE void utvm_nhwc_gather(const uint8_t* x, int16_t* col, int32_t pixel, int32_t oy, int32_t ox,
+                                       int32_t in_h, int32_t in_w, int32_t in_c, int32_t k_h, int32_t k_w,
+                                       int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
+                                       int32_t in_zp, int32_t k, int32_t k4) {
+  int16_t* out = col + pixel * 4;
   const int32_t y0 = oy * stride_h - pad_h, x0 = ox * stride_w - pad_w;
+  int32_t t = 0; /* tap index */
   for (int32_t ky = 0; ky < k_h; ++ky) {
     const int32_t iy = y0 + ky;
-    if (iy < 0 || iy >= in_h) {
-      for (int32_t i = 0; i < k_w * in_c; ++i) {
-        *out++ = (int16_t)in_zp;
-      }
-      continue;
-    }
+    const int32_t row_inside = iy >= 0 && iy < in_h;
     for (int32_t kx = 0; kx < k_w; ++kx) {
       const int32_t ix = x0 + kx;
-      if (ix < 0 || ix >= in_w) {
-        for (int32_t c = 0; c < in_c; ++c) {
-          *out++ = (int16_t)in_zp;
+      if (row_inside && ix >= 0 && ix < in_w) {
+        const uint8_t* src = x + (iy * in_w + ix) * in_c;
+        int32_t c = 0;
+#if UTVM_NHWC_DSP
+        if ((in_c & 3) == 0) {
+          /* whole steps of 4 taps: one word in, two int16 pairs out */
+          for (; c < in_c; c += 4, t += 4) {
+            const uint32_t v = utvm_nhwc_load32(src + c);
+            const uint32_t even = __uxtb16(v), odd = utvm_nhwc_uxtb16_ror8(v); /* (c0, c2), (c1, c3) */
+            const uint32_t lo01 = (even & 0xFFFFu) | (odd << 16), hi23 = (odd & 0xFFFF0000u) | (even >> 16);
+            memcpy(out + (t >> 2) * 8, &lo01, 4);
+            memcpy(out + (t >> 2) * 8 + 2, &hi23, 4);
+          }
+        }
+#endif
+        for (; c < in_c; ++c, ++t) {
+          out[(t >> 2) * 8 + (t & 3)] = src[c];
         }
       } else {
-        const uint8_t* src = x + (iy * in_w + ix) * in_c;
-        for (int32_t c = 0; c < in_c; ++c) {
-          *out++ = src[c];
+        for (int32_t c = 0; c < in_c; ++c, ++t) {
+          out[(t >> 2) * 8 + (t & 3)] = (int16_t)in_zp;
         }
       }
     }
   }
-  for (int32_t i = k; i < k4; ++i) {
-    *out++ = 0;
+  for (; t < k4; ++t) {
+    out[(t >> 2) * 8 + (t & 3)] = 0;
+  }
+  (void)k;
+}
+
+/* acc[2 * pixel + channel] of one channel pair over the gathered pair of windows. */
+UTVM_NHWC_INLINE void utvm_nhwc_mac_2x2(const int16_t* col, const int8_t* wp, int32_t k4, int32_t* acc) {
+  int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+#if UTVM_NHWC_DSP
+  /* written out: gcc 12 keeps the loop's pointers on the stack when it schedules this itself.
+     Two steps of 4 taps per turn, the pair of windows by two LDRDs (col is word-aligned: it
+     lives in the arena), then one more step when k4 / 4 is odd. */
+  const int8_t* const end = wp + 2 * (k4 & ~7);
+  uint32_t x0a, x0b, x1a, x1b, wv, we;
+  if (k4 >= 8) {
+    __asm__ volatile(
+        "1:\n\t"
+        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
+        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
+        "ldr %[wv], [%[wp]], #4\n\t"
+        "sxtb16 %[we], %[wv]\n\t"
+        "sxtb16 %[wv], %[wv], ror #8\n\t"
+        "smlad %[a00], %[x0a], %[we], %[a00]\n\t"
+        "smlad %[a00], %[x0b], %[wv], %[a00]\n\t"
+        "smlad %[a10], %[x1a], %[we], %[a10]\n\t"
+        "smlad %[a10], %[x1b], %[wv], %[a10]\n\t"
+        "ldr %[wv], [%[wp]], #4\n\t"
+        "sxtb16 %[we], %[wv]\n\t"
+        "sxtb16 %[wv], %[wv], ror #8\n\t"
+        "smlad %[a01], %[x0a], %[we], %[a01]\n\t"
+        "smlad %[a01], %[x0b], %[wv], %[a01]\n\t"
+        "smlad %[a11], %[x1a], %[we], %[a11]\n\t"
+        "smlad %[a11], %[x1b], %[wv], %[a11]\n\t"
+        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
+        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
+        "ldr %[wv], [%[wp]], #4\n\t"
+        "sxtb16 %[we], %[wv]\n\t"
+        "sxtb16 %[wv], %[wv], ror #8\n\t"
+        "smlad %[a00], %[x0a], %[we], %[a00]\n\t"
+        "smlad %[a00], %[x0b], %[wv], %[a00]\n\t"
+        "smlad %[a10], %[x1a], %[we], %[a10]\n\t"
+        "smlad %[a10], %[x1b], %[wv], %[a10]\n\t"
+        "ldr %[wv], [%[wp]], #4\n\t"
+        "sxtb16 %[we], %[wv]\n\t"
+        "sxtb16 %[wv], %[wv], ror #8\n\t"
+        "smlad %[a01], %[x0a], %[we], %[a01]\n\t"
+        "smlad %[a01], %[x0b], %[wv], %[a01]\n\t"
+        "smlad %[a11], %[x1a], %[we], %[a11]\n\t"
+        "smlad %[a11], %[x1b], %[wv], %[a11]\n\t"
+        "cmp %[wp], %[end]\n\t"
+        "bne 1b\n\t"
+        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [col] "+r"(col), [wp] "+r"(wp),
+          [x0a] "=&r"(x0a), [x0b] "=&r"(x0b), [x1a] "=&r"(x1a), [x1b] "=&r"(x1b), [wv] "=&r"(wv), [we] "=&r"(we)
+        : [end] "r"(end)
+        : "cc", "memory");
+  }
+  if (k4 & 4) {
+    __asm__ volatile(
+        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
+        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
+        "ldr %[wv], [%[wp]], #4\n\t"
+        "sxtb16 %[we], %[wv]\n\t"
+        "sxtb16 %[wv], %[wv], ror #8\n\t"
+        "smlad %[a00], %[x0a], %[we], %[a00]\n\t"
+        "smlad %[a00], %[x0b], %[wv], %[a00]\n\t"
+        "smlad %[a10], %[x1a], %[we], %[a10]\n\t"
+        "smlad %[a10], %[x1b], %[wv], %[a10]\n\t"
+        "ldr %[wv], [%[wp]], #4\n\t"
+        "sxtb16 %[we], %[wv]\n\t"
+        "sxtb16 %[wv], %[wv], ror #8\n\t"
+        "smlad %[a01], %[x0a], %[we], %[a01]\n\t"
+        "smlad %[a01], %[x0b], %[wv], %[a01]\n\t"
+        "smlad %[a11], %[x1a], %[we], %[a11]\n\t"
+        "smlad %[a11], %[x1b], %[wv], %[a11]\n\t"
+        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [col] "+r"(col), [wp] "+r"(wp),
+          [x0a] "=&r"(x0a), [x0b] "=&r"(x0b), [x1a] "=&r"(x1a), [x1b] "=&r"(x1b), [wv] "=&r"(wv), [we] "=&r"(we)
+        :
+        : "memory");
+  }
+#else
+  for (int32_t i = 0; i < k4; i += 4) {
+    static const int8_t order[4] = {0, 2, 1, 3}; /* tap j's byte in its group of 4 */
+    for (int32_t j = 0; j < 4; ++j) {
+      const int32_t wt0 = wp[order[j]], wt1 = wp[4 + order[j]];
+      a00 += col[j] * wt0;
+      a01 += col[j] * wt1;
+      a10 += col[4 + j] * wt0;
+      a11 += col[4 + j] * wt1;
+    }
+    col += 8;
+    wp += 8;
+  }
+#endif
+  acc[0] = a00;
+  acc[1] = a01;
+  acc[2] = a10;
+  acc[3] = a11;
+}
+
+UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const int8_t* w, const int32_t* bias,
+                                            const float* mult, uint8_t* y0, int32_t two, int32_t out_c, int32_t k4,
+                                            int32_t m_stride, float zp, float flo, float fhi) {
+  const int8_t* wp = w;
+  for (int32_t o = 0; o < out_c; o += 2, wp += 2 * k4) {
+    const int32_t both = o + 1 < out_c;
+    int32_t acc[4];
+    utvm_nhwc_mac_2x2(col, wp, k4, acc);
+    y0[o] = utvm_nhwc_requantize(acc[0] + bias[o], mult[o * m_stride], zp, flo, fhi);
+    if (both) {
+      y0[o + 1] = utvm_nhwc_requantize(acc[1] + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
+    }
+    if (two) {
+      y0[out_c + o] = utvm_nhwc_requantize(acc[2] + bias[o], mult[o * m_stride], zp, flo, fhi);
+      if (both) {
+        y0[out_c + o + 1] = utvm_nhwc_requantize(acc[3] + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
+      }
+    }
   }
 }
 
@@ -181,71 +237,26 @@ UTVM_NHWC_KERNEL int32_t utvm_conv_u8s8(const uint8_t* x, const int8_t* w, const
   const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
   const int32_t k = k_h * k_w * in_c, k4 = (k + 3) & ~3;
   const int32_t pixels = out_h * out_w;
-  int16_t* col0 = col;
-  int16_t* col1 = col + k4;
   for (int32_t p = 0; p < pixels; p += 2) {
     const int32_t two = p + 1 < pixels;
-    utvm_nhwc_gather(x, col0, p / out_w, p % out_w, in_h, in_w, in_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
+    /* an odd last pixel is computed twice, stored once */
+    const int32_t q = two ? p + 1 : p;
+    utvm_nhwc_gather(x, col, 0, p / out_w, p % out_w, in_h, in_w, in_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
                      in_zp, k, k4);
-    if (two) {
-      utvm_nhwc_gather(x, col1, (p + 1) / out_w, (p + 1) % out_w, in_h, in_w, in_c, k_h, k_w, stride_h, stride_w,
-                       pad_h, pad_w, in_zp, k, k4);
-    }
-    uint8_t* y0 = y + p * out_c;
-    const int8_t* wp = w;
-    for (int32_t o = 0; o < out_c; o += 2) {
-      const int32_t both = o + 1 < out_c;
-      int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-#if UTVM_NHWC_DSP
-      const int16_t* xa = col0;
-      const int16_t* xb = col1;
-      const int8_t* const end = wp + 2 * k4;
-      while (wp < end) {
-        const uint32_t x0a = utvm_nhwc_load32(xa), x0b = utvm_nhwc_load32(xa + 2);
-        const uint32_t x1a = utvm_nhwc_load32(xb), x1b = utvm_nhwc_load32(xb + 2);
-        xa += 4;
-        xb += 4;
-        const uint32_t wv0 = utvm_nhwc_load32(wp);
-        const uint32_t w0a = __sxtb16(wv0), w0b = utvm_nhwc_sxtb16_ror8(wv0);
-        a00 = __smlad(x0a, w0a, a00);
-        a00 = __smlad(x0b, w0b, a00);
-        a10 = __smlad(x1a, w0a, a10);
-        a10 = __smlad(x1b, w0b, a10);
-        const uint32_t wv1 = utvm_nhwc_load32(wp + 4);
-        wp += 8;
-        const uint32_t w1a = __sxtb16(wv1), w1b = utvm_nhwc_sxtb16_ror8(wv1);
-        a01 = __smlad(x0a, w1a, a01);
-        a01 = __smlad(x0b, w1b, a01);
-        a11 = __smlad(x1a, w1a, a11);
-        a11 = __smlad(x1b, w1b, a11);
-      }
-#else
-      for (int32_t i = 0; i < k4; i += 4) {
-        /* the weights' byte order (k0, k2, k1, k3) → taps k0..k3 */
-        static const int8_t order[4] = {0, 2, 1, 3};
-        for (int32_t j = 0; j < 4; ++j) {
-          const int32_t wt0 = wp[order[j]], wt1 = wp[4 + order[j]];
-          a00 += col0[i + j] * wt0;
-          a01 += col0[i + j] * wt1;
-          a10 += col1[i + j] * wt0;
-          a11 += col1[i + j] * wt1;
-        }
-        wp += 8;
-      }
-#endif
-      y0[o] = utvm_nhwc_requantize(a00 + bias[o], mult[o * m_stride], zp, flo, fhi);
-      if (both) {
-        y0[o + 1] = utvm_nhwc_requantize(a01 + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
-      }
-      if (two) {
-        y0[out_c + o] = utvm_nhwc_requantize(a10 + bias[o], mult[o * m_stride], zp, flo, fhi);
-        if (both) {
-          y0[out_c + o + 1] = utvm_nhwc_requantize(a11 + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
-        }
-      }
-    }
+    utvm_nhwc_gather(x, col, 1, q / out_w, q % out_w, in_h, in_w, in_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
+                     in_zp, k, k4);
+    utvm_nhwc_conv_pixels(col, w, bias, mult, y + p * out_c, two, out_c, k4, m_stride, zp, flo, fhi);
   }
   return 0;
+}
+
+/* The pointwise case (1x1, stride 1, no padding): the gather is a copy of two pixels. */
+UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias,
+                                             const float* mult, uint8_t* y, int16_t* col, int32_t pixels,
+                                             int32_t in_c, int32_t out_c, int32_t m_stride, int32_t out_zp,
+                                             int32_t lo, int32_t hi) {
+  return utvm_conv_u8s8(x, w, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0, m_stride,
+                        out_zp, lo, hi);
 }
 
 /* ---------------------------------------------------------------- depthwise, multiplier 1
