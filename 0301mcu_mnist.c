@@ -32,7 +32,7 @@ static struct tvmgen_default_outputs outputs = { .output = output };
 static proto_parser parser;
 static uint8_t reply[PROTO_MAX_FRAME];
 static char line[192];
-static char info_pairs[160];
+static char info_pairs[192];
 
 static void write_text(const char *text)
 {
@@ -53,6 +53,8 @@ static void build_info_pairs(void)
     proto_text_u32(&t, platform_clock_hz());
     proto_text_str(&t, " time_unit=");
     proto_text_str(&t, proto_time_unit_name(platform_time_unit()));
+    proto_text_str(&t, " baud=");
+    proto_text_u32(&t, platform_baud());
     proto_text_str(&t, " protocol=");
     proto_text_u32(&t, PROTO_VERSION);
 }
@@ -72,9 +74,15 @@ static void infer(const proto_event *ev)
     for (int i = 0; i < PROTO_PIXELS; i++) {
         input[i] = ev->pixels[i] / 255.0f;
     }
+    uint32_t start_us = 0, end_us = 0;
+    int have_us = platform_timestamp_us(&start_us);
     uint32_t start = platform_timestamp();
     int32_t status = tvmgen_default_run(&inputs, &outputs);
     uint32_t elapsed = platform_timestamp() - start;
+    if (have_us) {
+        platform_timestamp_us(&end_us);
+    }
+    uint32_t elapsed_us = have_us ? end_us - start_us : PROTO_NO_MICROSECONDS;
     if (status != 0) {
         char detail[40];
         proto_text t;
@@ -90,7 +98,11 @@ static void infer(const proto_event *ev)
             digit = i;
         }
     }
-    if (ev->binary) {
+    if (ev->compact) {
+        platform_write(reply, proto_encode_result_short(reply, sizeof reply, ev->seq, digit,
+                                                        platform_time_unit(), elapsed,
+                                                        elapsed_us, output));
+    } else if (ev->binary) {
         platform_write(reply, proto_encode_result(reply, sizeof reply, ev->seq, digit,
                                                   platform_time_unit(), elapsed, output));
     } else {

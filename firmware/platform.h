@@ -25,7 +25,13 @@
  *   the firmware only takes differences (uint32_t, modulo 2^32), so it may wrap, but one
  *   inference (a few ms to a few s) must fit in 2^32 units.
  * - platform_time_unit(): PLATFORM_TIME_US (RIOT ztimer / host clock), PLATFORM_TIME_CYCLES
- *   (a Cortex-M7 DWT cycle counter), PLATFORM_TIME_INSTRUCTIONS (QEMU under -icount shift=0).
+ *   (the DWT cycle counter of a Cortex-M3/M4/M7 under RIOT), PLATFORM_TIME_INSTRUCTIONS (QEMU
+ *   under -icount shift=0). It may be decided at run time (a core without a cycle counter).
+ * - platform_timestamp_us(&now): where the main unit is not microseconds but the board also
+ *   has a microsecond clock (RIOT's ZTIMER_USEC next to the cycle counter), sets now and
+ *   returns 1, so a reply carries both; returns 0 where there is no such second clock.
+ * - platform_baud(): the UART's configured rate (RIOT's STDIO_UART_BAUDRATE, `make BAUD=`),
+ *   0 where the "serial port" is a pty with no rate (host, native64).
  * - platform_board_name(): a short word without spaces, e.g. "stm32f746g-disco", "native64",
  *   "host", "qemu-m7"; it goes into the banner and the INFO reply.
  * - platform_clock_hz(): the CPU clock, 0 where it means nothing (host, emulator).
@@ -47,6 +53,8 @@ int platform_input_ready(uint32_t wait_ms);
 void platform_write(const void *data, size_t length);
 uint32_t platform_timestamp(void);
 uint8_t platform_time_unit(void);
+int platform_timestamp_us(uint32_t *now);
+uint32_t platform_baud(void);
 const char *platform_board_name(void);
 uint32_t platform_clock_hz(void);
 

@@ -98,3 +98,14 @@ uint32_t platform_clock_hz(void)
 {
     return 0;
 }
+
+int platform_timestamp_us(uint32_t *now)
+{
+    (void)now;
+    return 0; /* platform_timestamp() is in microseconds already */
+}
+
+uint32_t platform_baud(void)
+{
+    return 0; /* a pty */
+}

@@ -7,7 +7,10 @@
  * each other, and RIOT native's getchar() returns a plain `char`, so pixel 255 would read as
  * EOF. There the firmware reads fd 0 itself through RIOT native's read wrapper.
  * Output: stdio_write(), the board's stdio backend (UART; fd 1 on native), no printf.
- * Time: ZTIMER_USEC, so the inference time is in microseconds on every RIOT board.
+ * Time: on Cortex-M3/M4/M7 (ARMv7-M) the DWT cycle counter, with ZTIMER_USEC beside it, so a
+ * reply carries cycles and microseconds; elsewhere (Cortex-M0, native) ZTIMER_USEC alone. A
+ * core whose DWT has no cycle counter (DWT_CTRL.NOCYCCNT, or a counter that does not move)
+ * falls back to microseconds at platform_init().
  * Pauses (platform_input_ready): on native, poll() on fd 0; on a board, the stdin ring buffer
  * is watched with stdio_available() every millisecond against ZTIMER_USEC. RIOT offers no
  * stdio read with a timeout except through the stdin isrpipe itself, which is deprecated for
@@ -20,6 +23,28 @@
 #include "periph_conf.h"
 #include "stdio_base.h"
 #include "ztimer.h"
+
+#if IS_USED(MODULE_STDIO_UART)
+#include "stdio_uart.h"
+#endif
+
+#if (defined(__ARM_ARCH_7M__) || defined(__ARM_ARCH_7EM__)) && !defined(CPU_NATIVE)
+#define HAVE_DWT 1
+/* The ARMv7-M debug registers by address (ARMv7-M ARM, C1.8): the same on M3, M4 and M7,
+ * whatever the CMSIS headers of the board's family call them. */
+#define DEMCR (*(volatile uint32_t *)0xE000EDFCu)
+#define DEMCR_TRCENA (1u << 24)
+#define DWT_CTRL (*(volatile uint32_t *)0xE0001000u)
+#define DWT_CTRL_CYCCNTENA 1u
+#define DWT_CTRL_NOCYCCNT (1u << 25)
+#define DWT_CYCCNT (*(volatile uint32_t *)0xE0001004u)
+#define DWT_LAR (*(volatile uint32_t *)0xE0001FB0u) /* Cortex-M7: locked until written */
+#define DWT_LAR_KEY 0xC5ACCE55u
+#else
+#define HAVE_DWT 0
+#endif
+
+static uint8_t time_unit = PLATFORM_TIME_US;
 
 #ifdef CPU_NATIVE
 #include <poll.h>
@@ -44,6 +69,20 @@
 void platform_init(void)
 {
     /* RIOT's auto_init has already started stdio and ztimer before main(). */
+#if HAVE_DWT
+    DEMCR |= DEMCR_TRCENA;
+    DWT_LAR = DWT_LAR_KEY;
+    if (!(DWT_CTRL & DWT_CTRL_NOCYCCNT)) {
+        DWT_CYCCNT = 0;
+        DWT_CTRL |= DWT_CTRL_CYCCNTENA;
+        uint32_t start = DWT_CYCCNT;
+        for (volatile int i = 0; i < 16; i++) {
+        }
+        if (DWT_CYCCNT != start) {
+            time_unit = PLATFORM_TIME_CYCLES;
+        }
+    }
+#endif
 }
 
 static ssize_t read_some(uint8_t *buffer, size_t size)
@@ -126,12 +165,35 @@ void platform_write(const void *data, size_t length)
 
 uint32_t platform_timestamp(void)
 {
+#if HAVE_DWT
+    if (time_unit == PLATFORM_TIME_CYCLES) {
+        return DWT_CYCCNT;
+    }
+#endif
     return ztimer_now(ZTIMER_USEC);
 }
 
 uint8_t platform_time_unit(void)
 {
-    return PLATFORM_TIME_US;
+    return time_unit;
+}
+
+int platform_timestamp_us(uint32_t *now)
+{
+    if (time_unit == PLATFORM_TIME_US) {
+        return 0;
+    }
+    *now = ztimer_now(ZTIMER_USEC);
+    return 1;
+}
+
+uint32_t platform_baud(void)
+{
+#if IS_USED(MODULE_STDIO_UART)
+    return STDIO_UART_BAUDRATE;
+#else
+    return 0; /* native: a pty; other stdio backends (USB CDC) have no rate of their own */
+#endif
 }
 
 const char *platform_board_name(void)

@@ -79,6 +79,7 @@ const char *proto_error_name(uint8_t code)
     case PROTO_ERR_WRONG_COUNT: return "wrong_count";
     case PROTO_ERR_LINE_TOO_LONG: return "line_too_long";
     case PROTO_ERR_INFERENCE_FAILED: return "inference_failed";
+    case PROTO_ERR_BAD_RLE: return "bad_rle";
     default: return "unknown";
     }
 }
@@ -162,6 +163,71 @@ size_t proto_encode_result(uint8_t *out, size_t capacity, uint16_t seq, uint8_t 
         put_u32(payload + 6 + 4 * i, bits);
     }
     return proto_encode_frame(out, capacity, PROTO_TYPE_RESULT, seq, payload, sizeof payload);
+}
+
+uint8_t proto_score_steps(float log_probability)
+{
+    if (!(log_probability > -1e6f)) { /* also NaN */
+        return 255;
+    }
+    float steps = floorf(-log_probability * 16.0f + 0.5f);
+    if (steps <= 0.0f) {
+        return 0;
+    }
+    return steps >= 255.0f ? 255 : (uint8_t)steps;
+}
+
+size_t proto_encode_result_short(uint8_t *out, size_t capacity, uint16_t seq, uint8_t digit,
+                                 uint8_t time_unit, uint32_t time, uint32_t time_us,
+                                 const float scores[PROTO_CLASSES])
+{
+    uint8_t payload[PROTO_RESULT_SHORT_PAYLOAD_BYTES];
+    payload[0] = digit;
+    payload[1] = time_unit;
+    put_u32(payload + 2, time);
+    put_u32(payload + 6, time_us);
+    for (int i = 0; i < PROTO_CLASSES; i++) {
+        payload[10 + i] = proto_score_steps(scores[i]);
+    }
+    return proto_encode_frame(out, capacity, PROTO_TYPE_RESULT_SHORT, seq, payload, sizeof payload);
+}
+
+/* One pass, no state beyond the output image: each token is checked against the pixels left
+ * before anything is written, so no token can write past the image. */
+uint8_t proto_rle_decode(const uint8_t *payload, uint16_t length, uint8_t pixels[PROTO_PIXELS],
+                         char *detail)
+{
+    proto_text t;
+    proto_text_init(&t, detail, PROTO_DETAIL_MAX);
+    uint16_t filled = 0;
+    uint16_t i = 0;
+    while (i < length) {
+        uint16_t at = i;
+        uint8_t token = payload[i++];
+        uint16_t count = token < 0x80 ? (uint16_t)(token + 1u) : (uint16_t)(token - 0x7Fu);
+        if (filled + count > PROTO_PIXELS) {
+            proto_text_str(&t, "rle runs past 784 pixels at payload byte ");
+            proto_text_u32(&t, at);
+            return PROTO_ERR_BAD_RLE;
+        }
+        if (token < 0x80) {
+            memset(pixels + filled, 0, count);
+        } else {
+            if (count > length - i) {
+                count = (uint16_t)(length - i); /* cut short: reported below */
+            }
+            memcpy(pixels + filled, payload + i, count);
+            i = (uint16_t)(i + count);
+        }
+        filled = (uint16_t)(filled + count);
+    }
+    if (filled != PROTO_PIXELS) {
+        proto_text_str(&t, "rle ends after ");
+        proto_text_u32(&t, filled);
+        proto_text_str(&t, " pixels, expected 784");
+        return PROTO_ERR_BAD_RLE;
+    }
+    return 0;
 }
 
 size_t proto_encode_info(uint8_t *out, size_t capacity, uint16_t seq, const char *pairs)
@@ -248,9 +314,9 @@ void proto_init(proto_parser *p, proto_handler handler, void *context)
 }
 
 static void emit(proto_parser *p, proto_event_kind kind, int binary, uint16_t seq,
-                 const uint8_t *pixels)
+                 const uint8_t *pixels, int compact)
 {
-    proto_event ev = { kind, binary, seq, pixels, 0, "" };
+    proto_event ev = { kind, binary, compact, seq, pixels, 0, "" };
     p->recovering = 0;
     p->handler(&ev, p->context);
 }
@@ -262,7 +328,7 @@ static void emit_error(proto_parser *p, int binary, uint16_t seq, uint8_t code)
     if (!binary && p->recovering) {
         return;
     }
-    proto_event ev = { PROTO_EVENT_ERROR, binary, seq, NULL, code, p->detail };
+    proto_event ev = { PROTO_EVENT_ERROR, binary, 0, seq, NULL, code, p->detail };
     p->handler(&ev, p->context);
 }
 
@@ -333,9 +399,9 @@ static void end_line(proto_parser *p)
     }
     if (!p->line_skip) {
         if (p->info_pending) {
-            emit(p, PROTO_EVENT_INFO, 0, 0, NULL);
+            emit(p, PROTO_EVENT_INFO, 0, 0, NULL, 0);
         } else if (p->values == PROTO_PIXELS) {
-            emit(p, PROTO_EVENT_INFER, 0, 0, p->text_pixels);
+            emit(p, PROTO_EVENT_INFER, 0, 0, p->text_pixels, 0);
         } else if (p->values != 0) {
             proto_text t = detail(p);
             proto_text_u32(&t, p->values);
@@ -515,9 +581,10 @@ static void frame_byte(proto_parser *p, uint8_t byte)
     }
     /* An intact frame is skipped whole even when we cannot use it: it is no damage. */
     int length_ok = (type == PROTO_TYPE_INFER && length == PROTO_PIXELS)
-                    || (type == PROTO_TYPE_INFO && length == 0);
+                    || (type == PROTO_TYPE_INFO && length == 0)
+                    || type == PROTO_TYPE_INFER_RLE; /* any length up to 784: decoding checks it */
     p->recovering = 0;
-    if (type != PROTO_TYPE_INFER && type != PROTO_TYPE_INFO) {
+    if (type != PROTO_TYPE_INFER && type != PROTO_TYPE_INFO && type != PROTO_TYPE_INFER_RLE) {
         proto_text_str(&t, "type ");
         proto_text_hex(&t, type, 2);
         emit_error(p, 1, seq, PROTO_ERR_BAD_TYPE);
@@ -528,9 +595,18 @@ static void frame_byte(proto_parser *p, uint8_t byte)
         proto_text_hex(&t, type, 2);
         emit_error(p, 1, seq, PROTO_ERR_BAD_LENGTH);
     } else if (type == PROTO_TYPE_INFER) {
-        emit(p, PROTO_EVENT_INFER, 1, seq, p->frame + PROTO_HEADER_BYTES);
+        emit(p, PROTO_EVENT_INFER, 1, seq, p->frame + PROTO_HEADER_BYTES, 0);
+    } else if (type == PROTO_TYPE_INFER_RLE) {
+        /* An intact frame whose image does not decode is skipped whole, like a wrong length. */
+        uint8_t code = proto_rle_decode(p->frame + PROTO_HEADER_BYTES, length, p->text_pixels,
+                                        p->detail);
+        if (code) {
+            emit_error(p, 1, seq, code);
+        } else {
+            emit(p, PROTO_EVENT_INFER, 1, seq, p->text_pixels, 1);
+        }
     } else {
-        emit(p, PROTO_EVENT_INFO, 1, seq, NULL);
+        emit(p, PROTO_EVENT_INFO, 1, seq, NULL, 0);
     }
     frame_done(p);
 }

@@ -28,7 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PROTO_VERSION 1
+/* 2: INFER_RLE requests answered with RESULT_SHORT (docs/protocol.md) */
+#define PROTO_VERSION 2
 #define PROTO_PIXELS 784
 #define PROTO_CLASSES 10
 #define PROTO_SYNC0 0xA5
@@ -40,6 +41,10 @@
 #define PROTO_MAX_LINE 4096
 #define PROTO_RESULT_PAYLOAD_BYTES 46
 #define PROTO_RESULT_FRAME_BYTES (PROTO_HEADER_BYTES + PROTO_RESULT_PAYLOAD_BYTES + PROTO_CRC_BYTES)
+#define PROTO_RESULT_SHORT_PAYLOAD_BYTES 20
+#define PROTO_RESULT_SHORT_FRAME_BYTES \
+    (PROTO_HEADER_BYTES + PROTO_RESULT_SHORT_PAYLOAD_BYTES + PROTO_CRC_BYTES)
+#define PROTO_NO_MICROSECONDS 0xFFFFFFFFu /* RESULT_SHORT's time_us on a device without a us clock */
 #define PROTO_DETAIL_MAX 64 /* error details, NUL included */
 #define PROTO_TOKEN_KEEP 15 /* characters of a bad token quoted in an error */
 /* Quiet input for this long is a pause (docs/protocol.md, "Pauses"): it ends a text line
@@ -51,9 +56,11 @@
 enum proto_msg_type {
     PROTO_TYPE_INFER = 0x01,
     PROTO_TYPE_INFO = 0x02,
+    PROTO_TYPE_INFER_RLE = 0x03,
     PROTO_TYPE_RESULT = 0x81,
     PROTO_TYPE_INFO_REPLY = 0x82,
     PROTO_TYPE_ERROR = 0x83,
+    PROTO_TYPE_RESULT_SHORT = 0x84,
 };
 
 enum proto_error_code {
@@ -66,6 +73,7 @@ enum proto_error_code {
     PROTO_ERR_WRONG_COUNT = 7,
     PROTO_ERR_LINE_TOO_LONG = 8,
     PROTO_ERR_INFERENCE_FAILED = 9,
+    PROTO_ERR_BAD_RLE = 10,
 };
 
 enum proto_time_unit {
@@ -83,6 +91,7 @@ typedef enum {
 typedef struct {
     proto_event_kind kind;
     int binary;            /* 1: the request was a frame, reply with a frame and seq; 0: text */
+    int compact;           /* INFER from an INFER_RLE frame: reply with RESULT_SHORT */
     uint16_t seq;          /* binary only */
     const uint8_t *pixels; /* INFER: 784 bytes, valid only during the callback */
     uint8_t error;         /* ERROR: an enum proto_error_code */
@@ -107,7 +116,8 @@ typedef struct {
     uint16_t replay_len;
     uint16_t replay_pos;
     uint16_t replay_pause; /* a pause before replay[replay_pause], or PROTO_NO_PAUSE */
-    /* text line being received */
+    /* text line being received; also where an INFER_RLE frame's image is decoded (a frame
+     * and a line are never received at once: a sync ends the line) */
     uint8_t text_pixels[PROTO_PIXELS];
     uint16_t line_len;
     uint16_t values;       /* tokens completed on this line */
@@ -143,6 +153,16 @@ size_t proto_encode_frame(uint8_t *out, size_t capacity, uint8_t type, uint16_t 
                           const uint8_t *payload, uint16_t length);
 size_t proto_encode_result(uint8_t *out, size_t capacity, uint16_t seq, uint8_t digit,
                            uint8_t time_unit, uint32_t time, const float scores[PROTO_CLASSES]);
+/* RESULT_SHORT: scores as round(-16 * score) clamped to 0..255; time_us PROTO_NO_MICROSECONDS
+ * where the device has no microsecond clock besides `time`. */
+size_t proto_encode_result_short(uint8_t *out, size_t capacity, uint16_t seq, uint8_t digit,
+                                 uint8_t time_unit, uint32_t time, uint32_t time_us,
+                                 const float scores[PROTO_CLASSES]);
+uint8_t proto_score_steps(float log_probability);
+/* Decodes an INFER_RLE payload into 784 pixels; 0, or PROTO_ERR_BAD_RLE with the detail
+ * written into detail (PROTO_DETAIL_MAX bytes). */
+uint8_t proto_rle_decode(const uint8_t *payload, uint16_t length, uint8_t pixels[PROTO_PIXELS],
+                         char *detail);
 size_t proto_encode_info(uint8_t *out, size_t capacity, uint16_t seq, const char *pairs);
 size_t proto_encode_error(uint8_t *out, size_t capacity, uint16_t seq, uint8_t code,
                           const char *detail);

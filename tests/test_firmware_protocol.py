@@ -80,6 +80,8 @@ def test_request_vectors_parse(protocol_check):
         got = events(protocol_check, bytes.fromhex(vector["hex"]))
         if vector["type"] == P.MsgType.INFER:
             assert got == [f"infer bin seq={vector['seq']} crc={vector['pixels_crc32']}"]
+        elif vector["type"] == P.MsgType.INFER_RLE:
+            assert got == [f"infer rle seq={vector['seq']} crc={vector['pixels_crc32']}"]
         else:
             assert got == [f"info bin seq={vector['seq']}"]
 
@@ -91,7 +93,11 @@ def _floats(values):
 def test_reply_encoders_match_vectors(protocol_check):
     lines, expected = [], []
     for v in VECTORS["replies"]:
-        if "digit" in v:
+        if "steps" in v:
+            time_us = -1 if v["time_us"] is None else v["time_us"]
+            lines.append(f"short {v['seq']} {v['digit']} {v['time_unit']} {v['time']} {time_us} "
+                         f"{_floats(v['scores'])}")
+        elif "digit" in v:
             lines.append(f"result {v['seq']} {v['digit']} {v['time_unit']} {v['time']} {_floats(v['scores'])}")
         elif "fields" in v:
             lines.append(f"info {v['seq']} " + " ".join(f"{k}={x}" for k, x in v["fields"].items()))
@@ -143,6 +149,39 @@ def test_random_damage_then_a_frame_is_always_answered(protocol_check):
     for chunk in chunks:
         got = events(protocol_check, chunk + tail)
         assert got[-1] == f"infer bin seq=4242 crc={P.crc32(image):08x}", got
+
+
+def test_rle_errors_read_as_in_python(protocol_check):
+    """Random INFER_RLE payloads, intact frames: the C decoder accepts exactly those the
+    Python one does, with the same pixels or the same detail text."""
+    import random
+    rng = random.Random(5)
+    payloads = []
+    for _ in range(300):
+        tokens = bytearray()
+        for _ in range(rng.randrange(0, 20)):
+            token = rng.choice([rng.randrange(0x80), rng.randrange(0x80, 0x100)])
+            tokens.append(token)
+            if token >= 0x80:
+                tokens += bytes(rng.randrange(256) for _ in range(token - 0x7F - rng.choice([0, 0, 1])))
+        payloads.append(bytes(tokens[:784]))
+    # and near misses of real images: a token dropped, added or changed
+    for _ in range(100):
+        image = bytes(rng.choice([0, 0, 0, 200]) for _ in range(784))
+        payload = bytearray(P.rle_encode(image))
+        payload[rng.randrange(len(payload))] = rng.randrange(256)
+        payloads.append(bytes(payload[:784]))
+    data = b"".join(P.encode_frame(P.MsgType.INFER_RLE, i, p) for i, p in enumerate(payloads))
+    out = subprocess.run([str(protocol_check), "events"], input=data.hex(), capture_output=True,
+                         text=True, check=True, timeout=60).stdout.splitlines()
+    assert len(out) == len(payloads)
+    for seq, (payload, line) in enumerate(zip(payloads, out)):
+        try:
+            pixels = P.rle_decode(payload)
+        except ValueError as exc:
+            assert line == f"error bin seq={seq} code=10 # bad_rle: {exc}"
+        else:
+            assert line == f"infer rle seq={seq} crc={P.crc32(pixels):08x}"
 
 
 def test_fuzzer_short_run(tmp_path):

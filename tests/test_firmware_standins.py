@@ -28,10 +28,11 @@ def standin(request):
 
 @pytest.fixture
 def board(standin):
-    with L.Board(standin.port, timeout=10) as board:
+    # full frames: these tests compare the float32 scores bit for bit
+    with L.Board(standin.port, timeout=10, frames="full") as board:
         yield board
         # leave the session's stand-in resynchronised for the next test
-        assert board.info()["protocol"] == "1"
+        assert board.info()["protocol"] == "2"
 
 
 def replies_before_barrier(board) -> list:
@@ -72,8 +73,38 @@ def test_info_names_the_model_and_board(standin, board):
     assert int(info["arena"]) == int(macros["TVMGEN_DEFAULT_WORKSPACE_SIZE"].strip().rstrip("uUlL"))
     assert info["board"] == standin.target
     expected_unit = {"host": "us", "qemu-m7": "instructions"}[standin.target]
-    assert info["time_unit"] == expected_unit and info["protocol"] == "1"
+    assert info["time_unit"] == expected_unit and info["protocol"] == "2"
+    # a pty has no rate; the emulated UART is programmed for the firmware's default
+    assert info["baud"] == {"host": "0", "qemu-m7": "115200"}[standin.target]
     assert info == standin.info
+
+
+def test_compact_frames_give_the_same_digits_and_the_scores_in_steps(
+        standin, mnist_test_100, host_digits_100, host_scores_100):
+    images, _ = mnist_test_100
+    with L.Board(standin.port, timeout=10) as board:
+        assert board.info()["protocol"] == "2" and board.form == "compact"
+        before = board.bytes_out + board.bytes_in
+        results = [board.infer(image) for image in images]
+        wire = board.bytes_out + board.bytes_in - before
+    assert [r.digit for r in results] == host_digits_100
+    steps = [[P.score_steps(s) for s in row] for row in host_scores_100]
+    if standin.target == "host":
+        assert [[round(-16 * s) for s in r.scores] for r in results] == steps
+    else:  # newlib's 1 ulp may move a score across a half step, by one step at most
+        got = np.array([[round(-16 * s) for s in r.scores] for r in results])
+        assert np.abs(got - np.array(steps)).max() <= 1
+    assert all(r.time_us is None for r in results)  # these clocks have one unit only
+    expected = sum(len(P.encode_infer_rle(1, image)) for image in images) + 100 * 31
+    assert wire == expected and board.garbled == 0
+
+
+def test_bad_rle_is_answered_and_the_next_frame_works(board, mnist_test_100, host_digits_100):
+    board.send_raw(P.encode_frame(P.MsgType.INFER_RLE, 4100, b"\x7f" * 7))
+    messages = replies_before_barrier(board)
+    assert [(m.seq, m.code) for m in messages if isinstance(m, P.DeviceError)] == \
+        [(4100, P.ErrorCode.BAD_RLE)]
+    assert board.infer(mnist_test_100[0][5]).digit == host_digits_100[5]
 
 
 def test_garbage_then_a_frame(board, mnist_test_100, host_digits_100):

@@ -20,10 +20,22 @@ def pattern_pixels():
     return bytes(0 if (i // 28) % 3 == 0 else (i * 37 + 11) % 256 for i in range(784))
 
 
+def bar_pixels():
+    return bytes(255 if 4 <= i // 28 <= 23 and 12 <= i % 28 <= 15
+                 else (128 if 4 <= i // 28 <= 23 and i % 28 == 16 else 0) for i in range(784))
+
+
+# the named images of the request vectors, by the word their description starts with
+NAMED_PIXELS = {"ramp": lambda: RAMP, "pattern": pattern_pixels, "bar": bar_pixels,
+                "blank": lambda: bytes(784)}
+
+
 def as_dict(m):
     """The vectors' JSON form of a parsed message."""
     if isinstance(m, P.Result):
         d = {"kind": "result", "seq": m.seq, "digit": m.digit, "time": m.time, "time_unit": m.time_unit}
+        if m.time_us is not None:
+            d["time_us"] = m.time_us
         if m.seq is None:
             d["permille"] = P.permille(m.scores)
         else:
@@ -44,10 +56,15 @@ def as_dict(m):
 
 @pytest.mark.parametrize("vector", VECTORS["requests"], ids=lambda v: v["name"])
 def test_request_vectors_encode(vector):
-    if vector["type"] == P.MsgType.INFER:
-        pixels = RAMP if vector["pixels"].startswith("ramp") else pattern_pixels()
+    if vector["type"] in (P.MsgType.INFER, P.MsgType.INFER_RLE):
+        pixels = NAMED_PIXELS[vector["pixels"].split(":")[0]]()
         assert f"{zlib.crc32(pixels):08x}" == vector["pixels_crc32"]
-        assert P.encode_infer(vector["seq"], pixels).hex() == vector["hex"]
+        encode = P.encode_infer if vector["type"] == P.MsgType.INFER else P.encode_infer_rle
+        assert encode(vector["seq"], pixels).hex() == vector["hex"]
+        if vector["type"] == P.MsgType.INFER_RLE:
+            frame = bytes.fromhex(vector["hex"])
+            assert P.rle_decode(frame[P.HEADER_BYTES:-P.CRC_BYTES]) == pixels
+            assert len(frame) == P.HEADER_BYTES + vector["payload_bytes"] + P.CRC_BYTES
     else:
         assert P.encode_info_request(vector["seq"]).hex() == vector["hex"]
 
@@ -62,12 +79,32 @@ def test_request_vector_layout_by_hand():
     assert struct.unpack_from("<I", frame, 791)[0] == zlib.crc32(frame[2:791])
     info = bytes.fromhex(VECTORS["requests"][2]["hex"])
     assert info.hex() == "a55a023412000095bc09dc"
+    # the blank image: 6 runs of 128 zeros and one of 16 (tokens 0x7f x 6, 0x0f)
+    (blank,) = [v for v in VECTORS["requests"] if v["name"] == "infer_rle_blank"]
+    frame = bytes.fromhex(blank["hex"])
+    assert frame[:7] == bytes.fromhex("a55a03") + struct.pack("<HH", blank["seq"], 7)
+    assert frame[7:14] == b"\x7f" * 6 + b"\x0f"
+    assert struct.unpack_from("<I", frame, 14)[0] == zlib.crc32(frame[2:14])
+
+
+def test_result_short_vector_layout_by_hand():
+    (vector,) = [v for v in VECTORS["replies"] if v["name"] == "result_short_cycles"]
+    frame = bytes.fromhex(vector["hex"])
+    assert len(frame) == P.RESULT_SHORT_FRAME_BYTES == 31
+    assert frame[2] == 0x84 and struct.unpack_from("<HH", frame, 3) == (1, 20)
+    assert struct.unpack_from("<BBII", frame, 7) == (7, 1, 3812345, 17650)
+    assert list(frame[17:27]) == vector["steps"] == [round(-16 * s) for s in vector["scores"]]
 
 
 @pytest.mark.parametrize("vector", VECTORS["replies"], ids=lambda v: v["name"])
 def test_reply_vectors_encode_and_parse(vector):
     frame = bytes.fromhex(vector["hex"])
-    if "digit" in vector:
+    if "steps" in vector:
+        assert P.encode_result_short(vector["seq"], vector["digit"], vector["time"],
+                                     vector["time_unit"], vector["scores"], vector["time_us"]) == frame
+        expected = P.Result(vector["seq"], vector["digit"], vector["time"], vector["time_unit"],
+                            [-q / 16 for q in vector["steps"]], vector["time_us"])
+    elif "digit" in vector:
         assert P.encode_result(vector["seq"], vector["digit"], vector["time"], vector["time_unit"],
                                vector["scores"]) == frame
         expected = P.Result(vector["seq"], vector["digit"], vector["time"], vector["time_unit"],
@@ -211,3 +248,42 @@ def test_random_bytes_never_crash_the_parser():
         for message in parser.feed(chunk):
             assert isinstance(message, (P.Garbled, P.TextLine, P.Result, P.Info, P.DeviceError))
     assert len(parser.pending) <= P.MAX_FRAME + P.MAX_TEXT_LINE
+
+
+# ------------------------------------------------------------------ INFER_RLE
+
+def test_rle_round_trips_mnist_and_edge_images():
+    from utils.data import mnist_arrays
+    images, _ = mnist_arrays(train=False)
+    rng = np.random.default_rng(3)
+    edge = [bytes(784), bytes([255]) * 784, RAMP, pattern_pixels(), bar_pixels(),
+            bytes([0, 7] * 392), bytes([7, 0, 0] * 261 + [7]), bytes([0, 0, 9] * 261 + [0])]
+    edge += [rng.choice([0, 0, 0, 1, 255], 784).astype(np.uint8).tobytes() for _ in range(200)]
+    for image in edge + [im.tobytes() for im in images[::50]]:
+        payload = P.rle_encode(image)
+        assert P.rle_decode(payload) == image
+        frame = P.encode_infer_rle(1, image)
+        assert frame is None if len(payload) >= 784 else P.rle_decode(frame[7:-4]) == image
+
+
+def test_rle_encoder_never_exceeds_its_worst_case():
+    """Literal runs of 128: 784 pixels cost 791 bytes at most; then the 795-byte frame is used."""
+    assert len(P.rle_encode(bytes([255]) * 784)) == 791
+    assert P.encode_infer_rle(1, bytes([255]) * 784) is None
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "ends after 0 pixels"),
+    (b"\x7f" * 7, "runs past 784 pixels at payload byte 6"),
+    (b"\x7f" * 6 + b"\x0d\x81\x05", "ends after 783 pixels"),       # a literal run cut short
+    (b"\x7f" * 6 + b"\x0e\x81\x05\x06", "runs past 784 pixels at payload byte 7"),
+])
+def test_rle_decode_refuses_bad_payloads(payload, message):
+    with pytest.raises(ValueError, match=message):
+        P.rle_decode(payload)
+
+
+def test_score_steps_round_and_saturate():
+    assert [P.score_steps(s) for s in (0.0, -0.03125, -0.0625, -15.9375, -15.96875, -1e9,
+                                       float("nan"), float("-inf"), 0.5)] == \
+        [0, 1, 1, 255, 255, 255, 255, 255, 0]

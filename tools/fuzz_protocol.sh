@@ -3,8 +3,9 @@
 #   tools/fuzz_protocol.sh --runs 1000000      # at least a million inputs
 #   tools/fuzz_protocol.sh --runs 20000        # CI's short run
 # Seeds: the device streams of docs/protocol_vectors.json, their pauses written with the
-# harness's escape (tools/fuzz_protocol.c: FF FF is the byte FF; FF and any other byte is a
-# pause). Exits non-zero on a crash, a sanitizer report or a hang (an input taking over
+# harness's escape (tools/fuzz_protocol.c: FF FF is the byte FF; FF FE wraps what follows in a
+# frame with a valid CRC; FF FD is an image the harness codes as INFER_RLE; FF and any other
+# byte is a pause), the INFER_RLE requests' payloads wrapped that way, and two images. Exits non-zero on a crash, a sanitizer report or a hang (an input taking over
 # --timeout seconds); the crashing input is left in build/fuzz/ (reproduce:
 # build/fuzz/fuzz_protocol <file>).
 set -euo pipefail
@@ -56,6 +57,19 @@ for stream in vectors["device_streams"]:
         seed += bytes([byte, byte]) if byte == ESCAPE else bytes([byte])
     seed += PAUSE if len(data) in pauses else b""
     (corpus / f"seed-{stream['name']}").write_bytes(bytes(seed))
+def wrap(frame_type, payload):
+    return b"\xff\xfe" + bytes([frame_type]) + len(payload).to_bytes(2, "little") + payload
+for request in vectors["requests"]:
+    if request["type"] == 3:
+        payload = bytes.fromhex(request["hex"])[7:-4]
+        (corpus / f"seed-wrapped-{request['name']}").write_bytes(wrap(3, payload))
+        (corpus / f"seed-wrapped-twice-{request['name']}").write_bytes(
+            wrap(3, payload) + b"info\n" + wrap(3, payload[:-1]) + wrap(2, b""))
+# images for the harness's own encoder (FF FD): digit-like strokes and a ramp, escaped FF
+ramp = bytes(i % 255 for i in range(784))
+strokes = bytes(200 if (i % 28) in (9, 10, 17) and 5 < i // 28 < 22 else 0 for i in range(784))
+for name, image in (("ramp", ramp), ("strokes", strokes)):
+    (corpus / f"seed-image-{name}").write_bytes(b"\xff\xfd" + len(image).to_bytes(2, "little") + image)
 PY
 
 echo "fuzzing firmware/protocol.c: $runs inputs (ASan + UBSan), corpus $out/corpus"
@@ -71,4 +85,7 @@ if [ $status -ne 0 ] || [ -z "$done_line" ]; then
     echo "fuzz_protocol.sh: FAILED (status $status); log: $log, inputs: $out/artifacts/" >&2
     exit 1
 fi
+counts=$(grep -E "^fuzz_protocol: [0-9]+ inputs" "$log" | tail -1 || true)
 echo "$done_line, no crash, no hang (log: $log)"
+[ -n "$counts" ] && echo "$counts"
+exit 0

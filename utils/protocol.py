@@ -17,7 +17,10 @@ from enum import IntEnum
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+# 2: INFER_RLE requests and RESULT_SHORT replies; a device that reports protocol=1 in its
+# INFO takes INFER (795 bytes) and the text form only.
+PROTOCOL_VERSION = 2
+COMPACT_SINCE_VERSION = 2
 PIXELS = 784
 SIDE = 28
 SYNC = b"\xa5\x5a"
@@ -27,6 +30,15 @@ MAX_PAYLOAD = PIXELS        # the largest payload either side may announce
 MAX_FRAME = HEADER_BYTES + MAX_PAYLOAD + CRC_BYTES
 INFER_FRAME_BYTES = HEADER_BYTES + PIXELS + CRC_BYTES  # 795
 RESULT_PAYLOAD_BYTES = 46
+RESULT_SHORT_PAYLOAD_BYTES = 20
+RESULT_FRAME_BYTES = HEADER_BYTES + RESULT_PAYLOAD_BYTES + CRC_BYTES              # 57
+RESULT_SHORT_FRAME_BYTES = HEADER_BYTES + RESULT_SHORT_PAYLOAD_BYTES + CRC_BYTES  # 31
+# RLE tokens (docs/protocol.md, "INFER_RLE"): 0x00..0x7F is a run of 1..128 zero pixels,
+# 0x80..0xFF announces 1..128 literal pixel bytes.
+RLE_MAX_RUN = 128
+# RESULT_SHORT scores: -log-probability in steps of 1/16, saturating at 255 (p < 1.2e-7).
+SCORE_STEPS_PER_UNIT = 16
+NO_MICROSECONDS = 0xFFFFFFFF
 MAX_TEXT_LINE = 4096        # both directions: longer lines are refused (device) / garbled (host)
 # Quiet input for this long ends a text line the device can no longer read as a request
 # (PROTO_RESYNC_PAUSE_MS; docs/protocol.md, "Pauses"): after damage, a host stays quiet this
@@ -37,9 +49,11 @@ RESYNC_PAUSE_S = 0.100
 class MsgType(IntEnum):
     INFER = 0x01
     INFO = 0x02
+    INFER_RLE = 0x03
     RESULT = 0x81
     INFO_REPLY = 0x82
     ERROR = 0x83
+    RESULT_SHORT = 0x84
 
 
 class ErrorCode(IntEnum):
@@ -52,6 +66,7 @@ class ErrorCode(IntEnum):
     WRONG_COUNT = 7
     LINE_TOO_LONG = 8
     INFERENCE_FAILED = 9
+    BAD_RLE = 10
 
     @property
     def wire_name(self) -> str:
@@ -79,6 +94,9 @@ class Result:
     time: int
     time_unit: str
     scores: list = field(default_factory=list)
+    # RESULT_SHORT only: the same inference in microseconds when the device has a µs clock
+    # besides its cycle counter (None: not reported or no such clock).
+    time_us: int | None = None
 
     @property
     def probabilities(self) -> list:
@@ -161,6 +179,76 @@ def encode_infer(seq: int, pixels) -> bytes:
     return encode_frame(MsgType.INFER, seq, pixel_bytes(pixels))
 
 
+def rle_encode(pixels) -> bytes:
+    """The INFER_RLE payload of an image: zero runs as one token, other pixels as literals.
+
+    A run of one or two zeros between non-zero pixels stays inside the literal run: as its
+    own token it would cost as much or more (a run token and a new literal token). Any
+    payload that decodes to the image is valid; this one is what the test vectors use."""
+    data = pixel_bytes(pixels)
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        j = i
+        if data[i] == 0:
+            while j < n and data[j] == 0 and j - i < RLE_MAX_RUN:
+                j += 1
+            out.append(j - i - 1)
+        else:
+            while j < n and j - i < RLE_MAX_RUN:
+                if data[j]:
+                    j += 1
+                    continue
+                k = j
+                while k < n and data[k] == 0 and k - j < 3:
+                    k += 1
+                if k - j <= 2 and k < n and data[k] and k - i <= RLE_MAX_RUN:
+                    j = k
+                    continue
+                break
+            out.append(0x7F + (j - i))
+            out += data[i:j]
+        i = j
+    return bytes(out)
+
+
+def rle_decode(payload: bytes) -> bytes:
+    """The 784 pixels of an INFER_RLE payload; ValueError with the device's detail text
+    (docs/protocol.md) for a payload the device refuses as bad_rle."""
+    pixels = bytearray()
+    i = 0
+    while i < len(payload):
+        token = payload[i]
+        i += 1
+        if token < 0x80:
+            count, literal = token + 1, b""
+        else:
+            count = token - 0x7F
+            literal = payload[i:i + count]
+            i += len(literal)
+        if len(pixels) + count > PIXELS:
+            raise ValueError(f"rle runs past 784 pixels at payload byte {i - len(literal) - 1}")
+        if token < 0x80:
+            pixels += bytes(count)
+        elif len(literal) < count:
+            pixels += literal
+            break
+        else:
+            pixels += literal
+    if len(pixels) != PIXELS:
+        raise ValueError(f"rle ends after {len(pixels)} pixels, expected 784")
+    return bytes(pixels)
+
+
+def encode_infer_rle(seq: int, pixels) -> bytes | None:
+    """An INFER_RLE frame, or None when the compressed image would not be shorter than 784
+    bytes (send encode_infer then)."""
+    payload = rle_encode(pixels)
+    if len(payload) >= PIXELS:
+        return None
+    return encode_frame(MsgType.INFER_RLE, seq, payload)
+
+
 def encode_info_request(seq: int) -> bytes:
     return encode_frame(MsgType.INFO, seq)
 
@@ -180,6 +268,22 @@ def encode_result(seq: int, digit: int, time: int, time_unit: str, scores) -> by
     payload = struct.pack("<BBI", digit, TIME_UNIT_CODES[time_unit], time)
     payload += struct.pack("<10f", *scores)
     return encode_frame(MsgType.RESULT, seq, payload)
+
+
+def score_steps(score: float) -> int:
+    """A log-probability as RESULT_SHORT carries it: round(-16 * score), clamped to 0..255
+    (NaN: 255), as the firmware computes it."""
+    if not score > -1e6:  # NaN, -inf
+        return 255
+    return max(0, min(255, int(math.floor(-score * SCORE_STEPS_PER_UNIT + 0.5))))
+
+
+def encode_result_short(seq: int, digit: int, time: int, time_unit: str, scores,
+                        time_us: int | None = None) -> bytes:
+    payload = struct.pack("<BBII", digit, TIME_UNIT_CODES[time_unit], time,
+                          NO_MICROSECONDS if time_us is None else time_us)
+    payload += bytes(score_steps(s) for s in scores)
+    return encode_frame(MsgType.RESULT_SHORT, seq, payload)
 
 
 def encode_info_reply(seq: int, fields: dict) -> bytes:
@@ -264,6 +368,16 @@ def decode_reply_frame(msg_type: int, seq: int, payload: bytes):
             raise ValueError(f"RESULT with digit {digit}, time unit {unit}")
         scores = list(struct.unpack_from("<10f", payload, 6))
         return Result(seq, digit, time, TIME_UNITS[unit], scores)
+    if msg_type == MsgType.RESULT_SHORT:
+        if len(payload) != RESULT_SHORT_PAYLOAD_BYTES:
+            raise ValueError(f"RESULT_SHORT payload of {len(payload)} bytes, expected "
+                             f"{RESULT_SHORT_PAYLOAD_BYTES}")
+        digit, unit, time, time_us = struct.unpack_from("<BBII", payload)
+        if digit > 9 or unit not in TIME_UNITS:
+            raise ValueError(f"RESULT_SHORT with digit {digit}, time unit {unit}")
+        scores = [-q / SCORE_STEPS_PER_UNIT for q in payload[10:]]
+        return Result(seq, digit, time, TIME_UNITS[unit], scores,
+                      None if time_us == NO_MICROSECONDS else time_us)
     if msg_type == MsgType.INFO_REPLY:
         return Info(seq, parse_info_fields(payload.decode("ascii")))
     if msg_type == MsgType.ERROR:

@@ -7,6 +7,8 @@
  *                           per parser event, in the vectors' notation
  *   protocol_check replies  stdin: one reply description per line; prints what the device sends:
  *                             result SEQ DIGIT UNIT TIME S0 .. S9   -> frame hex
+ *                             short SEQ DIGIT UNIT TIME TIME_US S0 .. S9 -> RESULT_SHORT hex
+ *                                                                  (TIME_US -1: none)
  *                             info SEQ PAIRS...                    -> frame hex
  *                             error SEQ CODE DETAIL...             -> frame hex
  *                             line DIGIT TIME UNIT S0 .. S9        -> the text line
@@ -25,7 +27,8 @@ static void print_event(const proto_event *ev, void *context)
     switch (ev->kind) {
     case PROTO_EVENT_INFER:
         if (ev->binary) {
-            printf("infer bin seq=%u crc=%08x\n", ev->seq, (unsigned)proto_crc32(ev->pixels, PROTO_PIXELS));
+            printf("infer %s seq=%u crc=%08x\n", ev->compact ? "rle" : "bin", ev->seq,
+                   (unsigned)proto_crc32(ev->pixels, PROTO_PIXELS));
         } else {
             printf("infer text crc=%08x\n", (unsigned)proto_crc32(ev->pixels, PROTO_PIXELS));
         }
@@ -125,11 +128,18 @@ static int run_replies(void)
         char kind[16], unit[16];
         unsigned seq, digit, code;
         unsigned long time;
+        long time_us;
         float s[10];
         if (sscanf(line, "result %u %u %15s %lu %f %f %f %f %f %f %f %f %f %f", &seq, &digit, unit,
                    &time, &s[0], &s[1], &s[2], &s[3], &s[4], &s[5], &s[6], &s[7], &s[8], &s[9]) == 14) {
             print_hex(out, proto_encode_result(out, sizeof out, (uint16_t)seq, (uint8_t)digit,
                                                unit_code(unit), (uint32_t)time, s));
+        } else if (sscanf(line, "short %u %u %15s %lu %ld %f %f %f %f %f %f %f %f %f %f", &seq,
+                          &digit, unit, &time, &time_us, &s[0], &s[1], &s[2], &s[3], &s[4], &s[5],
+                          &s[6], &s[7], &s[8], &s[9]) == 15) {
+            uint32_t us = time_us < 0 ? PROTO_NO_MICROSECONDS : (uint32_t)time_us;
+            print_hex(out, proto_encode_result_short(out, sizeof out, (uint16_t)seq, (uint8_t)digit,
+                                                     unit_code(unit), (uint32_t)time, us, s));
         } else if (sscanf(line, "line %u %lu %15s %f %f %f %f %f %f %f %f %f %f", &digit, &time, unit,
                           &s[0], &s[1], &s[2], &s[3], &s[4], &s[5], &s[6], &s[7], &s[8], &s[9]) == 13) {
             proto_format_result_line(text, sizeof text, (uint8_t)digit, (uint32_t)time, unit_code(unit), s);
