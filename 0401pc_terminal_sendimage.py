@@ -4,6 +4,8 @@ validate the model on the target: accuracy on the device, agreement with the hos
 model, confusion matrix, device time, round-trip throughput against what the baud rate allows.
 
 Works the same against the STM32F746G-DISCO and every stand-in (python -m utils.standin).
+Several boards at once: --port repeated or a comma list; the images are shared out, each
+answered once, with a line per board so a board that disagrees stands out.
 Writes reports/0401pc_terminal_sendimage.json for runs over the test set (not for --file).
 
 Examples:
@@ -11,6 +13,7 @@ Examples:
     python3 0401pc_terminal_sendimage.py --count 500 --plot  # a range, with a confusion PNG
     python3 0401pc_terminal_sendimage.py --all --json        # all 10 000, summary as JSON
     python3 0401pc_terminal_sendimage.py --file my_digit.png
+    python3 0401pc_terminal_sendimage.py --all --port /dev/ttyACM0 --port /dev/ttyACM1
 """
 import argparse
 import json
@@ -26,8 +29,9 @@ from utils.cli import (DefaultsHelpFormatter, StageError, check_output_dir, chec
 from utils.data import mnist_arrays
 from utils.preprocess import PreprocessError, load_image_file
 from utils.reports import model_hash, write_report
-from utils.serial_link import DEFAULT_PORT, Board, LinkError, auto_detect_port
-from utils.validate import format_summary, load_host_model, plot_confusion, validate
+from utils.serial_link import DEFAULT_PORT, FRAME_FORMS, Board, LinkError, auto_detect_port
+from utils.validate import (format_summary, load_host_model, plot_confusion, time_comparison,
+                            validate)
 
 STAGE = "0401pc_terminal_sendimage"
 # Runs longer than this print a line only for the images the device got wrong or never
@@ -41,9 +45,16 @@ def parse_args(argv):
         description=__doc__.split("\n\n")[0],
         formatter_class=DefaultsHelpFormatter)
     link = parser.add_argument_group("serial link")
-    link.add_argument("--port", help="serial port (default: the ST-LINK's virtual COM port if "
+    link.add_argument("--port", action="append", metavar="PORT[,PORT...]",
+                      help="serial port; repeat it or give a comma list for several boards, "
+                      "which share the images (default: the ST-LINK's virtual COM port if "
                       "plugged in, else a running stand-in, else /dev/ttyACM0)")
-    link.add_argument("--baud", type=positive_int, default=115200, help="baud rate")
+    link.add_argument("--baud", type=positive_int, default=115200,
+                      help="baud rate of the host side; must be the firmware's (make BAUD=..., "
+                           "which its info reports)")
+    link.add_argument("--frames", choices=FRAME_FORMS, default="auto",
+                      help="how images go out: auto (compact INFER_RLE frames when the board's "
+                           "info says protocol 2, else 795-byte frames), compact, full, text")
     link.add_argument("--timeout", type=positive_float, default=5.0,
                       help="seconds to wait for each reply")
     what = parser.add_argument_group("what to send (default: test image --index)")
@@ -106,8 +117,18 @@ def select_images(args):
             f"MNIST test images {start}..{stop - 1}")
 
 
-def resolve_port(port):
-    return port or auto_detect_port() or DEFAULT_PORT
+def resolve_ports(ports) -> list:
+    """The --port values split at commas, in order, without repeats; the auto-detected one
+    when none is given."""
+    names = []
+    for value in ports or []:
+        for name in value.split(","):
+            name = name.strip()
+            if not name:
+                raise StageError(f"--port {value!r} has an empty name")
+            if name not in names:
+                names.append(name)
+    return names or [auto_detect_port() or DEFAULT_PORT]
 
 
 def host_model_path(args):
@@ -148,19 +169,22 @@ def check_outputs(args):
     return plot_path
 
 
-def image_line(outcome, unit_width=0) -> str:
+def image_line(outcome, several_boards=False) -> str:
     label = "" if outcome.label is None else f" label {outcome.label}"
+    where = f" [{outcome.port}]" if several_boards else ""
     if not outcome.answered:
-        return f"image {outcome.index}:{label} UNANSWERED ({outcome.error})"
+        return f"image {outcome.index}:{label} UNANSWERED ({outcome.error}){where}"
     mark = "" if outcome.label is None else ("  ok" if outcome.digit == outcome.label else "  WRONG")
+    us = f" ({outcome.time_us} us)" if outcome.time_us is not None else ""
     return (f"image {outcome.index}: digit {outcome.digit}{label}  time {outcome.time} "
-            f"{outcome.time_unit}  round trip {outcome.round_trip_s * 1000:.1f} ms{mark}")
+            f"{outcome.time_unit}{us}  round trip {outcome.round_trip_s * 1000:.1f} ms{mark}{where}")
 
 
 def result_dict(outcome, with_probabilities) -> dict:
     """One image's outcome for --json (the report keeps only the summary)."""
     entry = {"index": outcome.index, "label": outcome.label, "digit": outcome.digit,
-             "time": outcome.time, "time_unit": outcome.time_unit, "error": outcome.error}
+             "time": outcome.time, "time_unit": outcome.time_unit, "time_us": outcome.time_us,
+             "error": outcome.error, "port": outcome.port}
     if with_probabilities and outcome.answered:
         entry["probabilities"] = outcome.probabilities
     return entry
@@ -172,7 +196,7 @@ def main(argv=None):
     images, labels, indices, description = select_images(args)
     host_model, host_note = host_model_path(args)
     host = load_host(host_model) if host_model is not None else None
-    port = resolve_port(args.port)
+    ports = resolve_ports(args.port)
 
     printing_each = args.each or len(images) <= EACH_LINE_LIMIT
     progress = not args.no_progress and len(images) > 1
@@ -185,7 +209,7 @@ def main(argv=None):
             return
         miss = not outcome.answered or (outcome.label is not None and outcome.digit != outcome.label)
         if printing_each or miss:
-            line = image_line(outcome)
+            line = image_line(outcome, len(ports) > 1)
             if progress:
                 tqdm.write(line, file=sys.stdout)
             else:
@@ -194,28 +218,43 @@ def main(argv=None):
                 probs = " ".join(f"{d}:{p:.3f}" for d, p in enumerate(outcome.probabilities))
                 print(f"probabilities {probs}")
 
+    boards = []
     try:
-        board = Board(port, baud=args.baud, timeout=args.timeout)
+        for port in ports:
+            boards.append(Board(port, baud=args.baud, timeout=args.timeout, frames=args.frames))
+        infos = [board.info() for board in boards]
     except LinkError as exc:
+        for board in boards:
+            board.close()
         raise StageError(str(exc)) from None
-    with board:
-        try:
-            info = board.info()
-        except LinkError as exc:
-            raise StageError(str(exc)) from None
+    try:
         if not args.json:
-            print(f"{description} → {port} @ {args.baud} baud; board {info.get('board', '?')}, "
-                  f"model {info.get('model', '?')}, device time in {info.get('time_unit', '?')}",
-                  flush=True)
-        summary = validate(board, images, labels, indices=indices, host_model=host,
-                           info=info, progress=progress, on_result=show,
-                           port=port, baud=args.baud)
+            for board, info in zip(boards, infos):
+                print(f"{description} → {board.port} @ {args.baud} baud ({board.form} frames); "
+                      f"board {info.get('board', '?')} (firmware at {info.get('baud', '?')} baud), "
+                      f"model {info.get('model', '?')}, device time in {info.get('time_unit', '?')}",
+                      flush=True)
+        summary = validate(boards if len(boards) > 1 else boards[0], images, labels,
+                           indices=indices, host_model=host, info=infos[0], progress=progress,
+                           on_result=show, port=",".join(ports), baud=args.baud)
+    finally:
+        for board in boards:
+            board.close()
+    summary["time_comparison"] = time_comparison(summary, paths.REPORTS_DIR)
     summary["source"] = description
     if host_model is not None:
         summary["host_model"] = str(host_model)
         summary["host_model_hash"] = model_hash(host_model)
         summary["model_matches_host"] = summary["host_model_hash"] == summary["model"]
     notes = [host_note] if host_note else []
+    models = sorted({b["model"] for b in summary["boards"] if b["model"]})
+    if len(models) > 1:
+        notes.append(f"the boards run different models: {', '.join(models)}")
+    baud_mismatch = [f"{b['port']} ({b['device_baud']})" for b in summary["boards"]
+                     if b["device_baud"] and b["device_baud"] != args.baud]
+    if baud_mismatch:
+        notes.append(f"--baud {args.baud} but the firmware says another rate: "
+                     f"{', '.join(baud_mismatch)}")
     if host_model is not None and not summary["model_matches_host"]:
         notes.append(f"the board runs model {summary['model']}, the host model is "
                      f"{summary['host_model_hash']}: agreement compares different models")

@@ -32,7 +32,7 @@ from utils.validate import FRAME_BYTES, validate
 
 REPORT_KEYS = ("images", "accuracy", "agreement_with_host", "device_us_median",
                "images_per_second", "frame_bytes", "round_trip_ms", "answered", "unanswered",
-               "model", "port", "baud")
+               "model", "port", "baud", "wire_bytes_per_image", "boards", "time_comparison")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,16 @@ def test_count_json_summary_and_report(host_port, quick_qat_model, test_set, dev
     assert summary["model"] == model_hash(quick_qat_model)
     assert summary["model_matches_host"] is True
     assert summary["agreement_with_host"] >= 0.95
-    assert summary["frame_bytes"] == FRAME_BYTES <= 800
+    # the stand-in speaks protocol 2: compact frames, and every byte on the wire is counted
+    assert summary["frame_form"] == "compact"
+    request_bytes = [len(protocol.encode_infer_rle(1, image)) for image in images[:40]]
+    assert summary["frame_bytes"] == pytest.approx(np.mean(request_bytes))
+    assert summary["wire_bytes_per_image"] == pytest.approx(
+        np.mean(request_bytes) + protocol.RESULT_SHORT_FRAME_BYTES)
+    assert summary["frame_bytes"] < FRAME_BYTES
+    (board,) = summary["boards"]
+    assert board["port"] == host_port and board["images"] == 40 and board["answered"] == 40
+    assert board["agreement_with_host"] == summary["agreement_with_host"]
     assert summary["device_time_unit"] == "us" and summary["device_us_median"] > 0
     assert summary["device_time_min"] <= summary["device_time_median"] <= summary["device_time_p99"]
     assert summary["round_trip_ms"] > 0 and summary["images_per_second"] > 10
@@ -112,7 +121,7 @@ def test_text_summary_and_plot(host_port, tmp_path):
     assert "images sent 25: answered 25, unanswered 0" in out
     assert "accuracy on the device" in out and "label\\digit" in out
     assert re.search(r"device time +min \d+ us, median \d+ us, p99 \d+ us", out)
-    assert "795-byte frames" in out
+    assert re.search(r"\d+ bytes per image on the wire \(compact frames\)", out)
     with Image.open(png) as image:
         assert image.size[0] > 300 and len(np.unique(np.asarray(image.convert("L")))) > 10
 

@@ -1,8 +1,11 @@
 """The main job: the whole pipeline end to end on a stand-in board, one summary at the end.
 
-    python3 -m utils.pipeline            # QAT → TVM (0201, 0202) → firmware → qemu-m7 → 10 000 images
+    python3 -m utils.pipeline            # QAT → TVM (0201, 0202) → firmware → 2 qemu-m7 → 10 000 images
     python3 -m utils.pipeline --quick    # the same path on small budgets, in about 2 minutes
     python3 -m utils.pipeline --flow pt2e    # QAT through torch.export + torchao PT2E → .pt2 → ...
+
+Validation runs on --standins N stand-ins at once (default 2, one per core of a small
+machine): 0401 shares the images out between them and reports each board's line.
 
 Each step is the stage's own command line, run as a child process, so the pipeline proves
 the commands a user types. Figures come back through reports/*.json. The quick variant keeps
@@ -12,6 +15,7 @@ per-channel weights, which the pt2e flow's quantizer makes), the firmware keeps 
 and the job says so in one line.
 """
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -116,7 +120,9 @@ def summary_lines(reports_dir: Path, target: str, seconds: dict, flow: str = "ea
         f" per inference (median of {fw.get('images')} images)",
         f"validation       {val.get('answered')} of {val.get('images')} images answered,"
         f" accuracy {_pct(val.get('accuracy'))}, agreement with host int8 model"
-        f" {_pct(val.get('agreement_with_host'))}, {val.get('images_per_second', 0):.1f} images/s",
+        f" {_pct(val.get('agreement_with_host'))}, {val.get('images_per_second') or 0:.1f} images/s"
+        f" on {len(val.get('boards') or [1])} board(s), {val.get('wire_bytes_per_image') or 0:.0f}"
+        f" bytes per image on the wire ({val.get('frame_form', 'full')} frames)",
         "time             " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
     ]
     return lines
@@ -132,6 +138,8 @@ def main(argv=None):
                              "program (torch.export + torchao PT2E)")
     parser.add_argument("--target", default=DEFAULT_TARGET, choices=sorted(TARGETS),
                         help="stand-in board to validate on")
+    parser.add_argument("--standins", type=int, default=2, metavar="N",
+                        help="stand-ins validating at once (0401 shares the images out)")
     parser.add_argument("--images", type=int, default=None,
                         help="test images to validate (default: all 10 000; 300 with --quick)")
     parser.add_argument("--retrain", action="store_true",
@@ -142,6 +150,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.images is not None and not 1 <= args.images <= 10000:
         parser.error("--images must be between 1 and 10000")
+    if not 1 <= args.standins <= 8:
+        parser.error("--standins must be between 1 and 8")
 
     env = dict(os.environ)
     pt2e = args.flow == "pt2e"
@@ -180,21 +190,28 @@ def main(argv=None):
                                 ["-m", "utils.standin", "--target", args.target, "--tar", tar,
                                  "--check", "100"], env)
 
-    print(f"\n=== start the {args.target} stand-in", flush=True)
-    link = paths.BUILD_DIR / f"pipeline-{args.target}{'-pt2e' if pt2e and args.quick else ''}.pty"
-    with StandIn(args.target, tar, link=link) as board:
-        print(f"    port {board.port} ({board.pty})", flush=True)
+    count = args.standins
+    print(f"\n=== start {count} {args.target} stand-in{'s' if count > 1 else ''}", flush=True)
+    stem = f"pipeline-{args.target}{'-pt2e' if pt2e and args.quick else ''}"
+    standins = [StandIn(args.target, tar, link=paths.BUILD_DIR / f"{stem}{'' if i == 0 else f'-{i + 1}'}.pty")
+                for i in range(count)]
+    with contextlib.ExitStack() as stack:
+        for standin in standins:
+            stack.enter_context(standin)
+            print(f"    port {standin.port} ({standin.pty})", flush=True)
+        ports = [arg for standin in standins for arg in ("--port", standin.port)]
         seconds["validate"] = _step(
-            f"validate {images} images on {args.target} (0401)",
-            ["0401pc_terminal_sendimage.py", "--port", board.port, "--count", images,
+            f"validate {images} images on {count} × {args.target} (0401)",
+            ["0401pc_terminal_sendimage.py", *ports, "--count", images,
              "--host-model", weights, "--timeout", "30", "--quiet"], env)
-    print(f"=== {args.target} stand-in stopped", flush=True)
+    print(f"=== {args.target} stand-in{'s' if count > 1 else ''} stopped", flush=True)
     seconds["total"] = time.monotonic() - started
 
     lines = summary_lines(reports, args.target, seconds, args.flow, refusal)
     print("\n==== summary " + "=" * 60)
     print("\n".join(lines))
-    figures = {"target": args.target, "images": images, "quick": args.quick, "flow": args.flow,
+    figures = {"target": args.target, "images": images, "standins": args.standins,
+               "quick": args.quick, "flow": args.flow,
                "model": str(weights), "library": library, "optimize_refused": refusal,
                "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     # the last run at the top level, and each flow's last run in its own section

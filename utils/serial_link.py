@@ -3,6 +3,12 @@
 Board wraps one open port: it numbers requests, sends them with utils.protocol, and waits for
 the reply with the same sequence number, skipping (and keeping count of) anything else the
 device says. Every failure is a LinkError subclass whose message is one line a user can act on.
+
+Images go in the smallest form the device takes: after info(), a device that reports
+protocol 2 or later gets INFER_RLE frames (answered with RESULT_SHORT), any other the 795-byte
+INFER frame; `frames` forces one form ("compact", "full" or "text"). Requests may be
+pipelined: send_infer() returns a sequence number, wait_result() collects its reply, so the
+next image crosses the wire while the device classifies the current one.
 """
 import collections
 import os
@@ -19,6 +25,7 @@ STLINK_VID = 0x0483          # STMicroelectronics: the ST-LINK/V2-1 virtual COM 
 DEFAULT_PORT = "/dev/ttyACM0"
 DEFAULT_BAUD = 115200
 MAX_EVENTS = 1000
+FRAME_FORMS = ("auto", "compact", "full", "text")
 # What pyserial raises when the port goes away under it. termios.error is no OSError: pyserial's
 # flush() calls tcdrain(), which raises it on a pty whose other end has just closed.
 PORT_ERRORS = (serial.SerialException, OSError, termios.error)
@@ -74,10 +81,18 @@ class Board:
     .garbled counts the bytes of damaged replies skipped; .events keeps the latest skipped
     messages (Garbled, TextLine such as the boot banner, replies to other requests)."""
 
-    def __init__(self, port: str, baud: int = DEFAULT_BAUD, timeout: float = 5.0):
+    def __init__(self, port: str, baud: int = DEFAULT_BAUD, timeout: float = 5.0,
+                 frames: str = "auto"):
+        if frames not in FRAME_FORMS:
+            raise ValueError(f"frames must be one of {', '.join(FRAME_FORMS)}, got {frames!r}")
         self.port = port
         self.baud = baud
         self.timeout = timeout
+        self.frames = frames
+        self.compact = frames == "compact"  # auto: decided by info()
+        self.device_info = {}
+        self.bytes_out = 0   # every byte written and read, for the wire figures
+        self.bytes_in = 0
         self.garbled = 0
         self.skipped = 0
         self.events = collections.deque(maxlen=MAX_EVENTS)
@@ -116,10 +131,28 @@ class Board:
         self._seq = (self._seq + 1) & 0xFFFF
         return self._seq
 
+    @property
+    def form(self) -> str:
+        """How images go out now: compact (INFER_RLE), full (INFER) or text."""
+        if self.frames == "text":
+            return "text"
+        return "compact" if self.compact else "full"
+
     def infer(self, pixels) -> protocol.Result:
-        """Send one image as a binary INFER frame; the device's Result."""
+        """Send one image in the board's form (see the module docstring); the device's Result."""
+        if self.frames == "text":
+            return self.infer_text(pixels)
+        return self.wait_result(self.send_infer(pixels))
+
+    def send_infer(self, pixels) -> int:
+        """Send one image as a frame without waiting; its seq, for wait_result()."""
         seq = self.next_seq()
-        self.send_raw(protocol.encode_infer(seq, pixels))
+        frame = protocol.encode_infer_rle(seq, pixels) if self.compact else None
+        self.send_raw(frame or protocol.encode_infer(seq, pixels))
+        return seq
+
+    def wait_result(self, seq: int) -> protocol.Result:
+        """The device's Result for the image sent with `seq` (DeviceErrorReply, BoardTimeout)."""
         return self._wait(lambda m: isinstance(m, (protocol.Result, protocol.DeviceError))
                           and m.seq == seq, f"the reply to image seq {seq}")
 
@@ -135,6 +168,13 @@ class Board:
         self.send_raw(protocol.encode_info_request(seq))
         reply = self._wait(lambda m: isinstance(m, (protocol.Info, protocol.DeviceError))
                            and m.seq == seq, f"the reply to info seq {seq}")
+        self.device_info = dict(reply.fields)
+        if self.frames == "auto":
+            try:
+                version = int(reply.fields.get("protocol", "1"))
+            except ValueError:
+                version = 1
+            self.compact = version >= protocol.COMPACT_SINCE_VERSION
         return reply.fields
 
     def send_raw(self, data: bytes):
@@ -144,6 +184,7 @@ class Board:
         try:
             self._serial.write(data)
             self._serial.flush()
+            self.bytes_out += len(data)
         except serial.SerialTimeoutException:
             raise BoardTimeout(f"no progress writing to {self.port} at {self.baud} baud "
                                f"for {self.timeout:g} s; is the board running?") from None
@@ -167,6 +208,7 @@ class Board:
             data = self._serial.read(max(1, self._serial.in_waiting))
         except PORT_ERRORS as exc:
             raise BoardGone(f"{self.port} went away: {one_line(exc)}") from None
+        self.bytes_in += len(data)
         return self._parser.feed(data) if data else []
 
     def _wait(self, wanted, what: str):
