@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -309,7 +310,6 @@ def time_comparison(summary: dict, reports_dir) -> dict:
     what the benchmark counted and estimated in M7 cycles (reports/bench.json) for the same
     model, found by its hash. Without the same model in the benchmark, its LeNet-5 row stands
     in, marked by bench_same_model false and its own hash."""
-    from pathlib import Path
     reports_dir = Path(reports_dir)
     model = summary.get("model")
     out = {"device_time_unit": summary.get("device_time_unit"),
