@@ -186,12 +186,14 @@ class GraphLowering:
         out_shape = (1, oh, ow, o)
         if layer.groups != 1:
             bias = (layer.bias if layer.bias is not None else np.zeros(o)).astype(np.int32)
+            bias_in = _folded_bias(layer, layer.weight.reshape(o, -1))
             weights = depthwise_weights(layer.weight)
             build = _kernel_func(name, "utvm_depthwise_u8s8",
                                  [("x", x.shape, "uint8"), ("w", weights.shape, "int16"), ("b", (o,), "int32"),
-                                  ("m", multiplier.shape, "float32")], [("y", out_shape, "uint8")])
+                                  ("b_in", (o,), "int32"), ("m", multiplier.shape, "float32")],
+                                 [("y", out_shape, "uint8")])
             func = build([h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
-            args = [x.var, self.const(weights, "int16"), self.const(bias, "int32"),
+            args = [x.var, self.const(weights, "int16"), self.const(bias, "int32"), self.const(bias_in, "int32"),
                     self.const(multiplier, "float32")]
             return Value(self.emit_call(func, name, args, [out_shape], ["uint8"]), NHWC)
         k = kh * kw * c

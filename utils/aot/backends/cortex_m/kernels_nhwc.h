@@ -263,11 +263,13 @@ UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, 
  * y[oy][ox][c] = requantize(bias[c] + sum over the window's taps inside the image of
  * (x[iy][ix][c] - zp_in) * w[ky][kx][c]); taps outside add nothing (they would hold the zero
  * point). w16: the weights widened to int16 [kh][kw][C4] with each group of 4 channels stored
- * as (c0, c2, c1, c3), C4 = C rounded up to 4; bias as the model has it (nothing folded).
- * On the DSP extension 4 channels per step: one activation word, widened and centered with
- * __ssub16, against two weight words, by __smlabb / __smlatt. */
+ * as (c0, c2, c1, c3), C4 = C rounded up to 4; bias as the model has it, and bias_in with the
+ * input zero point folded in (bias - zp_in * sum of the channel's taps).
+ * On the DSP extension 4 channels per step: one activation word, widened, against two weight
+ * words, by __smlabb / __smlatt. A window inside the image takes every tap, unrolled, with
+ * bias_in; one that leaves it takes the taps inside, centered with __ssub16, with bias. */
 UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w16, const int32_t* bias,
-                                             const float* mult, uint8_t* y, int32_t in_h, int32_t in_w, int32_t chans,
+                                             const int32_t* bias_in, const float* mult, uint8_t* y, int32_t in_h, int32_t in_w, int32_t chans,
                                              int32_t out_h, int32_t out_w, int32_t k_h, int32_t k_w, int32_t stride_h,
                                              int32_t stride_w, int32_t pad_h, int32_t pad_w, int32_t in_zp,
                                              int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
@@ -286,6 +288,36 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w1
       uint8_t* out = y + (oy * out_w + ox) * chans;
       int32_t c = 0;
 #if UTVM_NHWC_DSP
+      if (ky0 == 0 && kx0 == 0 && ky1 == k_h && kx1 == k_w) {
+        const uint8_t* const window = x + (y0 * in_w + x0) * chans;
+        for (; c < whole; c += 4) {
+          int32_t a0 = bias_in[c], a1 = bias_in[c + 1], a2 = bias_in[c + 2], a3 = bias_in[c + 3];
+#pragma GCC unroll 25
+          for (int32_t t = 0; t < k_h * k_w; ++t) {
+            /* one tap, written out: left alone, gcc 12 hoists all the taps' loads and spills */
+            const uint8_t* xt = window + ((t / k_w) * in_w + t % k_w) * chans + c;
+            const int16_t* wt = w16 + t * c4 + c;
+            uint32_t xv, xe, wv;
+            __asm__("ldr %[xv], %[xm]\n\t"
+                    "uxtb16 %[xe], %[xv]\n\t"
+                    "uxtb16 %[xv], %[xv], ror #8\n\t"
+                    "ldr %[wv], %[wm0]\n\t"
+                    "smlabb %[a0], %[xe], %[wv], %[a0]\n\t"
+                    "smlatt %[a2], %[xe], %[wv], %[a2]\n\t"
+                    "ldr %[wv], %[wm1]\n\t"
+                    "smlabb %[a1], %[xv], %[wv], %[a1]\n\t"
+                    "smlatt %[a3], %[xv], %[wv], %[a3]\n\t"
+                    : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xv] "=&r"(xv), [xe] "=&r"(xe),
+                      [wv] "=&r"(wv)
+                    : [xm] "m"(*(const uint32_t*)xt), [wm0] "m"(*(const uint32_t*)wt),
+                      [wm1] "m"(*(const uint32_t*)(wt + 2)));
+          }
+          out[c] = utvm_nhwc_requantize(a0, mult[c * m_stride], zp, flo, fhi);
+          out[c + 1] = utvm_nhwc_requantize(a1, mult[(c + 1) * m_stride], zp, flo, fhi);
+          out[c + 2] = utvm_nhwc_requantize(a2, mult[(c + 2) * m_stride], zp, flo, fhi);
+          out[c + 3] = utvm_nhwc_requantize(a3, mult[(c + 3) * m_stride], zp, flo, fhi);
+        }
+      }
       for (; c < whole; c += 4) {
         int32_t a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
         for (int32_t ky = ky0; ky < ky1; ++ky) {
@@ -293,7 +325,7 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w1
           const int16_t* wrow = w16 + (ky * k_w) * c4 + c;
           for (int32_t kx = kx0; kx < kx1; ++kx) {
             const uint32_t xv = utvm_nhwc_load32(row + kx * chans);
-            const uint32_t xe = __ssub16(__uxtb16(xv), zp2), xo = __ssub16(utvm_nhwc_uxtb16_ror8((xv)), zp2);
+            const uint32_t xe = __ssub16(__uxtb16(xv), zp2), xo = __ssub16(utvm_nhwc_uxtb16_ror8(xv), zp2);
             const uint32_t we = utvm_nhwc_load32(wrow + kx * c4), wo = utvm_nhwc_load32(wrow + kx * c4 + 2);
             a0 = __smlabb(xe, we, a0);
             a2 = __smlatt(xe, we, a2);
