@@ -77,11 +77,13 @@ def test_tar_is_a_drop_in_replacement(optim_tar, quick_mlf_tar, tmp_path):
     header = (optim / "codegen/host/include/tvmgen_default.h").read_text()
     assert "int32_t tvmgen_default_run(struct tvmgen_default_inputs* inputs" in header
     kernels = (optim / "codegen/host/src/default_lib1.c").read_text()
-    assert "__smlad" in kernels and "utvm_dot_u8s8_p1c4(x, w0, " in kernels
-    # both pooled convolutions run the 4-pixel micro-kernel: conv1 on its uint8 rows widened
-    # to int16, conv2 on the int16 activations conv1 writes for it
-    assert kernels.count("utvm_pool_s16_p4c2(rows_ptr, ") == 1 and kernels.count("utvm_pool_s16_p4c2(x, ") == 1
-    assert "utvm_widen_u8_s16(x, " in kernels and kernels.count("utvm_widen_s8_s16_pairs(w, ") == 2
+    assert "__smlad" in kernels and "smlad %[a0]" in kernels
+    # the dense layers: the input widened once per layer, 4 channels per micro-kernel call
+    assert "utvm_widen_u8_x4(x, " in kernels and kernels.count("utvm_dense_c4(wide, ") == 3
+    # both pooled convolutions run a 4-pixel micro-kernel: conv1 (one input channel) on pairs
+    # across its rows, conv2 on the int16 activations conv1 writes for it
+    assert "utvm_rowpairs_u8(x, " in kernels and kernels.count("utvm_pool_pairs_p4c2(rows_ptr, ") == 1
+    assert kernels.count("utvm_pool_s16_p4c2(x, ") == 1 and kernels.count("utvm_widen_s8x4_pairs(w, ") == 2
 
 
 def _emulator_scores(tar, images, directory):
@@ -183,10 +185,15 @@ def test_odd_shapes_same_bits_on_the_emulator(odd_shapes_tars, tmp_path):
         assert fast.digit == slow.digit and _same_bits(fast.scores, slow.scores)
 
 
-def test_unsupported_layer_names_0201_in_one_line(tmp_path):
+def test_the_chain_planner_refuses_in_one_line(tmp_path):
+    """What the chain kernels cannot run is one StageError line (the backend then lowers the
+    model layer by layer), naming the layer and 0201."""
     import torch.nn as nn
     import torch.nn.functional as F
     from torch.ao.quantization import DeQuantStub, QuantStub
+    from utils.aot.backends.cortex_m import int8_to_relax_cortex_m
+    from utils.aot.compiler import to_relax
+    from utils.cli import StageError
 
     class Strided(nn.Module):
         def __init__(self):
@@ -199,15 +206,12 @@ def test_unsupported_layer_names_0201_in_one_line(tmp_path):
             x = self.conv(self.quant(x))
             return F.log_softmax(self.dequant(self.fc(torch.flatten(x, 1))), dim=1)
 
-    path = _traced_int8(Strided(), tmp_path / "strided_int8.pth")
-    proc = run_stage("0202tvm_optim.py", "--model", path, "--out", tmp_path / "x.tar", "--quick",
-                     check=False)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "0202 cannot optimize conv" in errors[0] and "0201tvm_no_optim.py" in errors[0]
-    assert not (tmp_path / "x.tar").exists()
-    # 0201 still compiles it
-    run_stage("0201tvm_no_optim.py", "--model", path, "--out", tmp_path / "y.tar", "--quick", "--images", "50")
+    source = load_model(_traced_int8(Strided(), tmp_path / "strided_int8.pth"), "int8")
+    _, layers = to_relax(source, GENERIC)
+    with pytest.raises(StageError) as refused:
+        int8_to_relax_cortex_m(layers, source.input_shape)
+    message = str(refused.value)
+    assert "\n" not in message and "0202 cannot optimize conv" in message and "0201tvm_no_optim.py" in message
 
 
 # ----------------------------------------------------------------------------- RIOT
@@ -235,7 +239,7 @@ def test_riot_stm32_links_the_optimized_tar_and_its_stack_fits(riot_base, optim_
     elf = riot.build(riot.STM32, optim_tar, tmp_path / "stm32")
     symbols = subprocess.run(["arm-none-eabi-nm", "-S", "-t", "d", str(elf)], capture_output=True, text=True,
                              check=True).stdout
-    assert "utvm_widen_u8_s16" in symbols and "tvmgen_default_conv3_fc1_fc2" in symbols
+    assert "utvm_rowpairs_u8" in symbols and "tvmgen_default_conv3_fc1_fc2" in symbols
     stack = riot.main_stack(elf)
     assert stack["main_stack_bound_complete"] and stack["main_stack_worst_case_bytes"] <= stack["main_stack_bytes"]
     assert riot.f746_budget(riot.sizes(riot.STM32, elf))["flash_used_percent"] < 10

@@ -11,12 +11,14 @@ the network is one TIR kernel written for a Cortex-M:
                   outputs are never requantized or stored. uint8 out, or the same values as
                   int16 where the next layer is a convolution too
     head          the fully connected layers at the end (also a convolution whose window
-                  covers its whole input, e.g. LeNet-5's conv3) + the dequantization
+                  covers its whole input, e.g. LeNet-5's conv3) + the dequantization; each
+                  layer's input widened once, then blocks of 4 channels
     log_softmax stays a generic Relax op, as in 0201 (same float code)
 
 The loops over output tiles are TIR; each tile's dot products are one T.call_extern of a
-micro-kernel in microkernels.h (the DSP path: __uxtb16/__sxtb16 + __smlad; elsewhere
-plain C). Weights stay int8 in flash, so the library is no bigger.
+micro-kernel in microkernels.h (the DSP path: __uxtb16/__sxtb16 + __smlad, the hot loops in
+assembly; elsewhere plain C). Weights stay int8 in flash, so the library is no bigger; they are
+laid out there in the order each micro-kernel reads them (conv_weight_const, dense_weight_const).
 
 Why the results are the same bits as 0201's:
   - sum((q - zp) * w) = sum(q * w) - zp * sum(w): the input zero point goes into the bias at
@@ -249,9 +251,11 @@ def dense_weight_rows(stage):
 # ----------------------------------------------------------------------------- TIR kernels
 
 def _requantize(T, acc, multiplier, zero_point, lo):
-    """0201's requantization, the same float operations in the same order."""
-    f = T.nearbyint(T.Cast("float32", acc) * T.float32(float(multiplier))) + T.float32(float(zero_point))
-    return T.Cast("uint8", T.max(T.min(f, T.float32(255.0)), T.float32(float(lo))))
+    """0201's requantization, clip(rint(f32(acc) * M) + zp, lo, 255) as uint8, by the
+    micro-kernel utvm_requantize (the same float operations on the host; on the DSP the
+    rounding conversion saturates and the clip is integer, which gives the same value)."""
+    return T.call_extern("uint8", "utvm_requantize", acc, T.float32(float(np.float32(multiplier))),
+                         int(zero_point), int(lo))
 
 
 def _finish(func):
@@ -315,17 +319,83 @@ def conv_scratch_words(stage, src):
     """uint32 words of the conv kernel's arena scratch (widened weights; 1 when unused)."""
     if src.dtype == "int16":
         return 2 * pair_words(stage.conv)
+    if pairs_rows(stage, src):
+        return stage.conv.weight.shape[0] * tap_pairs(stage.conv).shape[1]
     if widens_rows(stage, src):
         return stage.conv.weight.shape[0] * pair_words(stage.conv)
     return 1
 
 
+def tap_pairs(conv):
+    """The tap pairs of utvm_pool_pairs_p4c2 (one input channel): [O, T, 2] int8, kernel rows
+    2i and 2i + 1 paired column by column, then an odd last row two taps at a time (0 past
+    its end)."""
+    w = conv.weight[:, 0].astype(np.int8)  # [O, kh, kw]
+    o, kh, kw = w.shape
+    pairs = [w[:, 2 * i:2 * i + 2, k] for i in range(kh // 2) for k in range(kw)]
+    if kh % 2:
+        last = np.concatenate([w[:, kh - 1], np.zeros((o, 1), np.int8)], axis=1)
+        pairs += [last[:, k:k + 2] for k in range(0, kw, 2)]
+    return np.stack(pairs, axis=1)
+
+
+def pairs_rows(stage, src):
+    """One uint8 input channel and a pool: the pooling row's input as pairs across rows
+    (utvm_rowpairs_u8) on the stack, all weights widened once (arena scratch)."""
+    o, c, kh, kw = stage.conv.weight.shape
+    return (stage.pool and src.dtype == "uint8" and c == 1 and src.padded_w + kw < 256
+            and (kh + kh % 2) * src.padded_w * 4 <= 1024 and o * tap_pairs(stage.conv).shape[1] * 4 <= 1024)
+
+
+def sxtb16_order(pairs):
+    """int8 pairs [N, 2] (N even) as the bytes utvm_widen_s8x4_pairs widens back into them:
+    word m holds pairs 2m and 2m + 1 as (lo 2m, lo 2m+1, hi 2m, hi 2m+1)."""
+    pairs = np.asarray(pairs, np.int8).reshape(-1, 2, 2)  # [m][pair in word][lo, hi]
+    return np.ascontiguousarray(pairs.transpose(0, 2, 1)).reshape(-1)
+
+
+def channel_pairs_interleaved(per_channel):
+    """[O, P, 2] pairs → the order the pooled micro-kernels load them: channel pair by channel
+    pair, then pair by pair, channel 2q's pair before channel 2q + 1's (one double-word load)."""
+    o, p, _ = per_channel.shape
+    return per_channel.reshape(o // 2, 2, p, 2).transpose(0, 2, 1, 3).reshape(-1, 2)
+
+
+def row_pairs(conv):
+    """[O, kh * ceil(kw * C / 2), 2] int8: each window row's taps two by two (0 past an odd
+    row's end), the pairs utvm_pool_s16_p4c2 meets."""
+    o, c, kh, kw = conv.weight.shape
+    seg = kw * c
+    rows = conv_weight_rows(conv).reshape(o, kh, seg)
+    if seg % 2:
+        rows = np.concatenate([rows, np.zeros((o, kh, 1), np.int8)], axis=2)
+    return rows.reshape(o, -1, 2)
+
+
+def pooled_pairs(stage, src):
+    """The pooled paths whose weights are widened from interleaved pairs (utvm_pool_s16_p4c2)."""
+    return stage.pool and (src.dtype == "int16" or widens_rows(stage, src))
+
+
+def conv_weight_const(stage, src):
+    """The conv kernel's int8 weights as they sit in flash for its path."""
+    if pairs_rows(stage, src):
+        return sxtb16_order(channel_pairs_interleaved(tap_pairs(stage.conv)))
+    if pooled_pairs(stage, src):
+        return sxtb16_order(channel_pairs_interleaved(row_pairs(stage.conv)))
+    return conv_weight_rows(stage.conv).reshape(-1)
+
+
 def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, bias_dtype):
     """Convolution + bias + clip (+ 2x2 max-pool) + requantization into `out` (uint8 or the
-    same values as int16), channels-last. Three paths:
+    same values as int16), channels-last. Four paths:
+    - pooled, one uint8 input channel (pairs_rows): the rows of a pooling row as pairs across
+      rows on the stack (utvm_rowpairs_u8), one utvm_pool_pairs_p4c2 call per pooling window
+      and channel pair, on all weights widened once into `wide` (arena scratch, the kernel's
+      second output);
     - pooled, int16 input or uint8 rows widened on the stack (widens_rows): one
       utvm_pool_s16_p4c2 call per pooling window and channel pair, on weights widened into
-      int16 pairs in `wide` (arena scratch, the kernel's second output);
+      int16 pairs in `wide`;
     - pooled, uint8 input too big for that: the window's two pixel rows are two
       utvm_dot_u8s8_p2c2 calls (2 pixels x 2 channels, widening in the inner loop);
     - no pool: one call per 2 pixels x 2 channels (utvm_dot_s16_p2c2 on int16 input)."""
@@ -348,6 +418,8 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
     mult, zp, lo = layer.multiplier, layer.out_zero_point, stage.lo
     border = int(pad_value)
     in_dtype, out_dtype, b_dtype = src.dtype, out.dtype, str(bias_dtype)
+    n_pw = o * pairs * kh * 2  # bytes of the interleaved pairs (pooled_pairs)
+    n_w_pool = n_pw if pooled_pairs(stage, src) else o * w_ch
 
     def rq(T, acc):
         return T.Cast(out_dtype, _requantize(T, acc, mult, zp, lo))
@@ -377,11 +449,34 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
         for ch in T.unroll(2):
             y[out_index(py, px, oc * 2 + ch)] = rq(T, acc[ch] + T.Cast("int32", b[oc * 2 + ch]))
 
+    if pairs_rows(stage, src):
+        ph_out, pw_out = oh // 2, ow // 2
+        taps = tap_pairs(layer).shape[1]
+        n_w = o * taps * 2
+        width = src.padded_w
+        n_buf = (kh + kh % 2) * width
+
+        @T.prim_func(private=True)
+        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((n_w,), "int8"), b: T.Buffer((o,), b_dtype),
+                 y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
+            T.func_attr({"tirx.noalias": True})
+            acc = T.alloc_buffer((2,), "int32", scope="global")
+            rows = T.alloc_buffer((n_buf,), "uint32", scope="global")
+            fill_border(y)
+            T.evaluate(T.call_extern("int32", "utvm_widen_s8x4_pairs", w.data, 0, n_w // 4, wide.data))
+            for py in range(ph_out):
+                T.evaluate(T.call_extern("int32", "utvm_rowpairs_u8", x.data, py * 2 * x_row, width, kh, rows.data))
+                for px, oc in T.grid(pw_out, o // 2):
+                    T.evaluate(T.call_extern("int32", "utvm_pool_pairs_p4c2", rows.data, px * 2, width, wide.data,
+                                             oc * 2 * taps, kh, kw, acc.data))
+                    store_pooled(y, b, acc, py, px, oc)
+        return _finish(conv)
+
     if widens_rows(stage, src):
         ph_out, pw_out = oh // 2, ow // 2
 
         @T.prim_func(private=True)
-        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), b_dtype),
+        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((n_pw,), "int8"), b: T.Buffer((o,), b_dtype),
                  y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
             T.func_attr({"tirx.noalias": True})
             acc = T.alloc_buffer((2,), "int32", scope="global")
@@ -389,7 +484,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
             fill_border(y)
             rows[n_rows - 2] = T.int16(0)  # read past the last row, against zero weights
             rows[n_rows - 1] = T.int16(0)
-            T.evaluate(T.call_extern("int32", "utvm_widen_s8_s16_pairs", w.data, 0, o, w_ch, kh, seg, wide.data))
+            T.evaluate(T.call_extern("int32", "utvm_widen_s8x4_pairs", w.data, 0, n_pw // 4, wide.data))
             for py in range(ph_out):
                 T.evaluate(T.call_extern("int32", "utvm_widen_u8_s16", x.data, py * 2 * x_row, n_rows - 2, rows.data))
                 for px, oc in T.grid(pw_out, o // 2):
@@ -402,7 +497,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
         ph_out, pw_out = oh // 2, ow // 2
 
         @T.prim_func(private=True)
-        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), b_dtype),
+        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((n_w_pool,), "int8"), b: T.Buffer((o,), b_dtype),
                  y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
             T.func_attr({"tirx.noalias": True})
             acc = T.alloc_buffer((8,), "int32", scope="global")
@@ -410,7 +505,8 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
             # channel pairs outermost: with int16 input their weights are widened once
             for oc in range(o // 2):
                 if wide16:
-                    T.evaluate(widen(T, w, wide, oc))
+                    T.evaluate(T.call_extern("int32", "utvm_widen_s8x4_pairs", w.data, oc * 4 * pairs * kh,
+                                             pairs * kh, wide.data))
                 for py, px in T.grid(ph_out, pw_out):
                     if wide16:
                         # the whole pooling window in one call: 8 sums in registers, 2 maxima back
@@ -456,10 +552,32 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
     return _finish(conv)
 
 
-def head_kernel(stages, n_in, dequantize, bias_dtypes):
+def dense_groups(n):
+    return (n + 3) // 4
+
+
+def dense_weight_const(stage):
+    """A fully connected layer's int8 weights as utvm_dense_c4 reads them: rows padded with 0
+    to whole groups of 4 inputs, then blocks of 4 channels (the last one maybe narrower),
+    group by group, each channel's 4 bytes."""
+    rows = dense_weight_rows(stage)
+    o, n = rows.shape
+    g = dense_groups(n)
+    rows = np.concatenate([rows, np.zeros((o, 4 * g - n), np.int8)], axis=1).reshape(o, g, 4)
+    blocks = [rows[q:q + 4].transpose(1, 0, 2).reshape(-1) for q in range(0, o, 4)]
+    return np.concatenate(blocks)
+
+
+def head_scratch_words(stages, n_in):
+    """uint32 words of the head's arena scratch: the widest layer input, widened."""
+    widths = [n_in] + [stage.layer.weight.shape[0] for stage in stages[:-1]]
+    return 2 * max(dense_groups(n) for n in widths)
+
+
+def head_kernel(stages, n_in, dequantize, bias_dtype):
     """The fully connected layers at the end of the network, one after the other in one
-    kernel (their small outputs live on the stack): each is 4 output channels per
-    micro-kernel call (the input vector is widened once for all four) + bias + clip +
+    kernel (their small outputs live on the stack): each widens its input once into arena
+    scratch (utvm_widen_u8_x4), then 4 output channels per micro-kernel call + bias + clip +
     requantization. With `dequantize` the last layer writes the float logits
     (float32(q) - zp) * scale, as 0201's Dequantize does."""
     # the IR builder's tirx, not the parser's T of the module: this kernel is built
@@ -467,33 +585,40 @@ def head_kernel(stages, n_in, dequantize, bias_dtypes):
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
     widths = [n_in] + [stage.layer.weight.shape[0] for stage in stages]
+    n_wide = head_scratch_words(stages, n_in)
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name("head")
             T.func_attr({"tirx.noalias": True})
             x = T.arg("x", T.buffer((n_in,), "uint8"))
-            params = []
-            for k, stage in enumerate(stages):
-                o, i = widths[k + 1], widths[k]
-                params.append((T.arg(f"w{k}", T.buffer((o * i,), "int8")), T.arg(f"b{k}", T.buffer((o,), str(bias_dtypes[k])))))
+            # every layer's weights in one constant and its biases in another: each kernel
+            # argument costs flash in the kernel and in the glue
+            w_sizes = [widths[k + 1] * 4 * dense_groups(widths[k]) for k in range(len(stages))]
+            w_offsets, b_offsets = np.cumsum([0] + w_sizes), np.cumsum([0] + widths[1:])
+            w = T.arg("w", T.buffer((int(w_offsets[-1]),), "int8"))
+            b = T.arg("b", T.buffer((int(b_offsets[-1]),), str(bias_dtype)))
             o_last = widths[-1]
+            # the scratch before the logits: the host harness's debug tap copies the last
+            # argument of the kernel that writes them
+            wide = T.arg("wide", T.buffer((n_wide,), "uint32"))
             y = T.arg("y", T.buffer((1, o_last), "float32" if dequantize else "uint8"))
             acc = T.alloc_buffer((4,), "int32", scope="global")
             src = x
-            for k, (stage, (w, b)) in enumerate(zip(stages, params)):
+            for k, stage in enumerate(stages):
                 layer, n, o = stage.layer, widths[k], widths[k + 1]
+                w_off, b_off = int(w_offsets[k]), int(b_offsets[k])
+                groups = dense_groups(n)
                 last = k == len(stages) - 1
                 dst = T.alloc_buffer((o,), "uint8", scope="global") if not last else None
+                T.evaluate(T.call_extern("int32", "utvm_widen_u8_x4", src.data, n, wide.data))
                 with T.serial(0, (o + 3) // 4) as q:
-                    for a in range(4):
-                        T.buffer_store(acc, T.int32(0), [a])
-                    T.evaluate(T.call_extern("int32", "utvm_dot_u8s8_p1c4", src.data, w.data, q * 4 * n, n,
-                                             T.min(o - q * 4, 4), n, acc.data))
+                    T.evaluate(T.call_extern("int32", "utvm_dense_c4", wide.data, w.data, w_off + q * 16 * groups, groups,
+                                             T.min(o - q * 4, 4), acc.data))
                     # rolled: these loops run 54 times in LeNet-5, and flash is the tighter budget
                     with T.serial(0, 4) as a:
                         with T.If(q * 4 + a < o):
                             with T.Then():
-                                value = _requantize(T, acc[a] + T.Cast("int32", b[q * 4 + a]), layer.multiplier,
+                                value = _requantize(T, acc[a] + T.Cast("int32", b[b_off + q * 4 + a]), layer.multiplier,
                                                     layer.out_zero_point, stage.lo)
                                 if last and dequantize is not None:
                                     value = ((T.Cast("float32", value) - T.float32(float(dequantize.zero_point)))
@@ -548,25 +673,27 @@ def int8_to_relax_cortex_m(layers, input_shape):
                 bias = folded_bias(stage.conv, rows)
                 out = layout(index + 1)
                 src = layout(index)
+                weights = conv_weight_const(stage, src)
                 func = conv_kernel(stage, src, out, pad_value(index + 1), bias.dtype)
                 gv = bb.add_func(func, stage.conv.name.replace(".", "_"))
                 n_wide = conv_scratch_words(stage, src)
-                outputs = bb.emit(relax.call_tir(gv, relax.Tuple([x, const(rows.reshape(-1), "int8"),
+                outputs = bb.emit(relax.call_tir(gv, relax.Tuple([x, const(weights, "int8"),
                                                                   const(bias, str(bias.dtype))]),
                                                  [relax.TensorType((out.elements,), out.dtype),
                                                   relax.TensorType((n_wide,), "uint32")]))
                 x = bb.emit(relax.TupleGetItem(outputs, 0))  # the scratch dies here
             dequantize = tail[0] if tail and isinstance(tail[0], Dequantize) else None
-            args, bias_dtypes = [x], []
-            for stage in head:
-                rows = dense_weight_rows(stage)
-                bias = folded_bias(stage.layer, rows)
-                args += [const(rows.reshape(-1), "int8"), const(bias, str(bias.dtype))]
-                bias_dtypes.append(bias.dtype)
-            func = head_kernel(head, layout(len(convs)).elements, dequantize, bias_dtypes)
+            biases = [folded_bias(stage.layer, dense_weight_rows(stage)) for stage in head]
+            bias_dtype = np.result_type(*biases)
+            weights = np.concatenate([dense_weight_const(stage) for stage in head])
+            args = [x, const(weights, "int8"), const(np.concatenate(biases).astype(bias_dtype), str(bias_dtype))]
+            n_head_in = layout(len(convs)).elements
+            func = head_kernel(head, n_head_in, dequantize, bias_dtype)
             gv = bb.add_func(func, "_".join(stage.layer.name.replace(".", "_") for stage in head))
-            x = bb.emit(relax.call_tir(gv, relax.Tuple(args), relax.TensorType(
-                (1, head[-1].layer.weight.shape[0]), "float32" if dequantize else "uint8")))
+            outputs = bb.emit(relax.call_tir(gv, relax.Tuple(args), [
+                relax.TensorType((head_scratch_words(head, n_head_in),), "uint32"),
+                relax.TensorType((1, head[-1].layer.weight.shape[0]), "float32" if dequantize else "uint8")]))
+            x = bb.emit(relax.TupleGetItem(outputs, 1))  # the scratch dies here
             for layer in tail[1:] if dequantize else tail:
                 if isinstance(layer, LogSoftmax):
                     x = bb.emit(relax.op.nn.log_softmax(x, axis=layer.dim))
