@@ -101,13 +101,13 @@ def conv_weight_rows(weight, k4):
     return np.ascontiguousarray(padded.reshape(o, k4 // 4, 4)[:, :, [0, 2, 1, 3]].reshape(o, k4))
 
 
-def channel_pairs(rows):
-    """[O, K] int8 rows (K a multiple of 4) → [ceil(O / 2)][K / 4][2][4], flat: each step of 4
-    taps holds both channels of a pair, one after the other (a missing last channel: zeros)."""
+def channel_groups(rows, group):
+    """[O, K] int8 rows (K a multiple of 4) → [ceil(O / group)][K / 4][group][4], flat: each
+    step of 4 taps holds the group's channels one after the other (missing last ones: zeros)."""
     o, k = rows.shape
-    padded = np.zeros(((o + 1) // 2 * 2, k), np.int8)
+    padded = np.zeros(((o + group - 1) // group * group, k), np.int8)
     padded[:o] = rows
-    return np.ascontiguousarray(padded.reshape(-1, 2, k // 4, 4).transpose(0, 2, 1, 3).reshape(-1))
+    return np.ascontiguousarray(padded.reshape(-1, group, k // 4, 4).transpose(0, 2, 1, 3).reshape(-1))
 
 
 def depthwise_weights(weight):
@@ -200,7 +200,7 @@ class GraphLowering:
         k4 = (k + 3) // 4 * 4
         natural = layer.weight.transpose(0, 2, 3, 1).reshape(o, -1)
         bias = _folded_bias(layer, natural)
-        rows = channel_pairs(conv_weight_rows(layer.weight, k4))
+        rows = channel_groups(conv_weight_rows(layer.weight, k4), 2)
         inputs = [("x", x.shape, "uint8"), ("w", rows.shape, "int8"), ("b", (o,), "int32"),
                   ("m", multiplier.shape, "float32")]
         outputs = [("y", out_shape, "uint8"), ("col", (8 * k4 // 4,), "int16")]
@@ -223,16 +223,18 @@ class GraphLowering:
             x = self.nchw(x)
             if len(x.shape) != 2:
                 raise StageError(f"{layer.name}: a dense layer on a {len(x.shape)}-d tensor")
-        rows = np.ascontiguousarray(weight)
-        bias = _folded_bias(layer, rows)
+        bias = _folded_bias(layer, weight)
+        n4 = (n + 3) // 4 * 4
+        padded = np.zeros((o, n4), np.int8)
+        padded[:, :n] = weight
+        rows = channel_groups(padded, 4)
         multiplier, m_stride, zp, lo, hi = _requant_args(layer)
         name = self.name(layer)
         build = _kernel_func(name, "utvm_dense_u8s8",
-                             [("x", (1, n), "uint8"), ("w", (o * n,), "int8"), ("b", (o,), "int32"),
+                             [("x", (1, n), "uint8"), ("w", rows.shape, "int8"), ("b", (o,), "int32"),
                               ("m", multiplier.shape, "float32")], [("y", (1, o), "uint8")])
         func = build([n, o, m_stride, zp, lo, hi])
-        x_var = x.var if x.layout != FLAT_NHWC else x.var
-        args = [x_var, self.const(rows.reshape(-1), "int8"), self.const(bias, "int32"),
+        args = [x.var, self.const(rows, "int8"), self.const(bias, "int32"),
                 self.const(multiplier, "float32")]
         return Value(self.emit_call(func, name, args, [(1, o)], ["uint8"]), PLAIN)
 

@@ -359,53 +359,71 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w1
 }
 
 /* ---------------------------------------------------------------- dense
- * y[o] = requantize(bias[o] + sum_i x[i] * w[o][i]); w natural [O][N], bias with the input
- * zero point folded in. 4 output channels per step, the input word widened once for all. */
+ * y[o] = requantize(bias[o] + sum_i x[i] * w[o][i]); bias with the input zero point folded
+ * in. w: groups of 4 channels interleaved in steps of 4 inputs, [ceil(O / 4)][n4 / 4][4][4]
+ * (n4 = n rounded up to 4, zeros past n and past the last channel), one pointer for the
+ * group. 4 output channels per step, each input word widened once for all four. */
 UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
                                          uint8_t* y, int32_t n, int32_t out_c, int32_t m_stride, int32_t out_zp,
                                          int32_t lo, int32_t hi) {
   const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
-  const int32_t whole = n & ~3;
-  for (int32_t o = 0; o < out_c; o += 4) {
-    const int32_t left = out_c - o;
-    const int8_t* w0 = w + o * n;
-    const int8_t* w1 = w0 + (left > 1 ? 1 : 0) * n;
-    const int8_t* w2 = w0 + (left > 2 ? 2 : 0) * n;
-    const int8_t* w3 = w0 + (left > 3 ? 3 : 0) * n;
-    int32_t a[4] = {0, 0, 0, 0};
+  const int32_t whole = n & ~3, n4 = (n + 3) & ~3;
+  const int8_t* wp = w;
+  for (int32_t o = 0; o < out_c; o += 4, wp += 4 * n4) {
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     int32_t i = 0;
 #if UTVM_NHWC_DSP
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    for (; i < whole; i += 4) {
-      const uint32_t xv = utvm_nhwc_load32(x + i);
-      const uint32_t xe = __uxtb16(xv), xo = utvm_nhwc_uxtb16_ror8((xv));
-      const uint32_t v0 = utvm_nhwc_load32(w0 + i), v1 = utvm_nhwc_load32(w1 + i);
-      const uint32_t v2 = utvm_nhwc_load32(w2 + i), v3 = utvm_nhwc_load32(w3 + i);
-      a0 = __smlad(xe, __sxtb16(v0), a0);
-      a0 = __smlad(xo, utvm_nhwc_sxtb16_ror8((v0)), a0);
-      a1 = __smlad(xe, __sxtb16(v1), a1);
-      a1 = __smlad(xo, utvm_nhwc_sxtb16_ror8((v1)), a1);
-      a2 = __smlad(xe, __sxtb16(v2), a2);
-      a2 = __smlad(xo, utvm_nhwc_sxtb16_ror8((v2)), a2);
-      a3 = __smlad(xe, __sxtb16(v3), a3);
-      a3 = __smlad(xo, utvm_nhwc_sxtb16_ror8((v3)), a3);
+    if (whole) {
+      const uint8_t* xp = x;
+      const int8_t* g = wp;
+      const int8_t* const end = wp + 4 * whole;
+      uint32_t xe, xo, wv, we;
+      /* written out: gcc 12 spills the accumulators when it schedules this itself */
+      __asm__ volatile(
+          "1:\n\t"
+          "ldr %[xo], [%[xp]], #4\n\t"
+          "uxtb16 %[xe], %[xo]\n\t"
+          "uxtb16 %[xo], %[xo], ror #8\n\t"
+          "ldr %[wv], [%[g]], #4\n\t"
+          "sxtb16 %[we], %[wv]\n\t"
+          "sxtb16 %[wv], %[wv], ror #8\n\t"
+          "smlad %[a0], %[xe], %[we], %[a0]\n\t"
+          "smlad %[a0], %[xo], %[wv], %[a0]\n\t"
+          "ldr %[wv], [%[g]], #4\n\t"
+          "sxtb16 %[we], %[wv]\n\t"
+          "sxtb16 %[wv], %[wv], ror #8\n\t"
+          "smlad %[a1], %[xe], %[we], %[a1]\n\t"
+          "smlad %[a1], %[xo], %[wv], %[a1]\n\t"
+          "ldr %[wv], [%[g]], #4\n\t"
+          "sxtb16 %[we], %[wv]\n\t"
+          "sxtb16 %[wv], %[wv], ror #8\n\t"
+          "smlad %[a2], %[xe], %[we], %[a2]\n\t"
+          "smlad %[a2], %[xo], %[wv], %[a2]\n\t"
+          "ldr %[wv], [%[g]], #4\n\t"
+          "sxtb16 %[we], %[wv]\n\t"
+          "sxtb16 %[wv], %[wv], ror #8\n\t"
+          "smlad %[a3], %[xe], %[we], %[a3]\n\t"
+          "smlad %[a3], %[xo], %[wv], %[a3]\n\t"
+          "cmp %[g], %[end]\n\t"
+          "bne 1b\n\t"
+          : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xp] "+r"(xp), [g] "+r"(g),
+            [xe] "=&r"(xe), [xo] "=&r"(xo), [wv] "=&r"(wv), [we] "=&r"(we)
+          : [end] "r"(end)
+          : "cc", "memory");
+      i = whole;
     }
-    a[0] = a0;
-    a[1] = a1;
-    a[2] = a2;
-    a[3] = a3;
-#else
-    (void)whole;
 #endif
     for (; i < n; ++i) {
+      const int8_t* step = wp + (i >> 2) * 16 + (i & 3);
       const int32_t v = x[i];
-      a[0] += v * w0[i];
-      a[1] += v * w1[i];
-      a[2] += v * w2[i];
-      a[3] += v * w3[i];
+      a0 += v * step[0];
+      a1 += v * step[4];
+      a2 += v * step[8];
+      a3 += v * step[12];
     }
-    for (int32_t j = 0; j < 4 && j < left; ++j) {
-      y[o + j] = utvm_nhwc_requantize(a[j] + bias[o + j], mult[(o + j) * m_stride], zp, flo, fhi);
+    const int32_t acc[4] = {a0, a1, a2, a3};
+    for (int32_t j = 0; j < 4 && o + j < out_c; ++j) {
+      y[o + j] = utvm_nhwc_requantize(acc[j] + bias[o + j], mult[(o + j) * m_stride], zp, flo, fhi);
     }
   }
   return 0;
