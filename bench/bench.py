@@ -133,7 +133,8 @@ def main(argv=None):
             print(f"bench: model(s) not measured with 0201: {', '.join(failed)}", file=sys.stderr)
             status = 1
         if crashed:
-            print(f"bench: 0202 crashed on: {', '.join(crashed)} (error rows in the report)", file=sys.stderr)
+            print(f"bench: 0202 failed (not a refusal) on: {', '.join(crashed)} (error rows in the report)",
+                  file=sys.stderr)
             status = 1
     return status
 

@@ -232,7 +232,7 @@ def test_models_rows_have_both_backends_and_the_peer(models_run):
     assert set(report["models"]) == {"lenet5", "ad"}
     for name, model in report["models"].items():
         assert model["peer"] == bench_peers.peer_row(name)
-        assert "TCG plugin" in model["peer"]["sources"]["tflm"]
+        assert "TCG-plugin" in model["peer"]["sources"]["tflm"]
         for variant, row in model["variants"].items():
             assert row["stage"] == {"int8_no_optim": "0201", "int8_optim": "0202"}[variant]
             if row["status"] != "ok":  # 0202 may refuse a model, in one line; never crash

@@ -779,13 +779,14 @@ def _percent(value) -> str:
 
 def markdown(report) -> str:
     lines = ["| variant | gcc | instructions / inference (median; min–max) | instr. / MAC | "
+             "est. M7 cycles (ms @216 MHz) | "
              "flash (text+data) B | arena B | stack peak B | RAM B | bit-exact with host | "
              "same as the golden backend | accuracy | images |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in _ordered(report):
         if row.get("status") != "ok":
             error = str(row.get("error", "?")).replace("|", "\\|")
-            lines.append(f"| {name} | | error: {error} | | | | | | | | | |")
+            lines.append(f"| {name} | | error: {error} | | | | | | | | | | |")
             continue
         if row["kind"] == "int8":
             exact = ("yes: uint8 logits identical" if row["bit_exact"] else "**NO**: uint8 logits differ")
@@ -806,7 +807,8 @@ def markdown(report) -> str:
                     f"argmax agreement {golden['argmax_agreement']:.0%}")
         lines.append(f"| {name} | {row['opt_level']} | {row['instructions_per_inference']:,} "
                      f"({row['instructions_min']:,}–{row['instructions_max']:,}) | "
-                     f"{row['instructions_per_mac']:.2f} | {row['flash_bytes']:,} | {row['arena_bytes']:,} | "
+                     f"{row['instructions_per_mac']:.2f} | {row['estimated_cycles']:,} "
+                     f"({row['estimated_ms_216mhz']:.2f}) | {row['flash_bytes']:,} | {row['arena_bytes']:,} | "
                      f"{row['stack_peak_bytes']:,} | {row['ram_bytes']:,} | {exact} | {same} | "
                      f"{_percent(row.get('accuracy'))} | {row['images']} |")
     macs = next((row["macs"] for _, row in _ordered(report) if row.get("status") == "ok"), None)
@@ -815,7 +817,7 @@ def markdown(report) -> str:
         "Instructions executed on QEMU's emulated Cortex-M7 (mps2-an500), counted exactly by a TCG "
         "plugin between two marker calls around `tvmgen_default_run` (the markers' own instructions, "
         "measured by an empty pass, subtracted); they stand in for cycles on the board (the emulator "
-        "models no pipeline, caches or flash wait states).",
+        "models no pipeline, caches or flash wait states). The cycle column is an estimate: " + CYCLE_MODEL + ".",
         f"gcc: the opt level of the library ({', '.join(report.get('opt_levels', []))} measured) "
         f"with fewer instructions; both are in bench.json. Flash: the library's objects "
         f"(arm-none-eabi-gcc, Cortex-M7), without libm. RAM: the static arena + the stack peak of "
