@@ -5,6 +5,8 @@
 #   make term                    open the serial console (PORT, default /dev/ttyACM0)
 #   make test                    run tests/01-run.py against the flashed board
 #   make BOARD=native64 all term the same firmware as a Linux process (`all test` to check it)
+#   make BAUD=921600 flash term  the console UART at another rate (the firmware's `info` says
+#                                which; pass the same --baud to 0401/0402)
 #
 # RIOT is not vendored: clone it into ./RIOT (git-ignored) or point RIOTBASE at a clone.
 # The model comes from pkg/mnistCNN/mnistCNN.tar, written by 0201tvm_no_optim.py.
@@ -38,6 +40,10 @@ ifeq (,$(filter $(NATIVE_BOARDS),$(BOARD)))
   # so a client may send the next image while the current one is still being classified.
   # (tsrb needs a power of two.)
   CFLAGS += -DSTDIO_RX_BUFSIZE=1024
+  # The console's rate, for the firmware (RIOT's STDIO_UART_BAUDRATE, reported by `info`) and
+  # for `make term` (RIOT's BAUD). Rates the ST-LINK/V2-1 virtual COM port takes: README.
+  BAUD ?= 115200
+  CFLAGS += -DSTDIO_UART_BAUDRATE=$(BAUD)
   # Main thread stack. Its worst case is bounded from the linked ELF by `python3 -m utils.riot`
   # (utils/stack_usage.py: every call chain from main_trampoline, plus the FPU interrupt
   # frame, the context switch and thread_t) and recorded in reports/firmware.json, section

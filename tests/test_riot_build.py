@@ -153,3 +153,22 @@ def test_offline_stm32_family_with_riot(riot_base, tmp_path):
     result = _make("BOARD=nucleo-l476rg", f"RIOTBASE={riot_base}", f"BINDIRBASE={tmp_path}",
                    env=OFFLINE, timeout=120)
     _one_line_hint(result, riot_base, family, alone=False)
+
+
+def _disassembly(elf, function) -> str:
+    return subprocess.run(["arm-none-eabi-objdump", "-d", f"--disassemble={function}", str(elf)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_stm32_baud_is_a_make_variable_and_the_dwt_times_the_inference(riot_base, quick_mlf_tar,
+                                                                      tmp_path_factory):
+    """`make BAUD=921600`: the rate the firmware reports in `info` is the one RIOT's stdio UART
+    is set up with; on the Cortex-M7 the inference is timed by the DWT cycle counter."""
+    problem = riot.stm32_packages_problem(riot_base)
+    if problem:
+        pytest.skip(f"stm32f746g-disco build not tested: {problem}")
+    elf = riot.build(riot.STM32, quick_mlf_tar, tmp_path_factory.mktemp("stm32-baud"), baud=921600)
+    assert "#921600" in _disassembly(elf, "platform_baud")
+    assert "e0001000" in _disassembly(elf, "platform_timestamp")  # DWT_CTRL/CYCCNT's block
+    init = _disassembly(elf, "platform_init")
+    assert "c5acce55" in init and "e0001000" in init  # the M7's DWT unlocked and started

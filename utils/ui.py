@@ -90,7 +90,9 @@ class LinkWorker:
         self.port = port
         self.post("connecting", port)
         try:
-            board = Board(port, baud=self.baud, timeout=self.timeout)
+            # one drawing at a time, its probabilities shown: the exact float32 scores of the
+            # 795-byte frame's reply, not RESULT_SHORT's 1/16 steps
+            board = Board(port, baud=self.baud, timeout=self.timeout, frames="full")
         except LinkError as exc:
             self.post("disconnected", str(exc))
             return

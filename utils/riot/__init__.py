@@ -117,10 +117,11 @@ def elf_path(board: str, out_dir) -> Path:
     return Path(out_dir) / board / f"{APPLICATION}.elf"
 
 
-def build(board: str, mlf_tar=None, out_dir=None, jobs: int = 2, log=None) -> Path:
+def build(board: str, mlf_tar=None, out_dir=None, jobs: int = 2, log=None, baud=None) -> Path:
     """`make BOARD=board` of the project's RIOT application; the ELF's path.
 
-    mlf_tar replaces pkg/mnistCNN/mnistCNN.tar; out_dir replaces ./bin (BINDIRBASE). make is
+    mlf_tar replaces pkg/mnistCNN/mnistCNN.tar; out_dir replaces ./bin (BINDIRBASE); baud is
+    `make BAUD=` (the console UART's rate; None: the Makefile's default). make is
     incremental, so calling this again costs a second or two."""
     base = require_riot()
     mlf_tar = require_tar(mlf_tar or paths.MLF_TAR).resolve()
@@ -129,7 +130,8 @@ def build(board: str, mlf_tar=None, out_dir=None, jobs: int = 2, log=None) -> Pa
     if log.exists():
         log.unlink()
     command = ["make", "-C", str(paths.ROOT), f"-j{jobs}", f"BOARD={board}", f"RIOTBASE={base}",
-               f"UTVM_TAR={mlf_tar}", f"BINDIRBASE={out_dir}", "all"]
+               f"UTVM_TAR={mlf_tar}", f"BINDIRBASE={out_dir}",
+               *([f"BAUD={int(baud)}"] if baud is not None else []), "all"]
     run_build(command, f"the RIOT firmware for {board}", log)
     elf = elf_path(board, out_dir)
     if not elf.is_file():
