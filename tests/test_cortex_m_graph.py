@@ -40,6 +40,7 @@ from utils.aot.host_library import HostLibrary
 from utils.aot.model_file import load_model
 from utils.aot.stage import synthetic_inputs
 from utils.aot.torchscript import last_quantized_layer
+from utils.quantize_pt2e import export_int8, prepare_ptq, save_program, to_int8
 
 PER_CHANNEL = tq.QConfig(activation=tq.HistogramObserver.with_args(reduce_range=False),
                          weight=tq.default_per_channel_weight_observer)
@@ -55,7 +56,7 @@ DSP_MNEMONICS = ("smlad", "smlabb", "smlatt", "sxtb16", "uxtb16", "ssub16", "sxt
 
 class Depthwise(nn.Module):
     """QuantStub → depthwise conv (ReLU fused) → flatten (a channels-last tensor) → dense to
-    37 → ReLU → dense to 13 → DeQuantStub."""
+    32 + C → ReLU → dense to 9 + C → DeQuantStub (dense sizes of every remainder mod 4)."""
 
     def __init__(self, channels, kernel, stride, padding, shape, bias=True):
         super().__init__()
@@ -64,7 +65,8 @@ class Depthwise(nn.Module):
         self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
         self.dw = nn.Conv2d(channels, channels, kernel, stride, padding, groups=channels, bias=bias)
         self.relu = nn.ReLU()
-        self.fc1, self.relu1, self.fc2 = nn.Linear(channels * oh * ow, 37), nn.ReLU(), nn.Linear(37, 13)
+        hidden, out = 32 + channels, 9 + channels
+        self.fc1, self.relu1, self.fc2 = nn.Linear(channels * oh * ow, hidden), nn.ReLU(), nn.Linear(hidden, out)
 
     fuse = (("dw", "relu"), ("fc1", "relu1"))
 
@@ -193,6 +195,7 @@ class Case:
                             # "a|b": either (a 1x1 layer the backend may give either kernel)
     qconfig: object = None  # eager: None (per-tensor) or PER_CHANNEL
     pt2e: bool = False      # quantized by utils/quantize_pt2e.py (per-channel) instead of eager
+    calibration: tuple = (-1.0, 1.0)    # the float range calibrated on: the QuantStub's
 
 
 def _dw(channels, kernel, stride, padding, shape, bias=True):
@@ -207,7 +210,11 @@ CASES = {
     "dw3x3_s2_p1_c7_7x9": Case(_dw(7, 3, 2, 1, (7, 9)), (1, 7, 7, 9), {"depthwise": 1, "dense": 2}),
     "dw3x3_s2_p1_c7_7x9_per_channel": Case(_dw(7, 3, 2, 1, (7, 9)), (1, 7, 7, 9), {"depthwise": 1, "dense": 2},
                                            qconfig=PER_CHANNEL),
-    "dw5x5_s1_p2_c9_9x7": Case(_dw(9, 5, 1, 2, (9, 7)), (1, 9, 9, 7), {"depthwise": 1, "dense": 2}),
+    # the input's zero point not 128
+    "dw5x5_s1_p2_c9_9x7": Case(_dw(9, 5, 1, 2, (9, 7)), (1, 9, 9, 7), {"depthwise": 1, "dense": 2},
+                               calibration=(-0.3, 1.0)),
+    # every window leaves the image
+    "dw5x5_s1_p2_c6_3x4": Case(_dw(6, 5, 1, 2, (3, 4)), (1, 6, 3, 4), {"depthwise": 1, "dense": 2}),
     "dw5x5_s2_p1_c5_11x8": Case(_dw(5, 5, 2, 1, (11, 8)), (1, 5, 11, 8), {"depthwise": 1, "dense": 2}),
     "pointwise": Case(Pointwise, (1, 8, 5, 7), {"pointwise": 2, "pointwise|conv": 2, "dense": 1}),
     "pointwise_per_channel": Case(Pointwise, (1, 8, 5, 7), {"pointwise": 2, "pointwise|conv": 2, "dense": 1},
@@ -232,15 +239,15 @@ class Built:
     directory: Path
 
 
-def _pt2e_program(model, shape, path):
-    from utils.quantize_pt2e import export_int8, prepare_ptq, save_program, to_int8
+def _pt2e_program(model, shape, path, calibration):
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = prepare_ptq(model.eval(), shape)
         with torch.no_grad():
-            prepared(2 * torch.rand((16,) + tuple(shape[1:]), generator=generator) - 1)
+            low, high = calibration
+            prepared(low + (high - low) * torch.rand((16,) + tuple(shape[1:]), generator=generator))
         return save_program(export_int8(to_int8(prepared), shape), path)
 
 
@@ -249,10 +256,11 @@ def _build(name, directory):
     torch.manual_seed(0)
     model = case.make()
     if case.pt2e:
-        path = _pt2e_program(model, case.shape, directory / f"{name}.pt2")
+        path = _pt2e_program(model, case.shape, directory / f"{name}.pt2", case.calibration)
     else:
         path = quantized_script(model, case.shape, directory / f"{name}.pth", qconfig=case.qconfig,
-                                fuse=getattr(model, "fuse", ()))
+                                fuse=getattr(model, "fuse", ()), low=case.calibration[0],
+                                high=case.calibration[1])
     source = load_model(path, "int8")
     assert source.input_shape == case.shape
     golden = compile_model(source, directory / "golden.tar", GENERIC)
@@ -343,7 +351,8 @@ def test_host_library_same_bits_as_0201(name, built):
 
 
 def test_the_cases_reach_what_they_name(built):
-    """Per-channel multipliers and the PT2E ReLU6 bounds do reach the kernels' layers."""
+    """What the cases are named for reaches their layers: per-channel multipliers, the PT2E
+    ReLU6 bounds and missing biases, the eager lookups, an input zero point not 128."""
     def convs(name):
         return [layer for layer in built(name).layers if type(layer).__name__ in ("QConv2d", "QLinear")]
     for name in ("dw3x3_s2_p1_c7_7x9_per_channel", "pointwise_per_channel", "residual_cat_3x20x18_per_channel",
@@ -354,6 +363,7 @@ def test_the_cases_reach_what_they_name(built):
     assert {layer.groups > 1 for layer in clipped} == {True, False}  # a depthwise and a pointwise
     assert "QLookup" in [type(layer).__name__ for layer in built("pointwise").layers]  # eager Hardswish
     assert any(getattr(layer, "relabel", None) for layer in built("eager_relu6_after_pointwise").layers)
+    assert convs("dw5x5_s1_p2_c9_9x7")[0].in_zero_point not in (0, 128)
     unbiased = [layer for layer in convs("pt2e_relu6_per_channel_3x20x18") if layer.bias is None]
     assert {layer.groups > 1 for layer in unbiased} == {True, False}
 
