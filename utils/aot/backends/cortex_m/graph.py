@@ -32,6 +32,9 @@ from utils.aot.torchscript import INPUT
 NCHW, NHWC, FLAT_NHWC, PLAIN = "nchw", "nhwc", "flat_nhwc", "plain"
 OP_PATTERN_OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves these calls alone
 ELEMENTWISE = (QAdd, QLookup, QRelu)
+# a convolution with at least this many output pixels keeps its weights widened to int16 in
+# flash (each weight is then read once per pixel without being widened again)
+WIDE_WEIGHTS_MIN_PIXELS = 16
 
 
 @dataclass
@@ -91,14 +94,17 @@ def _folded_bias(layer, rows):
     return folded.astype(np.int32)
 
 
-def conv_weight_rows(weight, k4):
-    """[O, k4] int8: each channel's window, taps row by row, channels last, zeros up to k4,
-    each group of 4 bytes stored (k0, k2, k1, k3) (utvm_conv_u8s8 widens them so)."""
-    o = weight.shape[0]
-    rows = weight.transpose(0, 2, 3, 1).reshape(o, -1)
-    padded = np.zeros((o, k4), np.int8)
-    padded[:, :rows.shape[1]] = rows
-    return np.ascontiguousarray(padded.reshape(o, k4 // 4, 4)[:, :, [0, 2, 1, 3]].reshape(o, k4))
+def conv_weight_rows(weight, tap_order=True):
+    """[O, k4] int8: each channel's window, taps row by row, channels last, each row padded
+    with zeros to a multiple of 4 taps; with tap_order each group of 4 bytes is stored
+    (k0, k2, k1, k3), the order in which utvm_conv_u8s8 widens them."""
+    o, c, kh, kw = weight.shape
+    row4 = (kw * c + 3) // 4 * 4
+    rows = np.zeros((o, kh, row4), np.int8)
+    rows[:, :, :kw * c] = weight.transpose(0, 2, 3, 1).reshape(o, kh, kw * c)
+    k4 = kh * row4
+    rows = rows.reshape(o, k4 // 4, 4)
+    return np.ascontiguousarray((rows[:, :, [0, 2, 1, 3]] if tap_order else rows).reshape(o, k4))
 
 
 def channel_groups(rows, group):
@@ -196,20 +202,27 @@ class GraphLowering:
             args = [x.var, self.const(weights, "int16"), self.const(bias, "int32"), self.const(bias_in, "int32"),
                     self.const(multiplier, "float32")]
             return Value(self.emit_call(func, name, args, [out_shape], ["uint8"]), NHWC)
-        k = kh * kw * c
-        k4 = (k + 3) // 4 * 4
+        k4 = kh * ((kw * c + 3) // 4 * 4)
         natural = layer.weight.transpose(0, 2, 3, 1).reshape(o, -1)
         bias = _folded_bias(layer, natural)
-        rows = channel_groups(conv_weight_rows(layer.weight, k4), 2)
-        inputs = [("x", x.shape, "uint8"), ("w", rows.shape, "int8"), ("b", (o,), "int32"),
+        # weights reused over many pixels are stored widened to int16: no extends in the
+        # inner loop, for twice their flash
+        wide = oh * ow >= WIDE_WEIGHTS_MIN_PIXELS
+        if wide:
+            rows = channel_groups(conv_weight_rows(layer.weight, tap_order=False), 2).astype(np.int16).view(np.int32)
+        else:
+            rows = channel_groups(conv_weight_rows(layer.weight), 2)
+        types = "u8s16" if wide else "u8s8"
+        w_dtype = "int32" if wide else "int8"
+        inputs = [("x", x.shape, "uint8"), ("w", rows.shape, w_dtype), ("b", (o,), "int32"),
                   ("m", multiplier.shape, "float32")]
         outputs = [("y", out_shape, "uint8"), ("col", (8 * k4 // 4,), "int16")]
         if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
-            func = _kernel_func(name, "utvm_pointwise_u8s8", inputs, outputs)([h * w, c, o, m_stride, zp, lo, hi])
+            func = _kernel_func(name, f"utvm_pointwise_{types}", inputs, outputs)([h * w, c, o, m_stride, zp, lo, hi])
         else:
-            func = _kernel_func(name, "utvm_conv_u8s8", inputs, outputs)(
+            func = _kernel_func(name, f"utvm_conv_{types}", inputs, outputs)(
                 [h, w, c, oh, ow, o, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
-        args = [x.var, self.const(rows, "int8"), self.const(bias, "int32"), self.const(multiplier, "float32")]
+        args = [x.var, self.const(rows, w_dtype), self.const(bias, "int32"), self.const(multiplier, "float32")]
         return Value(self.emit_call(func, name, args, [out_shape, (8 * k4 // 4,)], ["uint8", "int16"]), NHWC)
 
     def dense(self, layer, x):

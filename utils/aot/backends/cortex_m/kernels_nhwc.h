@@ -63,55 +63,49 @@ UTVM_NHWC_INLINE uint32_t utvm_nhwc_sxtb16_ror8(uint32_t v) {
 
 /* ---------------------------------------------------------------- convolution, groups 1
  * Any kernel size, stride and padding (a 1x1 stride-1 convolution is the pointwise case).
+ * A window is kh rows of kw * C taps (channels last), each row padded to row4 taps, a
+ * multiple of 4, so that a row inside the image is copied in whole words; k4 = kh * row4.
  * Two output pixels at a time: their windows are gathered into `col` as int16, interleaved
- * in steps of 4 taps, [k4 / 4][2 pixels][4] (the taps row by row, channels last; the input
- * zero point where the window leaves the image; zeros past k = kh * kw * C up to k4, a
- * multiple of 4), then multiplied with every channel's weights: w int8, channel pairs
- * interleaved in the same steps, [ceil(O / 2)][k4 / 4][2 channels][4], each group of 4 bytes
- * stored (k0, k2, k1, k3), so that __sxtb16 of a word gives the int16 pair (k0, k1) and of the
- * word rotated by 8 the pair (k2, k3): the pairs of `col`'s words. One pointer walks each.
- * bias with the input zero point folded in (the padding holds the zero point). */
+ * in steps of 4 taps, [k4 / 4][2 pixels][4] (the input zero point where the window leaves the
+ * image, zeros in the row padding), then multiplied with every channel's weights: w int8,
+ * channel pairs interleaved in the same steps, [ceil(O / 2)][k4 / 4][2 channels][4] (zeros in
+ * the row padding), each group of 4 bytes stored (k0, k2, k1, k3), so that __sxtb16 of a word
+ * gives the int16 pair (k0, k1) and of the word rotated by 8 the pair (k2, k3): the pairs of
+ * `col`'s words. One pointer walks each. bias with the input zero point folded in. */
 UTVM_NHWC_INLINE void utvm_nhwc_gather(const uint8_t* x, int16_t* col, int32_t pixel, int32_t oy, int32_t ox,
                                        int32_t in_h, int32_t in_w, int32_t in_c, int32_t k_h, int32_t k_w,
                                        int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
-                                       int32_t in_zp, int32_t k, int32_t k4) {
+                                       int32_t in_zp, int32_t row4) {
   int16_t* out = col + pixel * 4;
   const int32_t y0 = oy * stride_h - pad_h, x0 = ox * stride_w - pad_w;
-  int32_t t = 0; /* tap index */
-  for (int32_t ky = 0; ky < k_h; ++ky) {
+  const int32_t row = k_w * in_c;
+  const uint8_t* const x_end = x + in_h * in_w * in_c;
+  for (int32_t ky = 0; ky < k_h; ++ky, out += row4 * 2) {
     const int32_t iy = y0 + ky;
-    const int32_t row_inside = iy >= 0 && iy < in_h;
-    for (int32_t kx = 0; kx < k_w; ++kx) {
-      const int32_t ix = x0 + kx;
-      if (row_inside && ix >= 0 && ix < in_w) {
-        const uint8_t* src = x + (iy * in_w + ix) * in_c;
-        int32_t c = 0;
+    const uint8_t* src = x + (iy * in_w + x0) * in_c;
 #if UTVM_NHWC_DSP
-        if ((in_c & 3) == 0) {
-          /* whole steps of 4 taps: one word in, two int16 pairs out */
-          for (; c < in_c; c += 4, t += 4) {
-            const uint32_t v = utvm_nhwc_load32(src + c);
-            const uint32_t even = __uxtb16(v), odd = utvm_nhwc_uxtb16_ror8(v); /* (c0, c2), (c1, c3) */
-            const uint32_t lo01 = (even & 0xFFFFu) | (odd << 16), hi23 = (odd & 0xFFFF0000u) | (even >> 16);
-            memcpy(out + (t >> 2) * 8, &lo01, 4);
-            memcpy(out + (t >> 2) * 8 + 2, &hi23, 4);
-          }
-        }
-#endif
-        for (; c < in_c; ++c, ++t) {
-          out[(t >> 2) * 8 + (t & 3)] = src[c];
-        }
-      } else {
-        for (int32_t c = 0; c < in_c; ++c, ++t) {
-          out[(t >> 2) * 8 + (t & 3)] = (int16_t)in_zp;
-        }
+    /* the whole row inside the image: whole words (the padding reads up to 3 bytes past the
+       row, within the tensor, against zero weights) */
+    if (iy >= 0 && iy < in_h && x0 >= 0 && x0 + k_w <= in_w && src + row4 <= x_end) {
+      for (int32_t t = 0; t < row4; t += 4) {
+        const uint32_t v = utvm_nhwc_load32(src + t);
+        const uint32_t even = __uxtb16(v), odd = utvm_nhwc_uxtb16_ror8(v); /* (b0, b2), (b1, b3) */
+        const uint32_t pair01 = (even & 0xFFFFu) | (odd << 16), pair23 = (odd & 0xFFFF0000u) | (even >> 16);
+        memcpy(out + t * 2, &pair01, 4);
+        memcpy(out + t * 2 + 2, &pair23, 4);
       }
+      continue;
+    }
+#endif
+    for (int32_t t = 0; t < row4; ++t) {
+      const int32_t ix = x0 + t / in_c;
+      int32_t v = 0;
+      if (t < row) {
+        v = (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) ? src[t] : in_zp;
+      }
+      out[(t >> 2) * 8 + (t & 3)] = (int16_t)v;
     }
   }
-  for (; t < k4; ++t) {
-    out[(t >> 2) * 8 + (t & 3)] = 0;
-  }
-  (void)k;
 }
 
 /* acc[2 * pixel + channel] of one channel pair over the gathered pair of windows. */
@@ -208,14 +202,96 @@ UTVM_NHWC_INLINE void utvm_nhwc_mac_2x2(const int16_t* col, const int8_t* wp, in
   acc[3] = a11;
 }
 
-UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const int8_t* w, const int32_t* bias,
+/* The same over weights already widened to int16 pairs, [ceil(O / 2)][k4 / 4][2 channels][4]
+ * (natural tap order), word-aligned: no extends, one LDRD per channel and step. For layers
+ * whose weights are reused over many pixels, where the doubled flash pays. */
+UTVM_NHWC_INLINE void utvm_nhwc_mac_2x2_s16(const int16_t* col, const int16_t* wp, int32_t k4, int32_t* acc) {
+  int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+#if UTVM_NHWC_DSP
+  const int16_t* const end = wp + 2 * (k4 & ~7);
+  uint32_t x0a, x0b, x1a, x1b, wa, wb;
+  if (k4 >= 8) {
+    __asm__ volatile(
+        "1:\n\t"
+        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
+        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
+        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
+        "smlad %[a00], %[x0a], %[wa], %[a00]\n\t"
+        "smlad %[a00], %[x0b], %[wb], %[a00]\n\t"
+        "smlad %[a10], %[x1a], %[wa], %[a10]\n\t"
+        "smlad %[a10], %[x1b], %[wb], %[a10]\n\t"
+        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
+        "smlad %[a01], %[x0a], %[wa], %[a01]\n\t"
+        "smlad %[a01], %[x0b], %[wb], %[a01]\n\t"
+        "smlad %[a11], %[x1a], %[wa], %[a11]\n\t"
+        "smlad %[a11], %[x1b], %[wb], %[a11]\n\t"
+        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
+        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
+        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
+        "smlad %[a00], %[x0a], %[wa], %[a00]\n\t"
+        "smlad %[a00], %[x0b], %[wb], %[a00]\n\t"
+        "smlad %[a10], %[x1a], %[wa], %[a10]\n\t"
+        "smlad %[a10], %[x1b], %[wb], %[a10]\n\t"
+        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
+        "smlad %[a01], %[x0a], %[wa], %[a01]\n\t"
+        "smlad %[a01], %[x0b], %[wb], %[a01]\n\t"
+        "smlad %[a11], %[x1a], %[wa], %[a11]\n\t"
+        "smlad %[a11], %[x1b], %[wb], %[a11]\n\t"
+        "cmp %[wp], %[end]\n\t"
+        "bne 1b\n\t"
+        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [col] "+r"(col), [wp] "+r"(wp),
+          [x0a] "=&r"(x0a), [x0b] "=&r"(x0b), [x1a] "=&r"(x1a), [x1b] "=&r"(x1b), [wa] "=&r"(wa), [wb] "=&r"(wb)
+        : [end] "r"(end)
+        : "cc", "memory");
+  }
+  if (k4 & 4) {
+    __asm__ volatile(
+        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
+        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
+        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
+        "smlad %[a00], %[x0a], %[wa], %[a00]\n\t"
+        "smlad %[a00], %[x0b], %[wb], %[a00]\n\t"
+        "smlad %[a10], %[x1a], %[wa], %[a10]\n\t"
+        "smlad %[a10], %[x1b], %[wb], %[a10]\n\t"
+        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
+        "smlad %[a01], %[x0a], %[wa], %[a01]\n\t"
+        "smlad %[a01], %[x0b], %[wb], %[a01]\n\t"
+        "smlad %[a11], %[x1a], %[wa], %[a11]\n\t"
+        "smlad %[a11], %[x1b], %[wb], %[a11]\n\t"
+        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [col] "+r"(col), [wp] "+r"(wp),
+          [x0a] "=&r"(x0a), [x0b] "=&r"(x0b), [x1a] "=&r"(x1a), [x1b] "=&r"(x1b), [wa] "=&r"(wa), [wb] "=&r"(wb)
+        :
+        : "memory");
+  }
+#else
+  for (int32_t i = 0; i < k4; i += 4) {
+    for (int32_t j = 0; j < 4; ++j) {
+      a00 += col[j] * wp[j];
+      a01 += col[j] * wp[4 + j];
+      a10 += col[4 + j] * wp[j];
+      a11 += col[4 + j] * wp[4 + j];
+    }
+    col += 8;
+    wp += 8;
+  }
+#endif
+  acc[0] = a00;
+  acc[1] = a01;
+  acc[2] = a10;
+  acc[3] = a11;
+}
+
+UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const void* w, int32_t wide, const int32_t* bias,
                                             const float* mult, uint8_t* y0, int32_t two, int32_t out_c, int32_t k4,
                                             int32_t m_stride, float zp, float flo, float fhi) {
-  const int8_t* wp = w;
-  for (int32_t o = 0; o < out_c; o += 2, wp += 2 * k4) {
+  for (int32_t o = 0; o < out_c; o += 2) {
     const int32_t both = o + 1 < out_c;
     int32_t acc[4];
-    utvm_nhwc_mac_2x2(col, wp, k4, acc);
+    if (wide) {
+      utvm_nhwc_mac_2x2_s16(col, (const int16_t*)w + o * k4, k4, acc);
+    } else {
+      utvm_nhwc_mac_2x2(col, (const int8_t*)w + o * k4, k4, acc);
+    }
     y0[o] = utvm_nhwc_requantize(acc[0] + bias[o], mult[o * m_stride], zp, flo, fhi);
     if (both) {
       y0[o + 1] = utvm_nhwc_requantize(acc[1] + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
@@ -229,25 +305,45 @@ UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const int8_t* w,
   }
 }
 
-UTVM_NHWC_KERNEL int32_t utvm_conv_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
-                                        uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c,
-                                        int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w,
-                                        int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
-                                        int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+UTVM_NHWC_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t wide, const int32_t* bias,
+                                       const float* mult, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w,
+                                       int32_t in_c, int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h,
+                                       int32_t k_w, int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
+                                       int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
   const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
-  const int32_t k = k_h * k_w * in_c, k4 = (k + 3) & ~3;
+  const int32_t row4 = (k_w * in_c + 3) & ~3, k4 = k_h * row4;
   const int32_t pixels = out_h * out_w;
   for (int32_t p = 0; p < pixels; p += 2) {
     const int32_t two = p + 1 < pixels;
     /* an odd last pixel is computed twice, stored once */
     const int32_t q = two ? p + 1 : p;
     utvm_nhwc_gather(x, col, 0, p / out_w, p % out_w, in_h, in_w, in_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
-                     in_zp, k, k4);
+                     in_zp, row4);
     utvm_nhwc_gather(x, col, 1, q / out_w, q % out_w, in_h, in_w, in_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
-                     in_zp, k, k4);
-    utvm_nhwc_conv_pixels(col, w, bias, mult, y + p * out_c, two, out_c, k4, m_stride, zp, flo, fhi);
+                     in_zp, row4);
+    utvm_nhwc_conv_pixels(col, w, wide, bias, mult, y + p * out_c, two, out_c, k4, m_stride, zp, flo, fhi);
   }
   return 0;
+}
+
+/* int8 weights (utvm_nhwc_mac_2x2's layout) */
+UTVM_NHWC_KERNEL int32_t utvm_conv_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
+                                        uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c,
+                                        int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w,
+                                        int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
+                                        int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi);
+}
+
+/* int16 weights in int32 words (utvm_nhwc_mac_2x2_s16's layout) */
+UTVM_NHWC_KERNEL int32_t utvm_conv_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
+                                         uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c,
+                                         int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w,
+                                         int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
+                                         int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi);
 }
 
 /* The pointwise case (1x1, stride 1, no padding): the gather is a copy of two pixels. */
@@ -255,8 +351,16 @@ UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, 
                                              const float* mult, uint8_t* y, int16_t* col, int32_t pixels,
                                              int32_t in_c, int32_t out_c, int32_t m_stride, int32_t out_zp,
                                              int32_t lo, int32_t hi) {
-  return utvm_conv_u8s8(x, w, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0, m_stride,
-                        out_zp, lo, hi);
+  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
+                        m_stride, out_zp, lo, hi);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias,
+                                              const float* mult, uint8_t* y, int16_t* col, int32_t pixels,
+                                              int32_t in_c, int32_t out_c, int32_t m_stride, int32_t out_zp,
+                                              int32_t lo, int32_t hi) {
+  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
+                        m_stride, out_zp, lo, hi);
 }
 
 /* ---------------------------------------------------------------- depthwise, multiplier 1
