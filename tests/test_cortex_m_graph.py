@@ -46,7 +46,8 @@ PER_CHANNEL = tq.QConfig(activation=tq.HistogramObserver.with_args(reduce_range=
                          weight=tq.default_per_channel_weight_observer)
 HOST_INPUTS = 40
 EMULATOR_RANDOM_INPUTS = 8   # besides all-0, all-255 and a ramp
-KERNEL_CALL = re.compile(r"\butvm_(pointwise|conv|depthwise|dense)_u8s8\(")
+# utvm_<kind>_u8s<weight bits>(: the layer kernels of kernels_nhwc.h, by the layer kind they serve
+KERNEL_CALL = re.compile(r"\butvm_(pointwise|conv|depthwise|dense)_u8s\d+\(")
 TVM_FUNCTION = re.compile(r"(?m)^TVM_DLL int32_t (\w+)\([^;{]*\)\s*\{")
 # instructions only the DSP extension has: gcc emits them from the intrinsics, never from plain C
 DSP_MNEMONICS = ("smlad", "smlabb", "smlatt", "sxtb16", "uxtb16", "ssub16", "sxtab16", "uxtab16")
@@ -191,7 +192,7 @@ class SeparableReLU6(nn.Module):
 class Case:
     make: object            # () → nn.Module
     shape: tuple            # the model's input shape
-    kernels: dict           # kind → how many layers the 0202 library runs with utvm_<kind>_u8s8;
+    kernels: dict           # kind → how many layers the 0202 library runs with utvm_<kind>_u8s*;
                             # "a|b": either (a 1x1 layer the backend may give either kernel)
     qconfig: object = None  # eager: None (per-tensor) or PER_CHANNEL
     pt2e: bool = False      # quantized by utils/quantize_pt2e.py (per-channel) instead of eager
@@ -290,7 +291,7 @@ def _c_sources(tar):
 
 def layer_kernel_calls(tar) -> dict:
     """The library's TVM-generated functions (not the kernels' own source the backend puts
-    before them) → the utvm_<kind>_u8s8 kernels each calls."""
+    before them) → the kinds of the utvm_<kind>_u8s* kernels each calls."""
     found = {}
     for text in _c_sources(tar):
         heads = list(TVM_FUNCTION.finditer(text))
@@ -302,7 +303,7 @@ def layer_kernel_calls(tar) -> dict:
 
 
 def kernel_calls(tar) -> dict:
-    """utvm_<kind>_u8s8 → how many calls the library makes."""
+    """kind → how many utvm_<kind>_u8s* calls the library makes."""
     return dict(Counter(kind for kinds in layer_kernel_calls(tar).values() for kind in kinds))
 
 
@@ -409,7 +410,7 @@ def layers_without_dsp(elf, calls) -> list:
     def dsp(name):
         return any(re.search(rf"\t{m}\b", bodies.get(name, "")) for m in DSP_MNEMONICS)
     return [(function, kind) for function, kinds in calls.items() for kind in kinds
-            if not (dsp(function) or dsp(f"utvm_{kind}_u8s8"))]
+            if not (dsp(function) or any(dsp(name) for name in bodies if re.fullmatch(rf"utvm_{kind}_u8s\d+", name)))]
 
 
 @pytest.mark.parametrize("name", list(CASES))
