@@ -70,6 +70,12 @@ def _requant_args(layer):
     return multiplier, (1 if multiplier.size > 1 else 0), int(layer.out_zero_point), int(lo), int(layer.clip_high)
 
 
+def _elementwise(layer):
+    """Whether the layer's lowering is the same on any memory order. Not a lookup that
+    relabels (qnnpack's clamp on a channels-last tensor hands its result on in that order)."""
+    return isinstance(layer, ELEMENTWISE) and getattr(layer, "relabel", None) is None
+
+
 def kernel_refusal(layer):
     """Why a conv or linear layer has no kernel here (None: it has one)."""
     if getattr(layer, "bias_float", None) is not None or getattr(layer, "pre_scale", None) is not None:
@@ -175,8 +181,7 @@ class GraphLowering:
                 and layer.end_dim % 4 == 3:
             n = int(np.prod(inputs[0].shape[1:]))
             return Value(self.bb.emit(relax.op.reshape(inputs[0].var, [1, n])), FLAT_NHWC, inputs[0])
-        if isinstance(layer, ELEMENTWISE) and len({v.layout for v in inputs}) == 1 \
-                and inputs[0].layout in (NCHW, NHWC):
+        if _elementwise(layer) and len({v.layout for v in inputs}) == 1 and inputs[0].layout in (NCHW, NHWC):
             return Value(layer.to_relax(self.r, *[v.var for v in inputs]), inputs[0].layout)
         plain = [self.nchw(v) for v in inputs]
         out = layer.to_relax(self.r, *[v.var for v in plain])
