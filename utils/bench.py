@@ -15,6 +15,8 @@ instruction in one step and models no pipeline, caches or flash wait states.
 The int8 uint8 logits come from a second build with -DTVMGEN_DEFAULT_DEBUG_TAP; counts, flash
 and stack come from the build without it, the library exactly as the firmware links it.
 """
+import json
+import os
 import statistics
 import subprocess
 import time
@@ -670,6 +672,7 @@ def run_models_bench(names, n_images, opt_levels, build_dir, reports_dir, weight
     figures = {"models_quick": bool(quick), "models_opt_levels": list(opt_levels),
                "models_finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                "cycle_model": CYCLE_MODEL}
+    _drop_stale_models(reports_dir)
     write_report(STAGE, figures, reports_dir=reports_dir)
     write_report(STAGE, models, section="models", reports_dir=reports_dir)
     if validate:
@@ -691,6 +694,21 @@ def run_models_bench(names, n_images, opt_levels, build_dir, reports_dir, weight
     return report
 
 
+
+
+def _drop_stale_models(reports_dir):
+    """Rows an earlier version of the benchmark wrote under `models` (by zoo name, without the
+    peer, estimate and breakdown) go; rows of other models measured by this one stay."""
+    path = report_path(STAGE, reports_dir)
+    report = read_report(STAGE, reports_dir)
+    models = report.get("models", {})
+    stale_rows = [name for name, model in models.items() if "zoo_name" not in model]
+    if stale_rows:
+        for name in stale_rows:
+            del models[name]
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
 
 
 def _print_layers(row, top=5):
