@@ -898,6 +898,10 @@ def _models(report):
                                                     item[0]))
 
 
+def _short(name, width=36):
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
 def models_markdown(report) -> str:
     """The models x variants table with the published peer figures."""
     lines = ["| model | variant | gcc | instructions / inference | MACs | instr. / MAC | est. M7 cycles | "
@@ -941,6 +945,18 @@ def models_markdown(report) -> str:
         lines.append(f"| {name} | {peer['tflm_cmsis_nn_instructions']:,} | {peer['tflm_cmsis_nn_instructions_per_mac']} | "
                      f"{peer['tflm_arena_bytes']:,} | {peer['tflm_reference_instructions']:,} | {et} | "
                      f"{peer['published_ms']} ({peer['published_ms_by']}) |")
+    lines += ["", "Where the time goes (profiling build, first input; a kernel call's figure includes its "
+              "packed-call wrapper):", "", "| model | variant | top kernel calls (instructions, share) | glue |",
+              "|---|---|---|---|"]
+    for name, model in _models(report):
+        for variant, row in model["variants"].items():
+            per_layer = row.get("per_layer") if row.get("status") == "ok" else None
+            if not per_layer:
+                continue
+            top = sorted(per_layer["layers"], key=lambda layer: -layer["instructions"])[:3]
+            text = "; ".join(f"#{t['index']} {_short(t['kernel'].removeprefix('tvmgen_default_'))} "
+                             f"{t['instructions']:,} ({t['share']:.0%})" for t in top)
+            lines.append(f"| {name} | {variant} | {text} | {per_layer['glue_instructions']:,} |")
     check = report.get("cycle_estimate_validation")
     if check:
         lines += ["", f"Cycle estimate on check loops (expected cycles from {check['source']}):", "",
