@@ -40,10 +40,25 @@ UTVM_NHWC_INLINE uint32_t utvm_nhwc_load32(const void* p) {
   return v;
 }
 
-UTVM_NHWC_INLINE uint8_t utvm_nhwc_requantize(int32_t acc, float m, float zp, float lo, float hi) {
-  /* fminf / fmaxf: one instruction each on the M7's FPU (vminnm / vmaxnm); no NaN gets here */
-  return (uint8_t)fmaxf(fminf(nearbyintf((float)acc * m) + zp, hi), lo);
+/* clip(rint(float32(acc) * m) + zp, lo, hi), 0 <= lo <= hi <= 255, the golden model's float
+ * operations. On the DSP: one rounding conversion (the FPSCR's round-to-nearest-even, as
+ * nearbyintf; saturating), then a saturating add and an integer clip. The same value: while
+ * |rint| < 2^24 the float add is exact, and beyond it both sides clip to the same bound. */
+#if UTVM_NHWC_DSP
+UTVM_NHWC_INLINE uint8_t utvm_nhwc_requantize(int32_t acc, float m, int32_t zp, int32_t lo, int32_t hi) {
+  const float f = (float)acc * m;
+  float t;
+  int32_t r;
+  __asm__("vcvtr.s32.f32 %[t], %[f]\n\tvmov %[r], %[t]" : [t] "=&t"(t), [r] "=r"(r) : [f] "t"(f));
+  r = __usat(__qadd(r, zp), 8);
+  r = hi < 255 && r > hi ? hi : r;
+  return (uint8_t)(lo > 0 && r < lo ? lo : r);
 }
+#else
+UTVM_NHWC_INLINE uint8_t utvm_nhwc_requantize(int32_t acc, float m, int32_t zp, int32_t lo, int32_t hi) {
+  return (uint8_t)fmaxf(fminf(nearbyintf((float)acc * m) + (float)zp, (float)hi), (float)lo);
+}
+#endif
 
 #if UTVM_NHWC_DSP
 /* The extends rotate their operand for free, but gcc 12 does not fold a rotate into
@@ -283,7 +298,7 @@ UTVM_NHWC_INLINE void utvm_nhwc_mac_2x2_s16(const int16_t* col, const int16_t* w
 
 UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const void* w, int32_t wide, const int32_t* bias,
                                             const float* mult, uint8_t* y0, int32_t two, int32_t out_c, int32_t k4,
-                                            int32_t m_stride, float zp, float flo, float fhi) {
+                                            int32_t m_stride, int32_t zp, int32_t flo, int32_t fhi) {
   for (int32_t o = 0; o < out_c; o += 2) {
     const int32_t both = o + 1 < out_c;
     int32_t acc[4];
@@ -310,7 +325,7 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t
                                        int32_t in_c, int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h,
                                        int32_t k_w, int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
                                        int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
-  const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
+  const int32_t zp = out_zp, flo = lo, fhi = hi;
   const int32_t row4 = (k_w * in_c + 3) & ~3, k4 = k_h * row4;
   const int32_t pixels = out_h * out_w;
   for (int32_t p = 0; p < pixels; p += 2) {
@@ -377,7 +392,7 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w1
                                              int32_t out_h, int32_t out_w, int32_t k_h, int32_t k_w, int32_t stride_h,
                                              int32_t stride_w, int32_t pad_h, int32_t pad_w, int32_t in_zp,
                                              int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
-  const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
+  const int32_t zp = out_zp, flo = lo, fhi = hi;
   const int32_t c4 = (chans + 3) & ~3;
   const int32_t whole = chans & ~3;
 #if UTVM_NHWC_DSP
@@ -470,7 +485,7 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w1
 UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
                                          uint8_t* y, int32_t n, int32_t out_c, int32_t m_stride, int32_t out_zp,
                                          int32_t lo, int32_t hi) {
-  const float zp = (float)out_zp, flo = (float)lo, fhi = (float)hi;
+  const int32_t zp = out_zp, flo = lo, fhi = hi;
   const int32_t whole = n & ~3, n4 = (n + 3) & ~3;
   const int8_t* wp = w;
   for (int32_t o = 0; o < out_c; o += 4, wp += 4 * n4) {
