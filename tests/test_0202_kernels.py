@@ -8,7 +8,8 @@ in assembly). Each network is built so that a given kernel path and its edge cas
 - uint8 input of 3 channels, pooled (rows widened on the stack, odd pixel stride: unaligned
   word loads);
 - fully connected layers (utvm_widen_u8_x4 + utvm_dense_c4) whose inputs are not a multiple
-  of 4 and whose outputs leave a partial block of channels.
+  of 4 and whose outputs leave a partial block of channels;
+- per-channel requantization multipliers and a fused ReLU6 (a PT2E program) on every path.
 The networks end with their DeQuantStub, so the outputs are dequantized logits: the same
 float bits on the host and on the emulator."""
 import numpy as np
@@ -82,20 +83,70 @@ class Colour(nn.Module):
         return self.dequant(self.fc(torch.flatten(x, 1)))
 
 
-NETS = [RowPairs, OneRow, Colour]
+class PerChannel(nn.Module):
+    """The PyTorch 2 flow (per-channel weights, ReLU6 fused as the clip's upper bound): the
+    RowPairs shapes, then an unpooled int16 conv with an odd output width, and the head."""
+    shape = (1, 1, 27, 28)
+    flow = "pt2e"
+    calls = ("utvm_rowpairs_u8(", "utvm_pool_s16_p4c2(x, ", "utvm_dot_s16_p2c2(", "utvm_dense_c4(",
+             "utvm_requantize_bits(")
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 2, (4, 5), padding=(0, 2))
+        self.conv2 = nn.Conv2d(2, 4, (3, 7), padding=(1, 3))
+        self.conv3 = nn.Conv2d(4, 4, 3, padding=1)              # 6x7: odd width, no pool
+        self.fc1 = nn.Linear(4 * 6 * 7, 10)
+        self.fc2 = nn.Linear(10, 6)
+        with torch.no_grad():  # outputs beyond 6, so each ReLU6 clips some
+            for layer in (self.conv1, self.conv3, self.fc1):
+                layer.weight.mul_(40.0)
+
+    def forward(self, x):
+        x = torch.max_pool2d(nn.functional.relu6(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = nn.functional.relu6(self.conv3(x))
+        x = nn.functional.relu6(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+NETS = [RowPairs, OneRow, Colour, PerChannel]
+
+
+def _pt2e_program(model, shape, path):
+    from utils.quantize_pt2e import export_int8, prepare_ptq, save_program, to_int8
+    torch.manual_seed(0)
+    prepared = prepare_ptq(model, shape)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(16):
+            prepared(torch.rand((4,) + tuple(shape[1:]), generator=generator))
+        # activation ranges wider than calibration saw (as training may leave them): a ReLU6's
+        # 6.0 then falls below 255 and becomes the requantization's upper clip
+        for module in prepared.modules():
+            if hasattr(module, "max_val") and module.max_val.numel() == 1:
+                module.max_val.mul_(1.5)
+    return save_program(export_int8(to_int8(prepared), shape), path)
 
 
 @pytest.fixture(scope="module", params=NETS, ids=[net.__name__ for net in NETS])
 def libraries(request, tmp_path_factory):
     net = request.param
     tmp = tmp_path_factory.mktemp(net.__name__)
-    path = quantized_script(net(), net.shape, tmp / "int8.pth", low=0.0, high=1.0)
+    if getattr(net, "flow", "eager") == "pt2e":
+        path = _pt2e_program(net(), net.shape, tmp / "int8.pt2")
+    else:
+        path = quantized_script(net(), net.shape, tmp / "int8.pth", low=0.0, high=1.0)
     source = load_model(path, "int8")
     optim = compile_model(source, tmp / "optim.tar", CORTEX_M)
     base = compile_model(source, tmp / "base.tar", GENERIC)
     rng = np.random.default_rng(7)
     inputs = rng.integers(0, 256, (40,) + tuple(net.shape[1:]), dtype=np.uint8)
     return net, optim, base, inputs, tmp
+
+
+def load_and_read(compiled):
+    return compiled.layers
 
 
 def _same_bits(a, b):
@@ -105,6 +156,10 @@ def _same_bits(a, b):
 def test_the_chain_kernels_run(libraries):
     """The kernels this file is about are the ones compiled (not the per-layer lowering)."""
     net, optim, _, _, tmp = libraries
+    if net is PerChannel:
+        layers = load_and_read(optim)
+        assert any(np.ndim(getattr(layer, "multiplier", 0)) for layer in layers)
+        assert any(getattr(layer, "clip_high", 255) < 255 for layer in layers)
     source = mlf.unpack_once(optim.tar, tmp / "unpacked")
     kernels = "".join(p.read_text() for p in source.sources)
     for call in net.calls:

@@ -23,9 +23,10 @@ laid out there in the order each micro-kernel reads them (conv_weight_const, den
 Why the results are the same bits as 0201's:
   - sum((q - zp) * w) = sum(q * w) - zp * sum(w): the input zero point goes into the bias at
     compile time (padding holds zp, so it still contributes 0); integer sums are exact;
-  - requantization q = clip(rint(f32(acc) * M) + zp, lo, 255) is the same float code as 0201's
-    and is non-decreasing in acc (M > 0), so max-pool on the sums and then requantizing one
-    value equals requantizing four and taking their max; ReLU is the clip's lower bound.
+  - requantization q = clip(rint(f32(acc) * M) + zp, lo, hi) gives 0201's values (M per
+    tensor, or per output channel as float32; ReLU is the clip's lower bound, a fused ReLU6
+    its upper one) and is non-decreasing in acc (M > 0), so max-pool on the sums and then
+    requantizing one value equals requantizing four and taking their max.
 """
 import re
 from dataclasses import dataclass
@@ -121,10 +122,9 @@ def _check_chain(layers):
                   f"{getattr(layer, 'name', layer.output)} reads {', '.join(layer.inputs)})")
         if getattr(layer, "bias_float", None) is not None or getattr(layer, "pre_scale", None) is not None:
             _fail(f"{layer.name} (an x86/fbgemm engine's float requantization)")
-        if getattr(layer, "clip_high", 255) != 255:
-            _fail(f"{layer.name} (a fused ReLU6)")
-        if np.ndim(getattr(layer, "multiplier", 0)):
-            _fail(f"{layer.name} (per-channel weights)")
+        # max-pool runs on the sums before requantizing: that needs it non-decreasing
+        if hasattr(layer, "multiplier") and not np.all(np.asarray(layer.multiplier) > 0):
+            _fail(f"{layer.name} (a requantization multiplier that is not positive)")
         if getattr(layer, "conv1d", False):
             _fail(f"{layer.name} (a 1-d convolution)")
         previous = layer.output
@@ -250,12 +250,29 @@ def dense_weight_rows(stage):
 
 # ----------------------------------------------------------------------------- TIR kernels
 
-def _requantize(T, acc, multiplier, zero_point, lo):
-    """0201's requantization, clip(rint(f32(acc) * M) + zp, lo, 255) as uint8, by the
+def _requantize(T, acc, layer, lo, b=None, m_index=None):
+    """0201's requantization, clip(rint(f32(acc) * M) + zp, lo, clip_high) as uint8, by the
     micro-kernel utvm_requantize (the same float operations on the host; on the DSP the
-    rounding conversion saturates and the clip is integer, which gives the same value)."""
-    return T.call_extern("uint8", "utvm_requantize", acc, T.float32(float(np.float32(multiplier))),
-                         int(zero_point), int(lo))
+    rounding conversion saturates and the clip is integer, which gives the same value).
+    Per-channel M: its float32 bits are b[m_index] (bias_const appends them to the biases)."""
+    zp, hi = int(layer.out_zero_point), int(getattr(layer, "clip_high", 255))
+    if per_channel(layer):
+        return T.call_extern("uint8", "utvm_requantize_bits", acc, b[m_index], zp, int(lo), hi)
+    return T.call_extern("uint8", "utvm_requantize", acc, T.float32(float(np.float32(layer.multiplier))), zp,
+                         int(lo), hi)
+
+
+def per_channel(layer):
+    return np.ndim(layer.multiplier) > 0
+
+
+def bias_const(layer, bias):
+    """The folded biases, and with per-channel weights their multipliers after them, as the
+    int32 bits of their float32 values (one constant, one kernel argument)."""
+    if not per_channel(layer):
+        return bias
+    multipliers = np.asarray(layer.multiplier, np.float32).reshape(-1)
+    return np.concatenate([bias.astype(np.int32), multipliers.view(np.int32)])
 
 
 def _finish(func):
@@ -386,7 +403,7 @@ def conv_weight_const(stage, src):
     return conv_weight_rows(stage.conv).reshape(-1)
 
 
-def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, bias_dtype):
+def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, bias_dtype, n_bias):
     """Convolution + bias + clip (+ 2x2 max-pool) + requantization into `out` (uint8 or the
     same values as int16), channels-last. Four paths:
     - pooled, one uint8 input channel (pairs_rows): the rows of a pooling row as pairs across
@@ -415,14 +432,14 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
     n_wide = conv_scratch_words(stage, src)
     opw, (oph, opw_pad) = out.padded_w, out.pad
     fill = out.pad != (0, 0)
-    mult, zp, lo = layer.multiplier, layer.out_zero_point, stage.lo
+    lo = stage.lo
     border = int(pad_value)
     in_dtype, out_dtype, b_dtype = src.dtype, out.dtype, str(bias_dtype)
     n_pw = o * pairs * kh * 2  # bytes of the interleaved pairs (pooled_pairs)
     n_w_pool = n_pw if pooled_pairs(stage, src) else o * w_ch
 
-    def rq(T, acc):
-        return T.Cast(out_dtype, _requantize(T, acc, mult, zp, lo))
+    def rq(T, acc, b, channel):
+        return T.Cast(out_dtype, _requantize(T, acc + T.Cast("int32", b[channel]), layer, lo, b, o + channel))
 
     def out_index(y, x, ch):
         return ((y + oph) * opw + x + opw_pad) * o + ch
@@ -447,7 +464,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
     def store_pooled(y, b, acc, py, px, oc):
         """acc[ch]: the largest sum of channel oc * 2 + ch in the pooling window."""
         for ch in T.unroll(2):
-            y[out_index(py, px, oc * 2 + ch)] = rq(T, acc[ch] + T.Cast("int32", b[oc * 2 + ch]))
+            y[out_index(py, px, oc * 2 + ch)] = rq(T, acc[ch], b, oc * 2 + ch)
 
     if pairs_rows(stage, src):
         ph_out, pw_out = oh // 2, ow // 2
@@ -457,7 +474,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
         n_buf = (kh + kh % 2) * width
 
         @T.prim_func(private=True)
-        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((n_w,), "int8"), b: T.Buffer((o,), b_dtype),
+        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((n_w,), "int8"), b: T.Buffer((n_bias,), b_dtype),
                  y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
             T.func_attr({"tirx.noalias": True})
             acc = T.alloc_buffer((2,), "int32", scope="global")
@@ -476,7 +493,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
         ph_out, pw_out = oh // 2, ow // 2
 
         @T.prim_func(private=True)
-        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((n_pw,), "int8"), b: T.Buffer((o,), b_dtype),
+        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((n_pw,), "int8"), b: T.Buffer((n_bias,), b_dtype),
                  y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
             T.func_attr({"tirx.noalias": True})
             acc = T.alloc_buffer((2,), "int32", scope="global")
@@ -497,7 +514,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
         ph_out, pw_out = oh // 2, ow // 2
 
         @T.prim_func(private=True)
-        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((n_w_pool,), "int8"), b: T.Buffer((o,), b_dtype),
+        def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((n_w_pool,), "int8"), b: T.Buffer((n_bias,), b_dtype),
                  y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
             T.func_attr({"tirx.noalias": True})
             acc = T.alloc_buffer((8,), "int32", scope="global")
@@ -523,15 +540,15 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                         for ch in T.unroll(2):
                             y[out_index(py, px, oc * 2 + ch)] = rq(T, T.max(T.max(acc[ch * 2], acc[ch * 2 + 1]),
                                                                            T.max(acc[4 + ch * 2],
-                                                                                 acc[4 + ch * 2 + 1]))
-                                                                   + T.Cast("int32", b[oc * 2 + ch]))
+                                                                                 acc[4 + ch * 2 + 1])),
+                                                                   b, oc * 2 + ch)
         return _finish(conv)
 
     half = (ow + 1) // 2
     last_pix = (ow - 1) * x_pix
 
     @T.prim_func(private=True)
-    def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((o,), b_dtype),
+    def conv(x: T.Buffer((n_in,), in_dtype), w: T.Buffer((o * w_ch,), "int8"), b: T.Buffer((n_bias,), b_dtype),
              y: T.Buffer((n_out,), out_dtype), wide: T.Buffer((n_wide,), "uint32")):
         T.func_attr({"tirx.noalias": True})
         acc = T.alloc_buffer((4,), "int32", scope="global")
@@ -547,8 +564,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                                T.if_then_else(ox2 * 2 + 1 < ow, x_pix, 0), oc, 0))
                 for ch, p in T.grid(2, 2):
                     if ox2 * 2 + p < ow:
-                        y[out_index(oy, ox2 * 2 + p, oc * 2 + ch)] = rq(T, acc[ch * 2 + p]
-                                                                        + T.Cast("int32", b[oc * 2 + ch]))
+                        y[out_index(oy, ox2 * 2 + p, oc * 2 + ch)] = rq(T, acc[ch * 2 + p], b, oc * 2 + ch)
     return _finish(conv)
 
 
@@ -574,6 +590,23 @@ def head_scratch_words(stages, n_in):
     return 2 * max(dense_groups(n) for n in widths)
 
 
+def head_multiplier_offsets(stages, n_biases):
+    """Where each head layer's per-channel multipliers start in the head's bias constant (after
+    all the biases, per-channel layers only); the last entry is the constant's length."""
+    offsets = [n_biases]
+    for stage in stages:
+        offsets.append(offsets[-1] + (stage.layer.weight.shape[0] if per_channel(stage.layer) else 0))
+    return offsets
+
+
+def head_bias_const(stages, biases):
+    """The head's biases, then the per-channel layers' multipliers (their float32 bits)."""
+    extra = [np.asarray(stage.layer.multiplier, np.float32).reshape(-1).view(np.int32)
+             for stage in stages if per_channel(stage.layer)]
+    dtype = np.int32 if extra else np.result_type(*biases)
+    return np.concatenate([bias.astype(dtype) for bias in biases] + extra)
+
+
 def head_kernel(stages, n_in, dequantize, bias_dtype):
     """The fully connected layers at the end of the network, one after the other in one
     kernel (their small outputs live on the stack): each widens its input once into arena
@@ -595,8 +628,9 @@ def head_kernel(stages, n_in, dequantize, bias_dtype):
             # argument costs flash in the kernel and in the glue
             w_sizes = [widths[k + 1] * 4 * dense_groups(widths[k]) for k in range(len(stages))]
             w_offsets, b_offsets = np.cumsum([0] + w_sizes), np.cumsum([0] + widths[1:])
+            m_offsets = head_multiplier_offsets(stages, int(b_offsets[-1]))
             w = T.arg("w", T.buffer((int(w_offsets[-1]),), "int8"))
-            b = T.arg("b", T.buffer((int(b_offsets[-1]),), str(bias_dtype)))
+            b = T.arg("b", T.buffer((m_offsets[-1],), str(bias_dtype)))
             o_last = widths[-1]
             # the scratch before the logits: the host harness's debug tap copies the last
             # argument of the kernel that writes them
@@ -618,8 +652,8 @@ def head_kernel(stages, n_in, dequantize, bias_dtype):
                     with T.serial(0, 4) as a:
                         with T.If(q * 4 + a < o):
                             with T.Then():
-                                value = _requantize(T, acc[a] + T.Cast("int32", b[b_off + q * 4 + a]), layer.multiplier,
-                                                    layer.out_zero_point, stage.lo)
+                                value = _requantize(T, acc[a] + T.Cast("int32", b[b_off + q * 4 + a]), layer,
+                                                    stage.lo, b, m_offsets[k] + q * 4 + a)
                                 if last and dequantize is not None:
                                     value = ((T.Cast("float32", value) - T.float32(float(dequantize.zero_point)))
                                              * T.float32(float(np.float32(dequantize.scale))))
@@ -674,7 +708,8 @@ def int8_to_relax_cortex_m(layers, input_shape):
                 out = layout(index + 1)
                 src = layout(index)
                 weights = conv_weight_const(stage, src)
-                func = conv_kernel(stage, src, out, pad_value(index + 1), bias.dtype)
+                bias = bias_const(stage.conv, bias)
+                func = conv_kernel(stage, src, out, pad_value(index + 1), bias.dtype, len(bias))
                 gv = bb.add_func(func, stage.conv.name.replace(".", "_"))
                 n_wide = conv_scratch_words(stage, src)
                 outputs = bb.emit(relax.call_tir(gv, relax.Tuple([x, const(weights, "int8"),
@@ -683,12 +718,11 @@ def int8_to_relax_cortex_m(layers, input_shape):
                                                   relax.TensorType((n_wide,), "uint32")]))
                 x = bb.emit(relax.TupleGetItem(outputs, 0))  # the scratch dies here
             dequantize = tail[0] if tail and isinstance(tail[0], Dequantize) else None
-            biases = [folded_bias(stage.layer, dense_weight_rows(stage)) for stage in head]
-            bias_dtype = np.result_type(*biases)
+            biases = head_bias_const(head, [folded_bias(stage.layer, dense_weight_rows(stage)) for stage in head])
             weights = np.concatenate([dense_weight_const(stage) for stage in head])
-            args = [x, const(weights, "int8"), const(np.concatenate(biases).astype(bias_dtype), str(bias_dtype))]
+            args = [x, const(weights, "int8"), const(biases, str(biases.dtype))]
             n_head_in = layout(len(convs)).elements
-            func = head_kernel(head, n_head_in, dequantize, bias_dtype)
+            func = head_kernel(head, n_head_in, dequantize, biases.dtype)
             gv = bb.add_func(func, "_".join(stage.layer.name.replace(".", "_") for stage in head))
             outputs = bb.emit(relax.call_tir(gv, relax.Tuple(args), [
                 relax.TensorType((head_scratch_words(head, n_head_in),), "uint32"),

@@ -84,27 +84,37 @@ UTVM_NOINLINE int32_t utvm_widen_u8_s16(uint8_t* x_base, int32_t x_off, int32_t 
   return 0;
 }
 
-/* 0201's requantization of an int32 sum: clip(rint(float(acc) * m) + zp, lo, 255) with float
- * operations (lo >= 0). On the DSP: one rounding conversion (the FPSCR's round-to-nearest-even,
- * as nearbyintf), saturating, then a saturating add and an integer clip. The same value: while
- * |rint| < 2^24 the float add is exact, and beyond it both sides clip to the same bound. */
+/* 0201's requantization of an int32 sum: clip(rint(float(acc) * m) + zp, lo, hi) with float
+ * operations (0 <= lo <= hi <= 255). On the DSP: one rounding conversion (the FPSCR's
+ * round-to-nearest-even, as nearbyintf), saturating, then a saturating add and an integer
+ * clip. The same value: while |rint| < 2^24 the float add is exact, and beyond it both sides
+ * clip to the same bound. lo and hi are constants: the clip costs nothing at 0 and 255. */
 #if UTVM_DSP
-UTVM_INLINE uint8_t utvm_requantize(int32_t acc, float m, int32_t zp, int32_t lo) {
+UTVM_INLINE uint8_t utvm_requantize(int32_t acc, float m, int32_t zp, int32_t lo, int32_t hi) {
   float f = (float)acc * m, t;
   int32_t r;
   __asm__("vcvtr.s32.f32 %[t], %[f]\n\tvmov %[r], %[t]" : [t] "=&t"(t), [r] "=r"(r) : [f] "t"(f));
   r = __usat(__qadd(r, zp), 8);
-  return (uint8_t)(lo > 0 && r < lo ? lo : r); /* lo is a constant: 0 (no ReLU) costs nothing */
+  r = hi < 255 && r > hi ? hi : r;
+  return (uint8_t)(lo > 0 && r < lo ? lo : r);
 }
 #else
 float nearbyintf(float);
-UTVM_INLINE uint8_t utvm_requantize(int32_t acc, float m, int32_t zp, int32_t lo) {
+UTVM_INLINE uint8_t utvm_requantize(int32_t acc, float m, int32_t zp, int32_t lo, int32_t hi) {
   float f = nearbyintf((float)acc * m) + (float)zp;
-  f = f < 255.0f ? f : 255.0f;
+  f = f < (float)hi ? f : (float)hi;
   f = f > (float)lo ? f : (float)lo;
   return (uint8_t)f;
 }
 #endif
+
+/* The same with a per-channel multiplier, given as the bits of its float32 (it sits in the
+ * kernel's int32 bias constant, after the biases). */
+UTVM_INLINE uint8_t utvm_requantize_bits(int32_t acc, int32_t m_bits, int32_t zp, int32_t lo, int32_t hi) {
+  float m;
+  memcpy(&m, &m_bits, sizeof m);
+  return utvm_requantize(acc, m, zp, lo, hi);
+}
 
 /* Weights stored for the DSP: each word of 4 bytes [b0 b1 b2 b3] holds the two int16 pairs
  * (b0, b2) and (b1, b3), the order __sxtb16 and its ror-8 twin extract, so widening is one load
