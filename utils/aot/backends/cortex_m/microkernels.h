@@ -36,6 +36,14 @@
 #define UTVM_DSP 0
 #endif
 
+/* The hot loops in assembly take their shapes as immediates, which only exist once gcc has
+ * propagated the constant arguments: unoptimized builds get the C loops. */
+#if UTVM_DSP && defined(__OPTIMIZE__)
+#define UTVM_ASM 1
+#else
+#define UTVM_ASM 0
+#endif
+
 #define UTVM_INLINE static inline __attribute__((always_inline))
 /* unused: a model may not need every helper, and -Wall must stay quiet */
 #define UTVM_NOINLINE static __attribute__((noinline, unused))
@@ -202,7 +210,7 @@ UTVM_INLINE int32_t utvm_pool_pairs_p4c2(uint32_t* buf, int32_t x, int32_t width
   const uint32_t* w = w_base + w_off;
   const uint32_t* top = buf + x;
   int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-#if UTVM_DSP
+#if UTVM_ASM
 #define UTVM_PAIRS_STEP(advance)                              \
   "ldrd %[wa], %[wb], [%[w]], #8\n\t"                         \
   "ldrd %[t0], %[t1], [%[top], %[below]]\n\t"                 \
@@ -291,7 +299,7 @@ UTVM_NOINLINE int32_t utvm_widen_u8_x4(uint8_t* x, int32_t n, uint32_t* out) {
 UTVM_NOINLINE int32_t utvm_dense_c4(uint32_t* xw, int8_t* w_base, int32_t w_off, int32_t groups, int32_t nch,
                                     int32_t* acc) {
   const int8_t* w = w_base + w_off;
-#if UTVM_DSP
+#if UTVM_ASM
   if (nch == 4) {
     /* the 4-word load names its registers in ascending order */
     register uint32_t w0 __asm__("r8"), w1 __asm__("r9"), w2 __asm__("r10"), w3 __asm__("r11");
@@ -454,6 +462,7 @@ UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x
   const int16_t* x = x_base + x_off;
   const uint32_t* w = w_base + w_off;
   int32_t a0, a1, a2, a3, b0, b1, b2, b3;
+#if UTVM_ASM
   if (2 * (x_row + x_pix) < 4096 && 2 * x_row >= 4 * pairs && 2 * x_row - 4 * pairs < 4096) {
     uint32_t wa, wb, t, count;
     int32_t rows_left = rows;
@@ -492,7 +501,9 @@ UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x
           [chunks] "i"(pairs / UTVM_UNROLL(pairs)), [unroll] "i"(UTVM_UNROLL(pairs)),
           [skip] "i"(2 * x_row - 4 * pairs)
         : "cc", "memory");
-  } else {
+  } else
+#endif
+  {
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = 0;
     for (int32_t r = 0; r < rows; ++r) {
       const int16_t* xr = x + r * x_row;
