@@ -10,6 +10,8 @@ apart, as CMSIS-NN and TFLite Micro keep them):
               depthwise          → utvm_depthwise_u8s8 (multiplier 1, any kernel and stride)
               other, groups 1    → utvm_conv_u8s8 (two windows gathered, then a matrix product)
     QLinear                      → utvm_dense_u8s8
+    QAvgPool to one pixel        → utvm_avgpool_u8
+    QAdd after a conv            fused into the conv's store (utvm_conv_add_*, utvm_pointwise_add_*)
     QAdd, QLookup, QRelu         elementwise: the generic lowering, on whichever layout comes in
     anything else                the generic backend's lowering on NCHW tensors, with a
                                  transpose where the layout changes
@@ -26,7 +28,8 @@ from tvm.script.ir_builder import tirx as T
 
 from utils.cli import StageError
 from utils.aot.backends.generic import RelaxEmitter
-from utils.aot.layers import Flatten, QAdd, QConv2d, QLinear, QLookup, QRelu, Quantize
+from utils.aot.layers import Flatten, QAdd, QAvgPool, QConv2d, QLinear, QLookup, QRelu, Quantize
+from utils.aot.layers.avgpool import ROUND_THEN_ADD
 from utils.aot.torchscript import INPUT
 
 NCHW, NHWC, FLAT_NHWC, PLAIN = "nchw", "nhwc", "flat_nhwc", "plain"
@@ -74,6 +77,12 @@ def _elementwise(layer):
     """Whether the layer's lowering is the same on any memory order. Not a lookup that
     relabels (qnnpack's clamp on a channels-last tensor hands its result on in that order)."""
     return isinstance(layer, ELEMENTWISE) and getattr(layer, "relabel", None) is None
+
+
+def _one_window_pool(layer):
+    """qnnpack's average pool (round, then add the zero point; one multiplier) to one pixel."""
+    return (layer.arithmetic == ROUND_THEN_ADD and np.ndim(layer.multiplier) == 0
+            and len(layer.rows) == 1 and len(layer.cols) == 1)
 
 
 def kernel_refusal(layer):
@@ -170,9 +179,14 @@ class GraphLowering:
 
     # -------------------------------------------------------------- layers
 
-    def lower(self, layer, inputs):
+    def lower(self, layer, inputs, residual=None):
         if isinstance(layer, QConv2d) and kernel_refusal(layer) is None and inputs[0].layout != PLAIN:
-            return self.conv(layer, self.nhwc(inputs[0]))
+            if residual:
+                add, other, conv_first = residual
+                residual = (add, self.nhwc(other), conv_first)
+            return self.conv(layer, self.nhwc(inputs[0]), residual)
+        if isinstance(layer, QAvgPool) and inputs[0].layout == NHWC and _one_window_pool(layer):
+            return self.avgpool(layer, inputs[0])
         if isinstance(layer, QLinear) and kernel_refusal(layer) is None:
             return self.dense(layer, inputs[0])
         if isinstance(layer, Quantize) and len(inputs[0].shape) == 4:
@@ -187,7 +201,9 @@ class GraphLowering:
         out = layer.to_relax(self.r, *[v.var for v in plain])
         return Value(out, NCHW if len(out.ty.shape) == 4 else PLAIN)
 
-    def conv(self, layer, x):
+    def conv(self, layer, x, residual=None):
+        """residual: (QAdd, the other operand NHWC, whether the conv is the add's first
+        operand): the add is fused into the convolution's store."""
         _, h, w, c = x.shape
         o, _, kh, kw = layer.weight.shape
         (sh, sw), (ph, pw) = layer.stride, layer.padding
@@ -217,18 +233,40 @@ class GraphLowering:
             rows = channel_groups(conv_weight_rows(layer.weight, tap_order=False), 2).astype(np.int16).view(np.int32)
         else:
             rows = channel_groups(conv_weight_rows(layer.weight), 2)
-        types = "u8s16" if wide else "u8s8"
+        types = ("add_" if residual else "") + ("u8s16" if wide else "u8s8")
         w_dtype = "int32" if wide else "int8"
         inputs = [("x", x.shape, "uint8"), ("w", rows.shape, w_dtype), ("b", (o,), "int32"),
                   ("m", multiplier.shape, "float32")]
+        args = [x.var, self.const(rows, w_dtype), self.const(bias, "int32"), self.const(multiplier, "float32")]
+        if residual:
+            add, other, conv_first = residual
+            if other.shape != out_shape:
+                raise StageError(f"{layer.name}: a residual of shape {list(other.shape)} for {list(out_shape)}")
+            m_conv, m_res = (add.a_multiplier, add.b_multiplier) if conv_first else (add.b_multiplier,
+                                                                                      add.a_multiplier)
+            params = [m_conv, m_res, add.zero_point_product, add.shift, add.out_zero_point,
+                      add.out_zero_point if add.relu else 0]
+            inputs += [("res", out_shape, "uint8"), ("add", (len(params),), "int32")]
+            args += [other.var, self.const(params, "int32")]
         outputs = [("y", out_shape, "uint8"), ("col", (8 * k4 // 4,), "int16")]
         if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
             func = _kernel_func(name, f"utvm_pointwise_{types}", inputs, outputs)([h * w, c, o, m_stride, zp, lo, hi])
         else:
             func = _kernel_func(name, f"utvm_conv_{types}", inputs, outputs)(
                 [h, w, c, oh, ow, o, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
-        args = [x.var, self.const(rows, w_dtype), self.const(bias, "int32"), self.const(multiplier, "float32")]
         return Value(self.emit_call(func, name, args, [out_shape, (8 * k4 // 4,)], ["uint8", "int16"]), NHWC)
+
+    def avgpool(self, layer, x):
+        _, h, w, c = x.shape
+        (r0, r1), (c0, c1) = layer.rows[0], layer.cols[0]
+        name = self.name(layer)
+        out_shape = tuple(layer.out_shape)   # one output pixel: channels last is the same memory
+        multiplier = np.asarray(layer.multiplier, np.float32).reshape(1)
+        build = _kernel_func(name, "utvm_avgpool_u8", [("x", x.shape, "uint8"), ("m", (1,), "float32")],
+                             [("y", out_shape, "uint8")])
+        func = build([w, c, r0, r1, c0, c1, int(layer.zero_point)])
+        out = self.emit_call(func, name, [x.var, self.const(multiplier, "float32")], [out_shape], ["uint8"])
+        return Value(out, NCHW if len(out_shape) == 4 else PLAIN)
 
     def dense(self, layer, x):
         o, n = layer.weight.shape
@@ -265,6 +303,39 @@ class GraphLowering:
         return self.bb.emit(relax.TupleGetItem(outputs, 0))  # the scratch dies here
 
 
+@dataclass
+class FusedAdds:
+    into: dict      # id(conv) → (QAdd, name of the add's other operand, conv is the first operand)
+    skip: set       # ids of the adds fused into a convolution
+
+
+def fused_adds(layers):
+    """The residual adds that go into the store of the convolution feeding them: the conv's
+    output feeds that add only, its other operand exists before the conv runs, and the conv
+    has a kernel here."""
+    producer = {layer.output: (index, layer) for index, layer in enumerate(layers)}
+    uses = {}
+    for layer in layers:
+        for name in layer.inputs:
+            uses[name] = uses.get(name, 0) + 1
+    fused = FusedAdds({}, set())
+    for layer in layers:
+        if not isinstance(layer, QAdd) or len(layer.inputs) != 2:
+            continue
+        for k, name in enumerate(layer.inputs):
+            other = layer.inputs[1 - k]
+            index, conv = producer.get(name, (None, None))
+            if (not isinstance(conv, QConv2d) or kernel_refusal(conv) is not None or conv.groups != 1
+                    or uses.get(name) != 1 or id(conv) in fused.into or other == name):
+                continue
+            if other != INPUT and producer.get(other, (len(layers),))[0] > index:
+                continue
+            fused.into[id(conv)] = (layer, other, k == 0)
+            fused.skip.add(id(layer))
+            break
+    return fused
+
+
 def int8_to_relax_graph(layers, input_shape):
     """An IRModule whose `main(input0: float32[input_shape])` computes the layers, one
     kernel per layer, channels-last between the Cortex-M kernels."""
@@ -274,7 +345,16 @@ def int8_to_relax_graph(layers, input_shape):
     values = {INPUT: Value(x_in, NCHW if len(input_shape) == 4 else PLAIN)}
     with bb.function("main", [x_in]):
         with bb.dataflow():
+            fused = fused_adds(layers)
             for layer in layers:
+                if id(layer) in fused.skip:
+                    continue  # fused into the convolution that feeds it
+                residual = fused.into.get(id(layer))
+                if residual:
+                    add, other, conv_first = residual
+                    values[add.output] = lowering.lower(layer, [values[name] for name in layer.inputs],
+                                                        (add, values[other], conv_first))
+                    continue
                 values[layer.output] = lowering.lower(layer, [values[name] for name in layer.inputs])
             last = lowering.nchw(values[layers[-1].output])
             out = bb.emit_output(last.var)

@@ -296,9 +296,26 @@ UTVM_NHWC_INLINE void utvm_nhwc_mac_2x2_s16(const int16_t* col, const int16_t* w
   acc[3] = a11;
 }
 
+/* A residual add fused into the convolution's store: qnnpack's add of the convolution's
+ * requantized byte and the other operand's byte at the same position (the golden model's
+ * QAdd, bit for bit), applied to each pair of pixels once stored: acc = m_conv * q_conv + m_res * q_res + zpp, rounded right shift
+ * (half away from zero), + zp_out, clip [lo, 255]. add = {m_conv, m_res, zpp, shift, zp_out, lo}. */
+UTVM_NHWC_INLINE void utvm_nhwc_add(uint8_t* y, const uint8_t* res, int32_t n, const int32_t* add) {
+  /* read once: the byte stores below may alias them as far as gcc knows */
+  const int32_t m_conv = add[0], m_res = add[1], zpp = add[2], shift = add[3], zp_out = add[4], lo = add[5];
+  const int32_t mask = (1 << shift) - 1, half = mask >> 1;
+  for (int32_t i = 0; i < n; ++i) {
+    const int32_t acc = m_conv * y[i] + m_res * res[i] + zpp;
+    const int32_t remainder = (acc & mask) - (acc < 0);
+    int32_t q = (acc >> shift) + (remainder > half) + zp_out;
+    q = q < lo ? lo : q;
+    y[i] = (uint8_t)(q > 255 ? 255 : q);
+  }
+}
+
 UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const void* w, int32_t wide, const int32_t* bias,
-                                            const float* mult, uint8_t* y0, int32_t two, int32_t out_c, int32_t k4,
-                                            int32_t m_stride, int32_t zp, int32_t flo, int32_t fhi) {
+                                            const float* mult, uint8_t* y, int32_t at, int32_t two, int32_t out_c,
+                                            int32_t k4, int32_t m_stride, int32_t zp, int32_t flo, int32_t fhi) {
   for (int32_t o = 0; o < out_c; o += 2) {
     const int32_t both = o + 1 < out_c;
     int32_t acc[4];
@@ -307,6 +324,7 @@ UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const void* w, i
     } else {
       utvm_nhwc_mac_2x2(col, (const int8_t*)w + o * k4, k4, acc);
     }
+    uint8_t* y0 = y + at;
     y0[o] = utvm_nhwc_requantize(acc[0] + bias[o], mult[o * m_stride], zp, flo, fhi);
     if (both) {
       y0[o + 1] = utvm_nhwc_requantize(acc[1] + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
@@ -324,7 +342,8 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t
                                        const float* mult, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w,
                                        int32_t in_c, int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h,
                                        int32_t k_w, int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
-                                       int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+                                       int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi,
+                                       const uint8_t* res, const int32_t* add) {
   const int32_t zp = out_zp, flo = lo, fhi = hi;
   const int32_t row4 = (k_w * in_c + 3) & ~3, k4 = k_h * row4;
   const int32_t pixels = out_h * out_w;
@@ -336,46 +355,81 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t
                      in_zp, row4);
     utvm_nhwc_gather(x, col, 1, q / out_w, q % out_w, in_h, in_w, in_c, k_h, k_w, stride_h, stride_w, pad_h, pad_w,
                      in_zp, row4);
-    utvm_nhwc_conv_pixels(col, w, wide, bias, mult, y + p * out_c, two, out_c, k4, m_stride, zp, flo, fhi);
+    utvm_nhwc_conv_pixels(col, w, wide, bias, mult, y, p * out_c, two, out_c, k4, m_stride, zp, flo, fhi);
+    if (res) {
+      /* the residual add on the two pixels just stored, while they are in the cache */
+      utvm_nhwc_add(y + p * out_c, res + p * out_c, (1 + two) * out_c, add);
+    }
   }
   return 0;
 }
 
-/* int8 weights (utvm_nhwc_mac_2x2's layout) */
+/* Entry points, named for their data types: uint8 activations, int8 weights (s8,
+ * utvm_nhwc_mac_2x2's layout) or int16 weights in int32 words (s16, utvm_nhwc_mac_2x2_s16's);
+ * _add: with a fused residual add (res: the other operand, the output's shape; add: its
+ * parameters, utvm_nhwc_add). pointwise: 1x1, stride 1, no padding (the gather is a copy). */
 UTVM_NHWC_KERNEL int32_t utvm_conv_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
-                                        uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c,
-                                        int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w,
-                                        int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
-                                        int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+                            uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
+                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
+                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
+                            int32_t hi) {
   return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi);
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0);
 }
 
-/* int16 weights in int32 words (utvm_nhwc_mac_2x2_s16's layout) */
-UTVM_NHWC_KERNEL int32_t utvm_conv_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
-                                         uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c,
-                                         int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w,
-                                         int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
-                                         int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
-  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi);
-}
-
-/* The pointwise case (1x1, stride 1, no padding): the gather is a copy of two pixels. */
-UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias,
-                                             const float* mult, uint8_t* y, int16_t* col, int32_t pixels,
-                                             int32_t in_c, int32_t out_c, int32_t m_stride, int32_t out_zp,
-                                             int32_t lo, int32_t hi) {
+UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
+                            uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
+                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
   return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi);
+                        m_stride, out_zp, lo, hi, 0, 0);
 }
 
-UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias,
-                                              const float* mult, uint8_t* y, int16_t* col, int32_t pixels,
-                                              int32_t in_c, int32_t out_c, int32_t m_stride, int32_t out_zp,
-                                              int32_t lo, int32_t hi) {
+UTVM_NHWC_KERNEL int32_t utvm_conv_add_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
+                            const uint8_t* res, const int32_t* add, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
+                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
+                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
+                            int32_t hi) {
+  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, res, add);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_pointwise_add_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
+                            const uint8_t* res, const int32_t* add, uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
+                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
+                        m_stride, out_zp, lo, hi, res, add);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_conv_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
+                            uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
+                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
+                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
+                            int32_t hi) {
+  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
+                            uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
+                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
   return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi);
+                        m_stride, out_zp, lo, hi, 0, 0);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_conv_add_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
+                            const uint8_t* res, const int32_t* add, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
+                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
+                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
+                            int32_t hi) {
+  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, res, add);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_pointwise_add_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
+                            const uint8_t* res, const int32_t* add, uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
+                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
+                        m_stride, out_zp, lo, hi, res, add);
 }
 
 /* ---------------------------------------------------------------- depthwise, multiplier 1
@@ -544,6 +598,26 @@ UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, cons
     for (int32_t j = 0; j < 4 && o + j < out_c; ++j) {
       y[o + j] = utvm_nhwc_requantize(acc[j] + bias[o + j], mult[(o + j) * m_stride], zp, flo, fhi);
     }
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- average pooling to one pixel
+ * y[c] = requantize(sum over rows [r0, r1) and columns [c0, c1) of (x[r][q][c] - zp)), the
+ * input's scale and zero point kept (qnnpack's global average pooling and any pool whose one
+ * window covers those rows and columns). */
+UTVM_NHWC_KERNEL int32_t utvm_avgpool_u8(const uint8_t* x, const float* mult, uint8_t* y, int32_t in_w, int32_t chans,
+                                         int32_t r0, int32_t r1, int32_t c0, int32_t c1, int32_t zp) {
+  const int32_t n = (r1 - r0) * (c1 - c0);
+  for (int32_t c = 0; c < chans; ++c) {
+    int32_t acc = 0;
+    for (int32_t r = r0; r < r1; ++r) {
+      const uint8_t* row = x + (r * in_w) * chans + c;
+      for (int32_t q = c0; q < c1; ++q) {
+        acc += row[q * chans];
+      }
+    }
+    y[c] = utvm_nhwc_requantize(acc - n * zp, mult[0], zp, 0, 255);
   }
   return 0;
 }
