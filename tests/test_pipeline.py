@@ -18,6 +18,10 @@ def test_quick_pipeline_on_host_prints_every_stage_figure():
     reports = paths.BUILD_DIR / "quick" / "reports"
     validation = json.loads((reports / "0401pc_terminal_sendimage.json").read_text())
     assert validation["images"] == 200 and validation["answered"] == 200
+    # two stand-ins by default, sharing the images; compact frames on the wire
+    assert len(validation["boards"]) == 2 == json.loads((reports / "pipeline.json").read_text())["standins"]
+    assert sum(board["answered"] for board in validation["boards"]) == 200
+    assert validation["frame_form"] == "compact" and validation["wire_bytes_per_image"] < 795
     # the host stand-in runs the library 0202 verified bit-exact against 0201's: the digits
     # must agree exactly with the host int8 model
     assert validation["agreement_with_host"] == 1.0
