@@ -6,7 +6,8 @@ a few kernels; what it refuses comes here. Tensors flow channels-last (NHWC) bet
 kernels of kernels_nhwc.h, the layout they read fastest (a pixel's channels are one word
 apart, as CMSIS-NN and TFLite Micro keep them):
 
-    QConv2d   1x1 stride 1       → utvm_pointwise_u8s8 (register-tiled matrix product)
+    QConv2d   (and Conv1d, as a 1-row image)
+              1x1 stride 1       → utvm_pointwise_u8s8 (register-tiled matrix product)
               depthwise          → utvm_depthwise_u8s8 (multiplier 1, any kernel and stride)
               other, groups 1    → utvm_conv_u8s8 (two windows gathered, then a matrix product)
     QLinear                      → utvm_dense_u8s8
@@ -45,6 +46,7 @@ class Value:
     var: object                 # the Relax tensor
     layout: str                 # NCHW | NHWC | FLAT_NHWC (a flatten of an NHWC tensor) | PLAIN
     source: object = None       # FLAT_NHWC: the NHWC tensor it flattens
+    rows: bool = True           # NHWC: False when the model's tensor is [N, C, L] (Conv1d's), kept as [N, 1, L, C]
 
     @property
     def shape(self):
@@ -90,8 +92,6 @@ def kernel_refusal(layer):
     if getattr(layer, "bias_float", None) is not None or getattr(layer, "pre_scale", None) is not None:
         return "an x86/fbgemm engine's float requantization"
     if isinstance(layer, QConv2d):
-        if layer.conv1d:
-            return "a 1-d convolution"
         if tuple(layer.dilation) != (1, 1):
             return "a dilated convolution"
         o, i_per_group = layer.weight.shape[:2]
@@ -163,16 +163,25 @@ class GraphLowering:
 
     def nchw(self, value):
         if value.layout == NHWC:
-            return Value(self.bb.emit(relax.op.permute_dims(value.var, [0, 3, 1, 2])), NCHW)
+            chw = self.bb.emit(relax.op.permute_dims(value.var, [0, 3, 1, 2]))
+            if not value.rows:
+                n, _, length, c = value.shape
+                return Value(self.bb.emit(relax.op.reshape(chw, [n, c, length])), PLAIN)
+            return Value(chw, NCHW)
         if value.layout == FLAT_NHWC:
             chw = self.nchw(value.source)
             return Value(self.bb.emit(relax.op.reshape(chw.var, list(value.shape))), PLAIN)
         return value
 
-    def nhwc(self, value):
+    def nhwc(self, value, rows=True):
+        """value channels-last; rows=False: the model's tensor is [N, C, L] (a Conv1d's)."""
         if value.layout == NHWC:
             return value
         value = self.nchw(value)
+        if not rows and len(value.shape) == 3:
+            n, c, length = value.shape
+            chw = self.bb.emit(relax.op.reshape(value.var, [n, c, 1, length]))
+            return Value(self.bb.emit(relax.op.permute_dims(chw, [0, 2, 3, 1])), NHWC, rows=False)
         if len(value.shape) != 4:
             raise StageError(f"a {len(value.shape)}-d tensor where an image is expected")
         return Value(self.bb.emit(relax.op.permute_dims(value.var, [0, 2, 3, 1])), NHWC)
@@ -180,11 +189,15 @@ class GraphLowering:
     # -------------------------------------------------------------- layers
 
     def lower(self, layer, inputs, residual=None):
-        if isinstance(layer, QConv2d) and kernel_refusal(layer) is None and inputs[0].layout != PLAIN:
+        if isinstance(layer, QConv2d) and kernel_refusal(layer) is None and (inputs[0].layout != PLAIN
+                                                                               or layer.conv1d):
+            rows = not layer.conv1d
             if residual:
                 add, other, conv_first = residual
-                residual = (add, self.nhwc(other), conv_first)
-            return self.conv(layer, self.nhwc(inputs[0]), residual)
+                residual = (add, self.nhwc(other, rows), conv_first)
+            out = self.conv(layer, self.nhwc(inputs[0], rows), residual)
+            out.rows = rows
+            return out
         if isinstance(layer, QAvgPool) and inputs[0].layout == NHWC and _one_window_pool(layer):
             return self.avgpool(layer, inputs[0])
         if isinstance(layer, QLinear) and kernel_refusal(layer) is None:
@@ -192,11 +205,12 @@ class GraphLowering:
         if isinstance(layer, Quantize) and len(inputs[0].shape) == 4:
             return self.nhwc(Value(layer.to_relax(self.r, inputs[0].var), NCHW))
         if isinstance(layer, Flatten) and inputs[0].layout == NHWC and layer.start_dim == 1 \
-                and layer.end_dim % 4 == 3:
+                and layer.end_dim % (4 if inputs[0].rows else 3) == (3 if inputs[0].rows else 2):
             n = int(np.prod(inputs[0].shape[1:]))
             return Value(self.bb.emit(relax.op.reshape(inputs[0].var, [1, n])), FLAT_NHWC, inputs[0])
-        if _elementwise(layer) and len({v.layout for v in inputs}) == 1 and inputs[0].layout in (NCHW, NHWC):
-            return Value(layer.to_relax(self.r, *[v.var for v in inputs]), inputs[0].layout)
+        if _elementwise(layer) and len({(v.layout, v.rows) for v in inputs}) == 1 \
+                and inputs[0].layout in (NCHW, NHWC):
+            return Value(layer.to_relax(self.r, *[v.var for v in inputs]), inputs[0].layout, rows=inputs[0].rows)
         plain = [self.nchw(v) for v in inputs]
         out = layer.to_relax(self.r, *[v.var for v in plain])
         return Value(out, NCHW if len(out.ty.shape) == 4 else PLAIN)
