@@ -13,6 +13,7 @@ apart, as CMSIS-NN and TFLite Micro keep them):
     QLinear                      → utvm_dense_u8s8
     QAvgPool to one pixel        → utvm_avgpool_u8
     QAdd after a conv            fused into the conv's store (utvm_conv_add_*, utvm_pointwise_add_*)
+    QLookup after a conv         (Hardswish, ReLU6, ...) fused into its store (utvm_*_lut_*)
     QAdd, QLookup, QRelu         elementwise: the generic lowering, on whichever layout comes in
     anything else                the generic backend's lowering on NCHW tensors, with a
                                  transpose where the layout changes
@@ -188,14 +189,18 @@ class GraphLowering:
 
     # -------------------------------------------------------------- layers
 
-    def lower(self, layer, inputs, residual=None):
+    def lower(self, layer, inputs, epilogue=None):
+        """epilogue: what the layer's store does besides (FusedEpilogues), for a conv."""
         if isinstance(layer, QConv2d) and kernel_refusal(layer) is None and (inputs[0].layout != PLAIN
                                                                                or layer.conv1d):
             rows = not layer.conv1d
-            if residual:
-                add, other, conv_first = residual
+            residual = lookup = None
+            if isinstance(epilogue, tuple):
+                add, other, conv_first = epilogue
                 residual = (add, self.nhwc(other, rows), conv_first)
-            out = self.conv(layer, self.nhwc(inputs[0], rows), residual)
+            elif epilogue is not None:
+                lookup = epilogue
+            out = self.conv(layer, self.nhwc(inputs[0], rows), residual, lookup)
             out.rows = rows
             return out
         if isinstance(layer, QAvgPool) and inputs[0].layout == NHWC and _one_window_pool(layer):
@@ -213,11 +218,17 @@ class GraphLowering:
             return Value(layer.to_relax(self.r, *[v.var for v in inputs]), inputs[0].layout, rows=inputs[0].rows)
         plain = [self.nchw(v) for v in inputs]
         out = layer.to_relax(self.r, *[v.var for v in plain])
-        return Value(out, NCHW if len(out.ty.shape) == 4 else PLAIN)
+        out = Value(out, NCHW if len(out.ty.shape) == 4 else PLAIN)
+        if isinstance(epilogue, tuple):   # a conv without its kernel here: the add on its own
+            add, other, conv_first = epilogue
+            return self.lower(add, [out, other] if conv_first else [other, out])
+        if epilogue is not None:
+            return self.lower(epilogue, [out])
+        return out
 
-    def conv(self, layer, x, residual=None):
-        """residual: (QAdd, the other operand NHWC, whether the conv is the add's first
-        operand): the add is fused into the convolution's store."""
+    def conv(self, layer, x, residual=None, lookup=None):
+        """Fused into the convolution's store: residual = (QAdd, the other operand NHWC,
+        whether the conv is the add's first operand), or lookup = a QLookup of its output."""
         _, h, w, c = x.shape
         o, _, kh, kw = layer.weight.shape
         (sh, sw), (ph, pw) = layer.stride, layer.padding
@@ -229,13 +240,16 @@ class GraphLowering:
             bias = (layer.bias if layer.bias is not None else np.zeros(o)).astype(np.int32)
             bias_in = _folded_bias(layer, layer.weight.reshape(o, -1))
             weights = depthwise_weights(layer.weight)
-            build = _kernel_func(name, "utvm_depthwise_u8s8",
-                                 [("x", x.shape, "uint8"), ("w", weights.shape, "int16"), ("b", (o,), "int32"),
-                                  ("b_in", (o,), "int32"), ("m", multiplier.shape, "float32")],
-                                 [("y", out_shape, "uint8")])
-            func = build([h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
+            inputs = [("x", x.shape, "uint8"), ("w", weights.shape, "int16"), ("b", (o,), "int32"),
+                      ("b_in", (o,), "int32"), ("m", multiplier.shape, "float32")]
             args = [x.var, self.const(weights, "int16"), self.const(bias, "int32"), self.const(bias_in, "int32"),
                     self.const(multiplier, "float32")]
+            if lookup is not None:
+                inputs.append(("table", (256,), "uint8"))
+                args.append(self.const(lookup.table, "uint8"))
+            build = _kernel_func(name, "utvm_depthwise_lut_u8s8" if lookup is not None else "utvm_depthwise_u8s8",
+                                 inputs, [("y", out_shape, "uint8")])
+            func = build([h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
             return Value(self.emit_call(func, name, args, [out_shape], ["uint8"]), NHWC)
         k4 = kh * ((kw * c + 3) // 4 * 4)
         natural = layer.weight.transpose(0, 2, 3, 1).reshape(o, -1)
@@ -247,7 +261,7 @@ class GraphLowering:
             rows = channel_groups(conv_weight_rows(layer.weight, tap_order=False), 2).astype(np.int16).view(np.int32)
         else:
             rows = channel_groups(conv_weight_rows(layer.weight), 2)
-        types = ("add_" if residual else "") + ("u8s16" if wide else "u8s8")
+        types = ("add_" if residual else "lut_" if lookup is not None else "") + ("u8s16" if wide else "u8s8")
         w_dtype = "int32" if wide else "int8"
         inputs = [("x", x.shape, "uint8"), ("w", rows.shape, w_dtype), ("b", (o,), "int32"),
                   ("m", multiplier.shape, "float32")]
@@ -262,6 +276,9 @@ class GraphLowering:
                       add.out_zero_point if add.relu else 0]
             inputs += [("res", out_shape, "uint8"), ("add", (len(params),), "int32")]
             args += [other.var, self.const(params, "int32")]
+        elif lookup is not None:
+            inputs.append(("table", (256,), "uint8"))
+            args.append(self.const(lookup.table, "uint8"))
         outputs = [("y", out_shape, "uint8"), ("col", (8 * k4 // 4,), "int16")]
         if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
             func = _kernel_func(name, f"utvm_pointwise_{types}", inputs, outputs)([h * w, c, o, m_stride, zp, lo, hi])
@@ -318,22 +335,30 @@ class GraphLowering:
 
 
 @dataclass
-class FusedAdds:
-    into: dict      # id(conv) → (QAdd, name of the add's other operand, conv is the first operand)
-    skip: set       # ids of the adds fused into a convolution
+class FusedEpilogues:
+    into: dict      # id(conv) → (QAdd, name of the add's other operand, conv is the first operand),
+                    # or the QLookup of its output
+    skip: set       # ids of the adds and lookups fused into a convolution
 
 
-def fused_adds(layers):
-    """The residual adds that go into the store of the convolution feeding them: the conv's
-    output feeds that add only, its other operand exists before the conv runs, and the conv
-    has a kernel here."""
+def fused_epilogues(layers):
+    """The residual adds and the activations (lookups) that go into the store of the
+    convolution feeding them: the conv's output feeds that layer only, has a kernel here, and
+    an add's other operand exists before the conv runs (adds: regular convolutions only)."""
     producer = {layer.output: (index, layer) for index, layer in enumerate(layers)}
     uses = {}
     for layer in layers:
         for name in layer.inputs:
             uses[name] = uses.get(name, 0) + 1
-    fused = FusedAdds({}, set())
+    fused = FusedEpilogues({}, set())
     for layer in layers:
+        if isinstance(layer, QLookup) and _elementwise(layer):
+            index, conv = producer.get(layer.inputs[0], (None, None))
+            if (isinstance(conv, QConv2d) and kernel_refusal(conv) is None and uses.get(layer.inputs[0]) == 1
+                    and id(conv) not in fused.into):
+                fused.into[id(conv)] = layer
+                fused.skip.add(id(layer))
+            continue
         if not isinstance(layer, QAdd) or len(layer.inputs) != 2:
             continue
         for k, name in enumerate(layer.inputs):
@@ -359,15 +384,19 @@ def int8_to_relax_graph(layers, input_shape):
     values = {INPUT: Value(x_in, NCHW if len(input_shape) == 4 else PLAIN)}
     with bb.function("main", [x_in]):
         with bb.dataflow():
-            fused = fused_adds(layers)
+            fused = fused_epilogues(layers)
             for layer in layers:
                 if id(layer) in fused.skip:
                     continue  # fused into the convolution that feeds it
-                residual = fused.into.get(id(layer))
-                if residual:
-                    add, other, conv_first = residual
+                epilogue = fused.into.get(id(layer))
+                if isinstance(epilogue, tuple):
+                    add, other, conv_first = epilogue
                     values[add.output] = lowering.lower(layer, [values[name] for name in layer.inputs],
                                                         (add, values[other], conv_first))
+                    continue
+                if epilogue is not None:
+                    values[epilogue.output] = lowering.lower(layer, [values[name] for name in layer.inputs],
+                                                             epilogue)
                     continue
                 values[layer.output] = lowering.lower(layer, [values[name] for name in layer.inputs])
             last = lowering.nchw(values[layers[-1].output])

@@ -313,6 +313,14 @@ UTVM_NHWC_INLINE void utvm_nhwc_add(uint8_t* y, const uint8_t* res, int32_t n, c
   }
 }
 
+/* An activation of the layer's output bytes fused into its store (Hardswish, ReLU6, ...: the
+ * golden model's QLookup table, one output byte per input byte). */
+UTVM_NHWC_INLINE void utvm_nhwc_lookup(uint8_t* y, int32_t n, const uint8_t* table) {
+  for (int32_t i = 0; i < n; ++i) {
+    y[i] = table[y[i]];
+  }
+}
+
 UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const void* w, int32_t wide, const int32_t* bias,
                                             const float* mult, uint8_t* y, int32_t at, int32_t two, int32_t out_c,
                                             int32_t k4, int32_t m_stride, int32_t zp, int32_t flo, int32_t fhi) {
@@ -343,7 +351,7 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t
                                        int32_t in_c, int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h,
                                        int32_t k_w, int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
                                        int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi,
-                                       const uint8_t* res, const int32_t* add) {
+                                       const uint8_t* res, const int32_t* add, const uint8_t* table) {
   const int32_t zp = out_zp, flo = lo, fhi = hi;
   const int32_t row4 = (k_w * in_c + 3) & ~3, k4 = k_h * row4;
   const int32_t pixels = out_h * out_w;
@@ -360,6 +368,9 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t
       /* the residual add on the two pixels just stored, while they are in the cache */
       utvm_nhwc_add(y + p * out_c, res + p * out_c, (1 + two) * out_c, add);
     }
+    if (table) {
+      utvm_nhwc_lookup(y + p * out_c, (1 + two) * out_c, table);
+    }
   }
   return 0;
 }
@@ -367,21 +378,22 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t
 /* Entry points, named for their data types: uint8 activations, int8 weights (s8,
  * utvm_nhwc_mac_2x2's layout) or int16 weights in int32 words (s16, utvm_nhwc_mac_2x2_s16's);
  * _add: with a fused residual add (res: the other operand, the output's shape; add: its
- * parameters, utvm_nhwc_add). pointwise: 1x1, stride 1, no padding (the gather is a copy). */
+ * parameters, utvm_nhwc_add); _lut: with a fused activation (table: 256 output bytes).
+ * pointwise: 1x1, stride 1, no padding (the gather is a copy of two pixels). */
 UTVM_NHWC_KERNEL int32_t utvm_conv_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
                             uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
                             int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
                             int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
                             int32_t hi) {
   return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0);
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0, 0);
 }
 
 UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
                             uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
                             int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
   return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi, 0, 0);
+                        m_stride, out_zp, lo, hi, 0, 0, 0);
 }
 
 UTVM_NHWC_KERNEL int32_t utvm_conv_add_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
@@ -390,14 +402,30 @@ UTVM_NHWC_KERNEL int32_t utvm_conv_add_u8s8(const uint8_t* x, const int8_t* w, c
                             int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
                             int32_t hi) {
   return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, res, add);
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, res, add, 0);
 }
 
 UTVM_NHWC_KERNEL int32_t utvm_pointwise_add_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
                             const uint8_t* res, const int32_t* add, uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
                             int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
   return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi, res, add);
+                        m_stride, out_zp, lo, hi, res, add, 0);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_conv_lut_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
+                            const uint8_t* table, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
+                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
+                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
+                            int32_t hi) {
+  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0, table);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_pointwise_lut_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
+                            const uint8_t* table, uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
+                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
+                        m_stride, out_zp, lo, hi, 0, 0, table);
 }
 
 UTVM_NHWC_KERNEL int32_t utvm_conv_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
@@ -406,14 +434,14 @@ UTVM_NHWC_KERNEL int32_t utvm_conv_u8s16(const uint8_t* x, const int32_t* w, con
                             int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
                             int32_t hi) {
   return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0);
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0, 0);
 }
 
 UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
                             uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
                             int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
   return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi, 0, 0);
+                        m_stride, out_zp, lo, hi, 0, 0, 0);
 }
 
 UTVM_NHWC_KERNEL int32_t utvm_conv_add_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
@@ -422,14 +450,30 @@ UTVM_NHWC_KERNEL int32_t utvm_conv_add_u8s16(const uint8_t* x, const int32_t* w,
                             int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
                             int32_t hi) {
   return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, res, add);
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, res, add, 0);
 }
 
 UTVM_NHWC_KERNEL int32_t utvm_pointwise_add_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
                             const uint8_t* res, const int32_t* add, uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
                             int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
   return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi, res, add);
+                        m_stride, out_zp, lo, hi, res, add, 0);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_conv_lut_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
+                            const uint8_t* table, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
+                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
+                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
+                            int32_t hi) {
+  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
+                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0, table);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_pointwise_lut_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
+                            const uint8_t* table, uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
+                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
+                        m_stride, out_zp, lo, hi, 0, 0, table);
 }
 
 /* ---------------------------------------------------------------- depthwise, multiplier 1
@@ -441,9 +485,10 @@ UTVM_NHWC_KERNEL int32_t utvm_pointwise_add_u8s16(const uint8_t* x, const int32_
  * On the DSP extension 4 channels per step: one activation word, widened, against two weight
  * words, by __smlabb / __smlatt. A window inside the image takes every tap, unrolled, with
  * bias_in; one that leaves it takes the taps inside, centered with __ssub16, with bias. */
-UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w16, const int32_t* bias,
-                                             const int32_t* bias_in, const float* mult, uint8_t* y, int32_t in_h, int32_t in_w, int32_t chans,
-                                             int32_t out_h, int32_t out_w, int32_t k_h, int32_t k_w, int32_t stride_h,
+UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w16, const int32_t* bias,
+                                             const int32_t* bias_in, const float* mult, const uint8_t* table,
+                                             uint8_t* y, int32_t in_h, int32_t in_w, int32_t chans, int32_t out_h,
+                                             int32_t out_w, int32_t k_h, int32_t k_w, int32_t stride_h,
                                              int32_t stride_w, int32_t pad_h, int32_t pad_w, int32_t in_zp,
                                              int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
   const int32_t zp = out_zp, flo = lo, fhi = hi;
@@ -526,9 +571,33 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w1
         }
         out[c] = utvm_nhwc_requantize(acc, mult[c * m_stride], zp, flo, fhi);
       }
+      if (table) {
+        utvm_nhwc_lookup(out, chans, table);
+      }
     }
   }
   return 0;
+}
+
+/* _lut: with a fused activation (table: 256 output bytes) */
+UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w16, const int32_t* bias,
+                                             const int32_t* bias_in, const float* mult, uint8_t* y, int32_t in_h,
+                                             int32_t in_w, int32_t chans, int32_t out_h, int32_t out_w, int32_t k_h,
+                                             int32_t k_w, int32_t stride_h, int32_t stride_w, int32_t pad_h,
+                                             int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp,
+                                             int32_t lo, int32_t hi) {
+  return utvm_nhwc_depthwise(x, w16, bias, bias_in, mult, 0, y, in_h, in_w, chans, out_h, out_w, k_h, k_w, stride_h,
+                             stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi);
+}
+
+UTVM_NHWC_KERNEL int32_t utvm_depthwise_lut_u8s8(const uint8_t* x, const int16_t* w16, const int32_t* bias,
+                                                 const int32_t* bias_in, const float* mult, const uint8_t* table,
+                                                 uint8_t* y, int32_t in_h, int32_t in_w, int32_t chans, int32_t out_h,
+                                                 int32_t out_w, int32_t k_h, int32_t k_w, int32_t stride_h,
+                                                 int32_t stride_w, int32_t pad_h, int32_t pad_w, int32_t in_zp,
+                                                 int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
+  return utvm_nhwc_depthwise(x, w16, bias, bias_in, mult, table, y, in_h, in_w, chans, out_h, out_w, k_h, k_w,
+                             stride_h, stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi);
 }
 
 /* ---------------------------------------------------------------- dense
