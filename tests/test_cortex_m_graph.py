@@ -195,7 +195,7 @@ class SeparableReLU6(nn.Module):
 class Case:
     make: object            # () → nn.Module
     shape: tuple            # the model's input shape
-    kernels: dict           # kind → how many layers the 0202 library runs with utvm_<kind>_u8s*;
+    kernels: dict           # kind → how many layers the 0202 library runs with a KERNEL_NAME kernel;
                             # "a|b": either (a 1x1 layer the backend may give either kernel)
     qconfig: object = None  # eager: None (per-tensor) or PER_CHANNEL
     pt2e: bool = False      # quantized by utils/quantize_pt2e.py (per-channel) instead of eager
@@ -217,7 +217,7 @@ CASES = {
     # the input's zero point not 128
     "dw5x5_s1_p2_c9_9x7": Case(_dw(9, 5, 1, 2, (9, 7)), (1, 9, 9, 7), {"depthwise": 1, "dense": 2},
                                calibration=(-0.3, 1.0)),
-    # one tap per output
+    # one tap per output (0201's generic schedule gets a one-term sum wrong: this case fails there)
     "dw1x1_s1_p0_c5_3x7": Case(_dw(5, 1, 1, 0, (3, 7)), (1, 5, 3, 7), {"depthwise": 1, "dense": 2}),
     # every window leaves the image
     "dw5x5_s1_p2_c6_3x4": Case(_dw(6, 5, 1, 2, (3, 4)), (1, 6, 3, 4), {"depthwise": 1, "dense": 2}),
@@ -296,7 +296,7 @@ def _c_sources(tar):
 
 def layer_kernel_calls(tar) -> dict:
     """The library's TVM-generated functions (not the kernels' own source the backend puts
-    before them) → the kinds of the utvm_<kind>_u8s* kernels each calls."""
+    before them) → the kinds of the kernels (KERNEL_NAME) each calls."""
     found = {}
     for text in _c_sources(tar):
         heads = list(TVM_FUNCTION.finditer(text))
@@ -308,7 +308,7 @@ def layer_kernel_calls(tar) -> dict:
 
 
 def kernel_calls(tar) -> dict:
-    """kind → how many utvm_<kind>_u8s* calls the library makes."""
+    """kind → how many calls of its kernels (KERNEL_NAME) the library makes."""
     return dict(Counter(kind for kinds in layer_kernel_calls(tar).values() for kind in kinds))
 
 
