@@ -1,12 +1,12 @@
 """The Cortex-M backend's per-layer lowering (utils/aot/backends/cortex_m/graph.py and the
 channels-last kernels of kernels_nhwc.h) against 0201's library of the same model, bit for
-bit, on the shapes the networks people build have and LeNet-5 has not: depthwise 3x3 and 5x5
-convolutions with 5, 6, 7 or 9 channels on odd images, strided and padded; pointwise
+bit, on the shapes the networks people build have and LeNet-5 has not: depthwise 1x1, 3x3
+and 5x5 convolutions with 5, 6, 7 or 9 channels on odd images, strided and padded; pointwise
 convolutions on 4k channels (the pointwise kernel) and not (either kernel); DS-CNN's 10x4
-stride-2 first layer on one channel; ResNet's 1x1 stride-2 shortcut, a residual add and a cat;
-dense layers of odd sizes after a flatten of a channels-last tensor (its columns permuted) and
-after a global average pool; per-channel weights, ReLU6 (eager: a table; PT2E: fused as the
-clip bounds); inputs that are not MNIST.
+stride-2 first layer on one channel; Conv1d; ResNet's 1x1 stride-2 shortcut, a residual add
+and a cat; dense layers of odd sizes after a flatten of a channels-last tensor (its columns
+permuted) and after a global average pool; per-channel weights, ReLU6 (eager: a lookup that
+relabels memory; PT2E: fused as the clip bounds); inputs that are not MNIST.
 
 Each model runs on the host (gcc, the plain-C kernels) on a few dozen inputs over its
 QuantStub's whole range, and on the emulated Cortex-M7 (QEMU mps2-an500 through
@@ -115,6 +115,25 @@ class ReLU6AfterConv(nn.Module):
 
     def forward(self, x):
         return self.dequant(self.fc(torch.flatten(self.relu6(self.pw(self.quant(x))), 1)))
+
+
+class Conv1dNet(nn.Module):
+    """On a 3 x 21 signal: Conv1d 3 → 5, kernel 3, stride 2, padding 1 (ReLU fused), a
+    depthwise Conv1d, kernel 5, padding 2, a pointwise Conv1d 5 → 7, flatten, dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.conv, self.relu = nn.Conv1d(3, 5, 3, stride=2, padding=1), nn.ReLU()
+        self.dw = nn.Conv1d(5, 5, 5, padding=2, groups=5)
+        self.pw = nn.Conv1d(5, 7, 1)
+        self.fc = nn.Linear(7 * 11, 13)
+
+    fuse = (("conv", "relu"),)
+
+    def forward(self, x):
+        x = self.pw(self.dw(self.relu(self.conv(self.quant(x)))))
+        return self.dequant(self.fc(torch.flatten(x, 1)))
 
 
 class DSCNNStem(nn.Module):
@@ -226,6 +245,7 @@ CASES = {
     "pointwise_per_channel": Case(Pointwise, (1, 8, 5, 7), {"pointwise": 2, "pointwise|conv": 2, "dense": 1},
                                   qconfig=PER_CHANNEL),
     "eager_relu6_after_pointwise": Case(ReLU6AfterConv, (1, 8, 5, 7), {"pointwise": 1, "dense": 1}),
+    "conv1d_3x21": Case(Conv1dNet, (1, 3, 21), {"conv": 1, "depthwise": 1, "pointwise|conv": 1, "dense": 1}),
     "dscnn_stem": Case(DSCNNStem, (1, 1, 49, 10), {"conv": 1, "depthwise": 1, "dense": 1}),
     "residual_cat_3x20x18": Case(ResidualCat, (1, 3, 20, 18), RESIDUAL_KERNELS),
     "residual_cat_3x20x18_per_channel": Case(ResidualCat, (1, 3, 20, 18), RESIDUAL_KERNELS,
