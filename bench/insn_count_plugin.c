@@ -23,6 +23,9 @@
  * instructions, which the empty pass measures. Under -icount QEMU may run a block cut short;
  * it is then a translation of its own, with its own end.
  *
+ * bb=segments (with layer=): the same, but counted per segment of the first pass after the
+ * empty one ("bb <segment> ..."), for the per-layer cycle estimate.
+ *
  * Debian's qemu-system-arm 7.2 exports the plugin API but ships no qemu-plugin.h, so the few
  * declarations used are copied here from QEMU 7.2's include/qemu/qemu-plugin.h (API version 1).
  * Built by utils/bench.py with the host gcc: gcc -shared -fPIC -O2.
@@ -68,7 +71,7 @@ void qemu_plugin_outs(const char *string);
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
-#define MAX_PASSES 64          /* passes beyond it are counted, but not per block */
+#define MAX_PASSES 128         /* passes (or segments) beyond it are counted, but not per block */
 
 struct block {
     uint64_t vaddr, end;
@@ -79,7 +82,7 @@ struct block {
 
 static uint64_t executed;            /* every guest instruction (one vCPU: no races) */
 static uint64_t start_addr, stop_addr, layer_addr, at_start, at_mark, passes, marks;
-static bool armed, per_block;
+static bool armed, per_block, per_segment;
 static struct block *blocks;         /* every translation, newest first */
 
 static void on_start(unsigned int vcpu, void *udata)
@@ -125,8 +128,9 @@ static void on_stop(unsigned int vcpu, void *udata)
 static void on_block(unsigned int vcpu, void *udata)
 {
     (void)vcpu;
-    if (armed && passes < MAX_PASSES) {
-        ((struct block *)udata)->runs[passes]++;
+    uint64_t slot = per_segment ? marks : passes;
+    if (armed && slot < MAX_PASSES && (!per_segment || passes == 1)) {
+        ((struct block *)udata)->runs[slot]++;
     }
 }
 
@@ -167,7 +171,7 @@ static void on_atexit(qemu_plugin_id_t id, void *udata)
     char line[160];
     (void)id, (void)udata;
     for (const struct block *b = blocks; b != NULL; b = b->next) {
-        for (uint64_t pass = 0; pass < MAX_PASSES && pass < passes; pass++) {
+        for (uint64_t pass = 0; pass < MAX_PASSES && (per_segment || pass < passes); pass++) {
             if (b->runs[pass] != 0) {
                 snprintf(line, sizeof line, "bb %" PRIu64 " %#" PRIx64 " %#" PRIx64 " %" PRIu64 " %" PRIu64 "\n",
                          pass, b->vaddr, b->end, b->insns, b->runs[pass]);
@@ -194,13 +198,15 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             layer_addr = strtoull(argv[i] + 6, NULL, 0) & ~1ull;
         } else if (strcmp(argv[i], "bb=on") == 0) {
             per_block = true;
+        } else if (strcmp(argv[i], "bb=segments") == 0) {
+            per_block = per_segment = true;
         } else {
             fprintf(stderr, "insn_count: unknown argument %s\n", argv[i]);
             return -1;
         }
     }
     if (start_addr == 0 || stop_addr == 0 || start_addr == stop_addr || layer_addr == start_addr
-        || layer_addr == stop_addr) {
+        || layer_addr == stop_addr || (per_segment && layer_addr == 0)) {
         fprintf(stderr, "insn_count: give start=0x... and stop=0x... (distinct marker addresses)\n");
         return -1;
     }

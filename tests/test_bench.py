@@ -291,6 +291,13 @@ def test_per_layer_breakdown_covers_every_instruction(models_run):
                 per_layer["profile_instructions_per_inference"]
             # the marks cost a few instructions per call; the breakdown is of the same library
             assert abs(per_layer["profile_marks_cost_instructions"]) < 0.02 * row["instructions_per_inference"]
+            # the layers' cycle estimates and the glue's add up to the whole build's, which is
+            # within the marks' cost of the default build's
+            cycles = [layer["estimated_cycles"] for layer in layers]
+            assert all(c > 0 for c in cycles)
+            assert abs(sum(cycles) + per_layer["glue_estimated_cycles"] - per_layer["profile_estimated_cycles"]) \
+                <= len(layers) + 1
+            assert per_layer["profile_estimated_cycles"] == pytest.approx(row["estimated_cycles"], rel=0.02)
 
 
 def _compile_glue(c_file, include_dirs, opt, out, defines=()):

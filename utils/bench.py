@@ -239,7 +239,8 @@ def layer_marker_address(elf: Path) -> int:
 def qemu_command(elf: Path, plugin: Path, start: int, stop: int, uart: Path, plugin_log: Path,
                  layer: int = None, bb: bool = False) -> list:
     options = f"{plugin},start={start:#x},stop={stop:#x}"
-    options += (f",layer={layer:#x}" if layer is not None else "") + (",bb=on" if bb else "")
+    options += (f",layer={layer:#x}" if layer is not None else "")
+    options += (",bb=segments" if bb == "segments" else ",bb=on" if bb else "")
     return qemu_m7.qemu_command(elf, serial=f"file:{uart}", extra=[
         "-semihosting-config", "enable=on,target=native",
         "-plugin", options, "-d", "plugin", "-D", str(plugin_log)])
@@ -258,6 +259,9 @@ def run_on_qemu(elf: Path, plugin: Path, outputs: int = 10, timeout: float = QEM
                           f"logs: {elf.parent / 'plugin.log'}, {elf.parent / 'uart.txt'}")
     segments = parse_segments(plugin_text)
     blocks = cycle_estimate.parse_bb_lines(plugin_text) if bb else {}
+    if bb == "segments":  # the first image's blocks, per segment
+        passes[1].blocks = blocks
+        bb = False
     for i, (p, count) in enumerate(zip(passes, counts)):
         p.count = count
         if layers:
@@ -436,7 +440,7 @@ def profile_layers(tar, metadata, opt, images_c, build_dir, plugin, default_coun
     of the glue between them; they add up to the profiling build's count exactly."""
     build = build_elf(tar, build_dir / opt.lstrip("-") / "profile", opt, images_c, tap=False, profile=True)
     outputs = int(np.prod(metadata["outputs"][0]["shape"]))
-    passes = run_on_qemu(build.elf, plugin, outputs, layers=True)
+    passes = run_on_qemu(build.elf, plugin, outputs, layers=True, bb="segments")
     empty, first = passes[0], passes[1]
     calls = metadata["calls"]
     segments = first.segments
@@ -446,11 +450,17 @@ def profile_layers(tar, metadata, opt, images_c, build_dir, plugin, default_coun
     total = first.count - empty.count
     kernels = segments[1::2]
     glue = sum(segments[0::2]) - empty.count
-    layers = [{"index": i, "kernel": name, "instructions": int(n), "share": round(n / total, 4)}
-              for i, (name, n) in enumerate(zip(calls, kernels))]
+    by_segment = first.blocks
+    costs, _ = cycle_estimate.block_costs(build.elf, set().union(*by_segment.values()))
+    cycles = [cycle_estimate.weigh(by_segment.get(k, {}), None, costs).cycles for k in range(len(segments))]
+    layers = [{"index": i, "kernel": name, "instructions": int(n), "share": round(n / total, 4),
+               "estimated_cycles": int(round(c))}
+              for i, (name, n, c) in enumerate(zip(calls, kernels, cycles[1::2]))]
     return {
         "layers": layers,
         "glue_instructions": int(glue),
+        "glue_estimated_cycles": int(round(sum(cycles[0::2]))),
+        "profile_estimated_cycles": int(round(sum(cycles))),
         "profile_instructions_per_inference": int(total),
         "profile_marks_cost_instructions": int(total - default_count),
         "profile_segments_add_up": bool(sum(segments) == first.count),
@@ -719,7 +729,8 @@ def _print_layers(row, top=5):
     total = per_layer["profile_instructions_per_inference"]
     _say(f"  per layer (profiling build, {total:,} instructions; glue {per_layer['glue_instructions']:,}):")
     for layer in layers[:top]:
-        _say(f"    #{layer['index']:<3} {layer['kernel']:<48} {layer['instructions']:>12,}  {layer['share']:6.1%}")
+        _say(f"    #{layer['index']:<3} {_short(layer['kernel'], 48):<48} {layer['instructions']:>12,}  "
+             f"{layer['share']:6.1%}  ~{layer['estimated_cycles']:,} cycles")
 
 
 def zoo_weights_path(entry, weights_dir) -> Path:
@@ -946,7 +957,8 @@ def models_markdown(report) -> str:
                      f"{peer['tflm_arena_bytes']:,} | {peer['tflm_reference_instructions']:,} | {et} | "
                      f"{peer['published_ms']} ({peer['published_ms_by']}) |")
     lines += ["", "Where the time goes (profiling build, first input; a kernel call's figure includes its "
-              "packed-call wrapper):", "", "| model | variant | top kernel calls (instructions, share) | glue |",
+              "packed-call wrapper):", "",
+              "| model | variant | top kernel calls (instructions, share; estimated cycles) | glue |",
               "|---|---|---|---|"]
     for name, model in _models(report):
         for variant, row in model["variants"].items():
@@ -955,7 +967,8 @@ def models_markdown(report) -> str:
                 continue
             top = sorted(per_layer["layers"], key=lambda layer: -layer["instructions"])[:3]
             text = "; ".join(f"#{t['index']} {_short(t['kernel'].removeprefix('tvmgen_default_'))} "
-                             f"{t['instructions']:,} ({t['share']:.0%})" for t in top)
+                             f"{t['instructions']:,} ({t['share']:.0%}; ~{t['estimated_cycles']:,} cycles)"
+                             for t in top)
             lines.append(f"| {name} | {variant} | {text} | {per_layer['glue_instructions']:,} |")
     check = report.get("cycle_estimate_validation")
     if check:
