@@ -12,6 +12,7 @@ apart, as CMSIS-NN and TFLite Micro keep them):
               other, groups 1    → utvm_conv_u8s8 (two windows gathered, then a matrix product)
     QLinear                      → utvm_dense_u8s8
     QAvgPool to one pixel        → utvm_avgpool_u8
+    Quantize of an image         → utvm_quantize_f32_u8 (float NCHW in, uint8 NHWC out)
     QAdd after a conv            fused into the conv's store (utvm_conv_add_*, utvm_pointwise_add_*)
     QLookup after a conv         (Hardswish, ReLU6, ...) fused into its store (utvm_*_lut_*)
     QAdd, QLookup, QRelu         elementwise: the generic lowering, on whichever layout comes in
@@ -208,7 +209,7 @@ class GraphLowering:
         if isinstance(layer, QLinear) and kernel_refusal(layer) is None:
             return self.dense(layer, inputs[0])
         if isinstance(layer, Quantize) and len(inputs[0].shape) == 4:
-            return self.nhwc(Value(layer.to_relax(self.r, inputs[0].var), NCHW))
+            return self.quantize(layer, inputs[0])
         if isinstance(layer, Flatten) and inputs[0].layout == NHWC and layer.start_dim == 1 \
                 and layer.end_dim % (4 if inputs[0].rows else 3) == (3 if inputs[0].rows else 2):
             n = int(np.prod(inputs[0].shape[1:]))
@@ -286,6 +287,16 @@ class GraphLowering:
             func = _kernel_func(name, f"utvm_conv_{types}", inputs, outputs)(
                 [h, w, c, oh, ow, o, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
         return Value(self.emit_call(func, name, args, [out_shape, (8 * k4 // 4,)], ["uint8", "int16"]), NHWC)
+
+    def quantize(self, layer, x):
+        """float NCHW → uint8 NHWC in one pass."""
+        x = self.nchw(x)
+        n, c, h, w = x.shape
+        name = self.name(layer)
+        out_shape = (n, h, w, c)
+        func = _kernel_func(name, "utvm_quantize_f32_u8", [("x", x.shape, "float32")],
+                            [("y", out_shape, "uint8")])([c, h, w, float(layer.inv_scale), int(layer.zero_point)])
+        return Value(self.emit_call(func, name, [x.var], [out_shape], ["uint8"]), NHWC)
 
     def avgpool(self, layer, x):
         _, h, w, c = x.shape

@@ -324,6 +324,9 @@ UTVM_NHWC_INLINE void utvm_nhwc_lookup(uint8_t* y, int32_t n, const uint8_t* tab
 UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const void* w, int32_t wide, const int32_t* bias,
                                             const float* mult, uint8_t* y, int32_t at, int32_t two, int32_t out_c,
                                             int32_t k4, int32_t m_stride, int32_t zp, int32_t flo, int32_t fhi) {
+  /* a per-tensor multiplier read once: the loops' asm clobbers memory, which would reload it */
+  const float m_all = mult[0];
+#define UTVM_NHWC_M(ch) (m_stride ? mult[(ch)] : m_all)
   for (int32_t o = 0; o < out_c; o += 2) {
     const int32_t both = o + 1 < out_c;
     int32_t acc[4];
@@ -333,18 +336,19 @@ UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const void* w, i
       utvm_nhwc_mac_2x2(col, (const int8_t*)w + o * k4, k4, acc);
     }
     uint8_t* y0 = y + at;
-    y0[o] = utvm_nhwc_requantize(acc[0] + bias[o], mult[o * m_stride], zp, flo, fhi);
+    y0[o] = utvm_nhwc_requantize(acc[0] + bias[o], UTVM_NHWC_M(o), zp, flo, fhi);
     if (both) {
-      y0[o + 1] = utvm_nhwc_requantize(acc[1] + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
+      y0[o + 1] = utvm_nhwc_requantize(acc[1] + bias[o + 1], UTVM_NHWC_M(o + 1), zp, flo, fhi);
     }
     if (two) {
-      y0[out_c + o] = utvm_nhwc_requantize(acc[2] + bias[o], mult[o * m_stride], zp, flo, fhi);
+      y0[out_c + o] = utvm_nhwc_requantize(acc[2] + bias[o], UTVM_NHWC_M(o), zp, flo, fhi);
       if (both) {
-        y0[out_c + o + 1] = utvm_nhwc_requantize(acc[3] + bias[o + 1], mult[(o + 1) * m_stride], zp, flo, fhi);
+        y0[out_c + o + 1] = utvm_nhwc_requantize(acc[3] + bias[o + 1], UTVM_NHWC_M(o + 1), zp, flo, fhi);
       }
     }
   }
 }
+#undef UTVM_NHWC_M
 
 UTVM_NHWC_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t wide, const int32_t* bias,
                                        const float* mult, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w,
@@ -687,6 +691,31 @@ UTVM_NHWC_KERNEL int32_t utvm_avgpool_u8(const uint8_t* x, const float* mult, ui
       }
     }
     y[c] = utvm_nhwc_requantize(acc - n * zp, mult[0], zp, 0, 255);
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- quantize
+ * The model's float NCHW input → uint8 NHWC: q = clip(rint(x * inv_scale) + zp, 0, 255) in
+ * float32, as the golden model's Quantize (on the DSP the rounding conversion and an integer
+ * clip, the same values as for utvm_nhwc_requantize). */
+UTVM_NHWC_KERNEL int32_t utvm_quantize_f32_u8(const float* x, uint8_t* y, int32_t chans, int32_t h, int32_t w,
+                                              float inv_scale, int32_t zp) {
+  const int32_t plane = h * w;
+  for (int32_t c = 0; c < chans; ++c) {
+    const float* src = x + c * plane;
+    uint8_t* dst = y + c;
+    for (int32_t i = 0; i < plane; ++i, dst += chans) {
+#if UTVM_NHWC_DSP
+      const float f = src[i] * inv_scale;
+      float t;
+      int32_t r;
+      __asm__("vcvtr.s32.f32 %[t], %[f]\n\tvmov %[r], %[t]" : [t] "=&t"(t), [r] "=r"(r) : [f] "t"(f));
+      *dst = (uint8_t)__usat(__qadd(r, zp), 8);
+#else
+      *dst = (uint8_t)fmaxf(fminf(nearbyintf(src[i] * inv_scale) + (float)zp, 255.0f), 0.0f);
+#endif
+    }
   }
   return 0;
 }
