@@ -497,6 +497,9 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
                                              int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
   const int32_t zp = out_zp, flo = lo, fhi = hi;
   const int32_t c4 = (chans + 3) & ~3;
+  /* a per-tensor multiplier read once: the byte stores may alias it as far as gcc knows */
+  const float m_all = mult[0];
+#define UTVM_NHWC_M(ch) (m_stride ? mult[(ch)] : m_all)
   const int32_t whole = chans & ~3;
 #if UTVM_NHWC_DSP
   const uint32_t zp2 = (uint32_t)(uint16_t)in_zp * 0x00010001u;
@@ -534,10 +537,10 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
                     : [xm] "m"(*(const uint32_t*)xt), [wm0] "m"(*(const uint32_t*)wt),
                       [wm1] "m"(*(const uint32_t*)(wt + 2)));
           }
-          out[c] = utvm_nhwc_requantize(a0, mult[c * m_stride], zp, flo, fhi);
-          out[c + 1] = utvm_nhwc_requantize(a1, mult[(c + 1) * m_stride], zp, flo, fhi);
-          out[c + 2] = utvm_nhwc_requantize(a2, mult[(c + 2) * m_stride], zp, flo, fhi);
-          out[c + 3] = utvm_nhwc_requantize(a3, mult[(c + 3) * m_stride], zp, flo, fhi);
+          out[c] = utvm_nhwc_requantize(a0, UTVM_NHWC_M(c), zp, flo, fhi);
+          out[c + 1] = utvm_nhwc_requantize(a1, UTVM_NHWC_M(c + 1), zp, flo, fhi);
+          out[c + 2] = utvm_nhwc_requantize(a2, UTVM_NHWC_M(c + 2), zp, flo, fhi);
+          out[c + 3] = utvm_nhwc_requantize(a3, UTVM_NHWC_M(c + 3), zp, flo, fhi);
         }
       }
       for (; c < whole; c += 4) {
@@ -555,10 +558,10 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
             a3 = __smlatt(xo, wo, a3);
           }
         }
-        out[c] = utvm_nhwc_requantize(a0, mult[c * m_stride], zp, flo, fhi);
-        out[c + 1] = utvm_nhwc_requantize(a1, mult[(c + 1) * m_stride], zp, flo, fhi);
-        out[c + 2] = utvm_nhwc_requantize(a2, mult[(c + 2) * m_stride], zp, flo, fhi);
-        out[c + 3] = utvm_nhwc_requantize(a3, mult[(c + 3) * m_stride], zp, flo, fhi);
+        out[c] = utvm_nhwc_requantize(a0, UTVM_NHWC_M(c), zp, flo, fhi);
+        out[c + 1] = utvm_nhwc_requantize(a1, UTVM_NHWC_M(c + 1), zp, flo, fhi);
+        out[c + 2] = utvm_nhwc_requantize(a2, UTVM_NHWC_M(c + 2), zp, flo, fhi);
+        out[c + 3] = utvm_nhwc_requantize(a3, UTVM_NHWC_M(c + 3), zp, flo, fhi);
       }
 #else
       (void)whole;
@@ -573,7 +576,7 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
             acc += ((int32_t)x[((y0 + ky) * in_w + x0 + kx) * chans + c] - in_zp) * w16[(ky * k_w + kx) * c4 + at];
           }
         }
-        out[c] = utvm_nhwc_requantize(acc, mult[c * m_stride], zp, flo, fhi);
+        out[c] = utvm_nhwc_requantize(acc, UTVM_NHWC_M(c), zp, flo, fhi);
       }
       if (table) {
         utvm_nhwc_lookup(out, chans, table);
@@ -582,6 +585,7 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
   }
   return 0;
 }
+#undef UTVM_NHWC_M
 
 /* _lut: with a fused activation (table: 256 output bytes) */
 UTVM_NHWC_KERNEL int32_t utvm_depthwise_u8s8(const uint8_t* x, const int16_t* w16, const int32_t* bias,
