@@ -487,8 +487,8 @@ UTVM_NHWC_KERNEL int32_t utvm_pointwise_lut_u8s16(const uint8_t* x, const int32_
  * as (c0, c2, c1, c3), C4 = C rounded up to 4; bias as the model has it, and bias_in with the
  * input zero point folded in (bias - zp_in * sum of the channel's taps).
  * On the DSP extension 4 channels per step: one activation word, widened, against two weight
- * words, by __smlabb / __smlatt. A window inside the image takes every tap, unrolled, with
- * bias_in; one that leaves it takes the taps inside, centered with __ssub16, with bias. */
+ * words, by __smlabb / __smlatt, every tap unrolled, with bias_in; a tap outside the image
+ * reads a word of the input zero point instead. Elsewhere the taps inside, centered, with bias. */
 UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w16, const int32_t* bias,
                                              const int32_t* bias_in, const float* mult, const uint8_t* table,
                                              uint8_t* y, int32_t in_h, int32_t in_w, int32_t chans, int32_t out_h,
@@ -502,7 +502,7 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
 #define UTVM_NHWC_M(ch) (m_stride ? mult[(ch)] : m_all)
   const int32_t whole = chans & ~3;
 #if UTVM_NHWC_DSP
-  const uint32_t zp2 = (uint32_t)(uint16_t)in_zp * 0x00010001u;
+  const uint32_t zp4 = (uint32_t)(uint8_t)in_zp * 0x01010101u;
 #endif
   for (int32_t oy = 0; oy < out_h; ++oy) {
     const int32_t y0 = oy * stride_h - pad_h;
@@ -543,20 +543,28 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
           out[c + 3] = utvm_nhwc_requantize(a3, UTVM_NHWC_M(c + 3), zp, flo, fhi);
         }
       }
+      /* a window that leaves the image: its taps outside read the input zero point (four of
+         them in a word), which the folded bias takes back */
       for (; c < whole; c += 4) {
-        int32_t a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
-        for (int32_t ky = ky0; ky < ky1; ++ky) {
-          const uint8_t* row = x + ((y0 + ky) * in_w + x0) * chans + c;
-          const int16_t* wrow = w16 + (ky * k_w) * c4 + c;
-          for (int32_t kx = kx0; kx < kx1; ++kx) {
-            const uint32_t xv = utvm_nhwc_load32(row + kx * chans);
-            const uint32_t xe = __ssub16(__uxtb16(xv), zp2), xo = __ssub16(utvm_nhwc_uxtb16_ror8(xv), zp2);
-            const uint32_t we = utvm_nhwc_load32(wrow + kx * c4), wo = utvm_nhwc_load32(wrow + kx * c4 + 2);
-            a0 = __smlabb(xe, we, a0);
-            a2 = __smlatt(xe, we, a2);
-            a1 = __smlabb(xo, wo, a1);
-            a3 = __smlatt(xo, wo, a3);
-          }
+        int32_t a0 = bias_in[c], a1 = bias_in[c + 1], a2 = bias_in[c + 2], a3 = bias_in[c + 3];
+#pragma GCC unroll 25
+        for (int32_t t = 0; t < k_h * k_w; ++t) {
+          const int32_t ky = t / k_w, kx = t % k_w;
+          const uint32_t xv = (ky >= ky0 && ky < ky1 && kx >= kx0 && kx < kx1)
+                                  ? utvm_nhwc_load32(x + ((y0 + ky) * in_w + x0 + kx) * chans + c) : zp4;
+          const int16_t* wt = w16 + t * c4 + c;
+          uint32_t xe, xo, wv;
+          __asm__("uxtb16 %[xe], %[xv]\n\t"
+                  "uxtb16 %[xo], %[xv], ror #8\n\t"
+                  "ldr %[wv], %[wm0]\n\t"
+                  "smlabb %[a0], %[xe], %[wv], %[a0]\n\t"
+                  "smlatt %[a2], %[xe], %[wv], %[a2]\n\t"
+                  "ldr %[wv], %[wm1]\n\t"
+                  "smlabb %[a1], %[xo], %[wv], %[a1]\n\t"
+                  "smlatt %[a3], %[xo], %[wv], %[a3]\n\t"
+                  : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xe] "=&r"(xe), [xo] "=&r"(xo),
+                    [wv] "=&r"(wv)
+                  : [xv] "r"(xv), [wm0] "m"(*(const uint32_t*)wt), [wm1] "m"(*(const uint32_t*)(wt + 2)));
         }
         out[c] = utvm_nhwc_requantize(a0, UTVM_NHWC_M(c), zp, flo, fhi);
         out[c + 1] = utvm_nhwc_requantize(a1, UTVM_NHWC_M(c + 1), zp, flo, fhi);
