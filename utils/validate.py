@@ -332,6 +332,11 @@ def time_comparison(summary: dict, reports_dir) -> dict:
             if isinstance(v, dict) and v.get("instructions_per_inference")]
     same = [v for v in rows if model and v.get("model_hash") == model]
     lenet = [v for v in rows if "QMnistModel" in str(v.get("network", ""))]
+    # each variant is another library of the model (0201's, 0202's): all of them, by name
+    out["bench"] = [{"variant": name, "instructions": v.get("instructions_per_inference"),
+                     "estimated_cycles": v.get("estimated_cycles"), "model_hash": v.get("model_hash"),
+                     "same_model": bool(same)}
+                    for name, v in variants.items() if v in (same or lenet)] if rows else []
     chosen = (same or lenet or [None])[0]
     if chosen is not None:
         out.update(bench_instructions=chosen.get("instructions_per_inference"),
@@ -666,12 +671,11 @@ def format_summary(summary: dict) -> str:
         if comparison.get("emulator_instructions"):
             beside.append(f"emulator {comparison['emulator_instructions']:,} instructions "
                           f"(reports/firmware.json)")
-        if comparison.get("bench_instructions"):
-            cycles = comparison.get("bench_estimated_cycles")
+        for row in comparison.get("bench") or []:
+            cycles = row.get("estimated_cycles")
             estimate = f", est. {cycles:,.0f} M7 cycles" if cycles else ""
-            other = "" if comparison.get("bench_same_model") else \
-                f" for its own LeNet-5 {comparison.get('bench_model_hash')}"
-            beside.append(f"benchmark {comparison['bench_instructions']:,} instructions"
+            other = "" if row.get("same_model") else f", its own LeNet-5 {row.get('model_hash')}"
+            beside.append(f"benchmark {row['variant']} {row['instructions']:,} instructions"
                           f"{estimate}{other} (reports/bench.json)")
         if beside:
             lines.append(f"  same model elsewhere: {'; '.join(beside)}")
