@@ -87,13 +87,15 @@ def test_per_channel_weights_keep_their_scales(tmp_path):
     assert conv.multiplier.shape == (6,) and len(set(conv.multiplier.tolist())) > 1
 
 
-def test_the_cortex_m_backend_refuses_per_channel_in_one_line(tmp_path):
+def test_the_cortex_m_backend_takes_a_per_channel_grouped_conv(tmp_path):
+    """A grouped, not depthwise, conv with per-channel weights has no Cortex-M kernel: 0202's
+    per-layer lowering gives it the generic lowering, and the stage's check that its library
+    has 0201's bits passes."""
     from tests.fixtures_models import run_stage
     path = quantized_script(CASES["grouped"][0](), (1, 4, 5, 5), tmp_path / "pc.pth", qconfig=PER_CHANNEL)
-    proc = run_stage("0202tvm_optim.py", "--model", path, "--out", tmp_path / "x.tar", check=False)
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(lines) == 1
-    assert "0201tvm_no_optim.py" in lines[0]
+    proc = run_stage("0202tvm_optim.py", "--model", path, "--out", tmp_path / "x.tar", "--quick", check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (tmp_path / "x.tar").is_file()
 
 
 @pytest.mark.parametrize("engine", ["fbgemm", "x86"])

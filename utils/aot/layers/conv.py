@@ -47,10 +47,13 @@ class QConv2d(Layer):
             n, c, length = (int(d) for d in x.ty.shape)
             x = r.bb.emit(relax.op.reshape(x, [n, c, 1, length]))
         x = r.centered(x, self.in_zero_point)
-        # never astype a weight constant: FoldConstant would store it widened
-        acc = r.bb.emit(relax.op.nn.conv2d(
-            x, r.const(self.weight, "int8"), strides=self.stride, padding=self.padding,
-            dilation=self.dilation, groups=self.groups, out_dtype="int32"))
+        if self.weight.shape[1:] == (1, 1, 1):
+            acc = self._single_tap(r, x)
+        else:
+            # never astype a weight constant: FoldConstant would store it widened
+            acc = r.bb.emit(relax.op.nn.conv2d(
+                x, r.const(self.weight, "int8"), strides=self.stride, padding=self.padding,
+                dilation=self.dilation, groups=self.groups, out_dtype="int32"))
         if self.bias is not None:
             acc = r.bb.emit(relax.op.add(acc, r.const(self.bias.reshape(1, -1, 1, 1), "int32")))
         out = r.requantize(acc, self)
@@ -58,6 +61,20 @@ class QConv2d(Layer):
             n, o, _, length = (int(d) for d in out.ty.shape)
             out = r.bb.emit(relax.op.reshape(out, [n, o, length]))
         return out
+
+    def _single_tap(self, r, x):
+        """A 1x1 window over one channel (a 1x1 depthwise conv, or a 1x1 conv of a one-channel
+        input): a broadcast product, not a conv2d (TVM's scheduling of a one-element reduction
+        with the requantization inlined keeps its init in the uint8 output: wrong bits)."""
+        bb = r.bb
+        if any(self.padding):
+            ph, pw = self.padding
+            x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, ph, ph, pw, pw], pad_value=0.0))
+        _, _, h, w = (int(d) for d in x.ty.shape)
+        if tuple(self.stride) != (1, 1):
+            x = bb.emit(relax.op.strided_slice(x, [2, 3], [0, 0], [h, w], list(self.stride)))
+        weight = self.weight.reshape(1, -1, 1, 1).astype(np.int32)  # one int per output channel
+        return bb.emit(relax.op.multiply(bb.emit(relax.op.astype(x, "int32")), r.const(weight, "int32")))
 
 
 def conv_int(x, w, stride, padding, dilation, groups):

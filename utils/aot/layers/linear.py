@@ -34,7 +34,12 @@ class QLinear(Layer):
     def to_relax(self, r, x):
         x = r.centered(x, self.in_zero_point)
         weight_t = np.ascontiguousarray(self.weight.T)
-        acc = r.bb.emit(relax.op.matmul(x, r.const(weight_t, "int8"), out_dtype="int32"))
+        if weight_t.shape[0] == 1:
+            # one input: a product, not a matmul (TVM's scheduling of a one-element reduction
+            # with the requantization inlined keeps its init in the uint8 output: wrong bits)
+            acc = r.bb.emit(relax.op.multiply(r.bb.emit(relax.op.astype(x, "int32")), r.const(weight_t, "int32")))
+        else:
+            acc = r.bb.emit(relax.op.matmul(x, r.const(weight_t, "int8"), out_dtype="int32"))
         if self.bias is not None:
             acc = r.bb.emit(relax.op.add(acc, r.const(self.bias, "int32")))
         return r.requantize(acc, self)
