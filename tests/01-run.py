@@ -41,7 +41,7 @@ def expected_digits(images):
 
 def check_info(child):
     child.sendline(b"info")
-    child.expect(rb"info: (model=\S+ arena=\d+ board=\S+ clock_hz=\d+ time_unit=\w+ protocol=\d+)")
+    child.expect(rb"info: (model=\S+ arena=\d+ board=\S+ clock_hz=\d+ time_unit=\w+ baud=\d+ protocol=\d+)")
     info = protocol.parse_info_fields(child.match.group(1).decode())
     board = os.environ.get("BOARD")
     assert board is None or info["board"] == board, f"the device says board={info['board']}"
