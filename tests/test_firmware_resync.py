@@ -38,7 +38,7 @@ def board(standin):
     with L.Board(standin.port, timeout=20) as board:
         yield board
         # leave the session's stand-in resynchronised for the next test
-        assert board.info()["protocol"] == "1"
+        assert board.info()["protocol"] == str(P.PROTOCOL_VERSION)
 
 
 def noise(seed: int, size: int = 300) -> bytes:
