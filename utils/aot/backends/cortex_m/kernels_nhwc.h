@@ -694,7 +694,29 @@ UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, cons
 UTVM_NHWC_KERNEL int32_t utvm_avgpool_u8(const uint8_t* x, const float* mult, uint8_t* y, int32_t in_w, int32_t chans,
                                          int32_t r0, int32_t r1, int32_t c0, int32_t c1, int32_t zp) {
   const int32_t n = (r1 - r0) * (c1 - c0);
-  for (int32_t c = 0; c < chans; ++c) {
+  int32_t c = 0;
+#if UTVM_NHWC_DSP
+  /* 4 channels per word, summed in 16-bit lanes (__uxtab16), while n * 255 fits in one */
+  if (n <= 257) {
+    for (; c + 4 <= chans; c += 4) {
+      uint32_t even = 0, odd = 0;
+      for (int32_t r = r0; r < r1; ++r) {
+        const uint8_t* row = x + (r * in_w) * chans + c;
+        for (int32_t q = c0; q < c1; ++q) {
+          const uint32_t v = utvm_nhwc_load32(row + q * chans);
+          even = __uxtab16(even, v);
+          __asm__("uxtab16 %0, %1, %2, ror #8" : "=r"(odd) : "r"(odd), "r"(v));
+        }
+      }
+      const int32_t sums[4] = {(int32_t)(even & 0xFFFFu), (int32_t)(odd & 0xFFFFu), (int32_t)(even >> 16),
+                               (int32_t)(odd >> 16)};
+      for (int32_t j = 0; j < 4; ++j) {
+        y[c + j] = utvm_nhwc_requantize(sums[j] - n * zp, mult[0], zp, 0, 255);
+      }
+    }
+  }
+#endif
+  for (; c < chans; ++c) {
     int32_t acc = 0;
     for (int32_t r = r0; r < r1; ++r) {
       const uint8_t* row = x + (r * in_w) * chans + c;
