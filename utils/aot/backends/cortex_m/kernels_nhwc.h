@@ -17,64 +17,18 @@
 #ifndef UTVM_CORTEX_M_KERNELS_NHWC_H_
 #define UTVM_CORTEX_M_KERNELS_NHWC_H_
 
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-#include <arm_acle.h>
-#define UTVM_NHWC_DSP 1
-#else
-#define UTVM_NHWC_DSP 0
+/* Built on microkernels.h, which the backend always places before this file: UTVM_DSP,
+   UTVM_INLINE, utvm_load32, utvm_requantize (0201's requantization) and the rotating extends. */
+#ifndef UTVM_CORTEX_M_MICROKERNELS_H_
+#error "kernels_nhwc.h needs microkernels.h before it"
 #endif
 
-#define UTVM_NHWC_INLINE static inline __attribute__((always_inline))
+#include <math.h>
+
 /* Each layer's call is inlined into its TIR function, whose arguments are constants: gcc then
    specializes the loops for the layer's shape (immediate offsets, counted loops), which frees
    the registers the inner loops need. */
-#define UTVM_NHWC_KERNEL static inline __attribute__((always_inline))
-
-UTVM_NHWC_INLINE uint32_t utvm_nhwc_load32(const void* p) {
-  uint32_t v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
-
-/* clip(rint(float32(acc) * m) + zp, lo, hi), 0 <= lo <= hi <= 255, the golden model's float
- * operations. On the DSP: one rounding conversion (the FPSCR's round-to-nearest-even, as
- * nearbyintf; saturating), then a saturating add and an integer clip. The same value: while
- * |rint| < 2^24 the float add is exact, and beyond it both sides clip to the same bound. */
-#if UTVM_NHWC_DSP
-UTVM_NHWC_INLINE uint8_t utvm_nhwc_requantize(int32_t acc, float m, int32_t zp, int32_t lo, int32_t hi) {
-  const float f = (float)acc * m;
-  float t;
-  int32_t r;
-  __asm__("vcvtr.s32.f32 %[t], %[f]\n\tvmov %[r], %[t]" : [t] "=&t"(t), [r] "=r"(r) : [f] "t"(f));
-  r = __usat(__qadd(r, zp), 8);
-  r = hi < 255 && r > hi ? hi : r;
-  return (uint8_t)(lo > 0 && r < lo ? lo : r);
-}
-#else
-UTVM_NHWC_INLINE uint8_t utvm_nhwc_requantize(int32_t acc, float m, int32_t zp, int32_t lo, int32_t hi) {
-  return (uint8_t)fmaxf(fminf(nearbyintf((float)acc * m) + (float)zp, (float)hi), (float)lo);
-}
-#endif
-
-#if UTVM_NHWC_DSP
-/* The extends rotate their operand for free, but gcc 12 does not fold a rotate into
-   __uxtb16/__sxtb16 (it emits two instructions), so these are written out. */
-UTVM_NHWC_INLINE uint32_t utvm_nhwc_uxtb16_ror8(uint32_t v) {
-  uint32_t r;
-  __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
-  return r;
-}
-
-UTVM_NHWC_INLINE uint32_t utvm_nhwc_sxtb16_ror8(uint32_t v) {
-  uint32_t r;
-  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
-  return r;
-}
-#endif
+#define UTVM_NHWC_KERNEL UTVM_INLINE
 
 /* ---------------------------------------------------------------- convolution, groups 1
  * Any kernel size, stride and padding (a 1x1 stride-1 convolution is the pointwise case).
@@ -87,7 +41,7 @@ UTVM_NHWC_INLINE uint32_t utvm_nhwc_sxtb16_ror8(uint32_t v) {
  * the row padding), each group of 4 bytes stored (k0, k2, k1, k3), so that __sxtb16 of a word
  * gives the int16 pair (k0, k1) and of the word rotated by 8 the pair (k2, k3): the pairs of
  * `col`'s words. One pointer walks each. bias with the input zero point folded in. */
-UTVM_NHWC_INLINE void utvm_nhwc_gather(const uint8_t* x, int16_t* col, int32_t pixel, int32_t oy, int32_t ox,
+UTVM_INLINE void utvm_nhwc_gather(const uint8_t* x, int16_t* col, int32_t pixel, int32_t oy, int32_t ox,
                                        int32_t in_h, int32_t in_w, int32_t in_c, int32_t k_h, int32_t k_w,
                                        int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
                                        int32_t in_zp, int32_t row4) {
@@ -98,13 +52,13 @@ UTVM_NHWC_INLINE void utvm_nhwc_gather(const uint8_t* x, int16_t* col, int32_t p
   for (int32_t ky = 0; ky < k_h; ++ky, out += row4 * 2) {
     const int32_t iy = y0 + ky;
     const uint8_t* src = x + (iy * in_w + x0) * in_c;
-#if UTVM_NHWC_DSP
+#if UTVM_DSP
     /* the whole row inside the image: whole words (the padding reads up to 3 bytes past the
        row, within the tensor, against zero weights) */
     if (iy >= 0 && iy < in_h && x0 >= 0 && x0 + k_w <= in_w && src + row4 <= x_end) {
       for (int32_t t = 0; t < row4; t += 4) {
-        const uint32_t v = utvm_nhwc_load32(src + t);
-        const uint32_t even = __uxtb16(v), odd = utvm_nhwc_uxtb16_ror8(v); /* (b0, b2), (b1, b3) */
+        const uint32_t v = utvm_load32(src + t);
+        const uint32_t even = __uxtb16(v), odd = utvm_uxtb16_ror8(v); /* (b0, b2), (b1, b3) */
         const uint32_t pair01 = (even & 0xFFFFu) | (odd << 16), pair23 = (odd & 0xFFFF0000u) | (even >> 16);
         memcpy(out + t * 2, &pair01, 4);
         memcpy(out + t * 2 + 2, &pair23, 4);
@@ -124,9 +78,9 @@ UTVM_NHWC_INLINE void utvm_nhwc_gather(const uint8_t* x, int16_t* col, int32_t p
 }
 
 /* acc[2 * pixel + channel] of one channel pair over the gathered pair of windows. */
-UTVM_NHWC_INLINE void utvm_nhwc_mac_2x2(const int16_t* col, const int8_t* wp, int32_t k4, int32_t* acc) {
+UTVM_INLINE void utvm_nhwc_mac_2x2(const int16_t* col, const int8_t* wp, int32_t k4, int32_t* acc) {
   int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-#if UTVM_NHWC_DSP
+#if UTVM_DSP
   /* written out: gcc 12 keeps the loop's pointers on the stack when it schedules this itself.
      Two steps of 4 taps per turn, the pair of windows by two LDRDs (col is word-aligned: it
      lives in the arena), then one more step when k4 / 4 is odd. */
@@ -220,9 +174,9 @@ UTVM_NHWC_INLINE void utvm_nhwc_mac_2x2(const int16_t* col, const int8_t* wp, in
 /* The same over weights already widened to int16 pairs, [ceil(O / 2)][k4 / 4][2 channels][4]
  * (natural tap order), word-aligned: no extends, one LDRD per channel and step. For layers
  * whose weights are reused over many pixels, where the doubled flash pays. */
-UTVM_NHWC_INLINE void utvm_nhwc_mac_2x2_s16(const int16_t* col, const int16_t* wp, int32_t k4, int32_t* acc) {
+UTVM_INLINE void utvm_nhwc_mac_2x2_s16(const int16_t* col, const int16_t* wp, int32_t k4, int32_t* acc) {
   int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-#if UTVM_NHWC_DSP
+#if UTVM_DSP
   const int16_t* const end = wp + 2 * (k4 & ~7);
   uint32_t x0a, x0b, x1a, x1b, wa, wb;
   if (k4 >= 8) {
@@ -300,7 +254,7 @@ UTVM_NHWC_INLINE void utvm_nhwc_mac_2x2_s16(const int16_t* col, const int16_t* w
  * requantized byte and the other operand's byte at the same position (the golden model's
  * QAdd, bit for bit), applied to each pair of pixels once stored: acc = m_conv * q_conv + m_res * q_res + zpp, rounded right shift
  * (half away from zero), + zp_out, clip [lo, 255]. add = {m_conv, m_res, zpp, shift, zp_out, lo}. */
-UTVM_NHWC_INLINE void utvm_nhwc_add(uint8_t* y, const uint8_t* res, int32_t n, const int32_t* add) {
+UTVM_INLINE void utvm_nhwc_add(uint8_t* y, const uint8_t* res, int32_t n, const int32_t* add) {
   /* read once: the byte stores below may alias them as far as gcc knows */
   const int32_t m_conv = add[0], m_res = add[1], zpp = add[2], shift = add[3], zp_out = add[4], lo = add[5];
   const int32_t mask = (1 << shift) - 1, half = mask >> 1;
@@ -315,13 +269,13 @@ UTVM_NHWC_INLINE void utvm_nhwc_add(uint8_t* y, const uint8_t* res, int32_t n, c
 
 /* An activation of the layer's output bytes fused into its store (Hardswish, ReLU6, ...: the
  * golden model's QLookup table, one output byte per input byte). */
-UTVM_NHWC_INLINE void utvm_nhwc_lookup(uint8_t* y, int32_t n, const uint8_t* table) {
+UTVM_INLINE void utvm_nhwc_lookup(uint8_t* y, int32_t n, const uint8_t* table) {
   for (int32_t i = 0; i < n; ++i) {
     y[i] = table[y[i]];
   }
 }
 
-UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const void* w, int32_t wide, const int32_t* bias,
+UTVM_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const void* w, int32_t wide, const int32_t* bias,
                                             const float* mult, uint8_t* y, int32_t at, int32_t two, int32_t out_c,
                                             int32_t k4, int32_t m_stride, int32_t zp, int32_t flo, int32_t fhi) {
   /* a per-tensor multiplier read once: the loops' asm clobbers memory, which would reload it */
@@ -336,21 +290,21 @@ UTVM_NHWC_INLINE void utvm_nhwc_conv_pixels(const int16_t* col, const void* w, i
       utvm_nhwc_mac_2x2(col, (const int8_t*)w + o * k4, k4, acc);
     }
     uint8_t* y0 = y + at;
-    y0[o] = utvm_nhwc_requantize(acc[0] + bias[o], UTVM_NHWC_M(o), zp, flo, fhi);
+    y0[o] = utvm_requantize(acc[0] + bias[o], UTVM_NHWC_M(o), zp, flo, fhi);
     if (both) {
-      y0[o + 1] = utvm_nhwc_requantize(acc[1] + bias[o + 1], UTVM_NHWC_M(o + 1), zp, flo, fhi);
+      y0[o + 1] = utvm_requantize(acc[1] + bias[o + 1], UTVM_NHWC_M(o + 1), zp, flo, fhi);
     }
     if (two) {
-      y0[out_c + o] = utvm_nhwc_requantize(acc[2] + bias[o], UTVM_NHWC_M(o), zp, flo, fhi);
+      y0[out_c + o] = utvm_requantize(acc[2] + bias[o], UTVM_NHWC_M(o), zp, flo, fhi);
       if (both) {
-        y0[out_c + o + 1] = utvm_nhwc_requantize(acc[3] + bias[o + 1], UTVM_NHWC_M(o + 1), zp, flo, fhi);
+        y0[out_c + o + 1] = utvm_requantize(acc[3] + bias[o + 1], UTVM_NHWC_M(o + 1), zp, flo, fhi);
       }
     }
   }
 }
 #undef UTVM_NHWC_M
 
-UTVM_NHWC_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t wide, const int32_t* bias,
+UTVM_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t wide, const int32_t* bias,
                                        const float* mult, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w,
                                        int32_t in_c, int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h,
                                        int32_t k_w, int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w,
@@ -489,7 +443,7 @@ UTVM_NHWC_KERNEL int32_t utvm_pointwise_lut_u8s16(const uint8_t* x, const int32_
  * On the DSP extension 4 channels per step: one activation word, widened, against two weight
  * words, by __smlabb / __smlatt, every tap unrolled, with bias_in; a tap outside the image
  * reads a word of the input zero point instead. Elsewhere the taps inside, centered, with bias. */
-UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w16, const int32_t* bias,
+UTVM_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w16, const int32_t* bias,
                                              const int32_t* bias_in, const float* mult, const uint8_t* table,
                                              uint8_t* y, int32_t in_h, int32_t in_w, int32_t chans, int32_t out_h,
                                              int32_t out_w, int32_t k_h, int32_t k_w, int32_t stride_h,
@@ -501,7 +455,7 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
   const float m_all = mult[0];
 #define UTVM_NHWC_M(ch) (m_stride ? mult[(ch)] : m_all)
   const int32_t whole = chans & ~3;
-#if UTVM_NHWC_DSP
+#if UTVM_DSP
   const uint32_t zp4 = (uint32_t)(uint8_t)in_zp * 0x01010101u;
 #endif
   for (int32_t oy = 0; oy < out_h; ++oy) {
@@ -512,7 +466,7 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
       const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = x0 + k_w > in_w ? in_w - x0 : k_w;
       uint8_t* out = y + (oy * out_w + ox) * chans;
       int32_t c = 0;
-#if UTVM_NHWC_DSP
+#if UTVM_DSP
       if (ky0 == 0 && kx0 == 0 && ky1 == k_h && kx1 == k_w) {
         const uint8_t* const window = x + (y0 * in_w + x0) * chans;
         for (; c < whole; c += 4) {
@@ -537,10 +491,10 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
                     : [xm] "m"(*(const uint32_t*)xt), [wm0] "m"(*(const uint32_t*)wt),
                       [wm1] "m"(*(const uint32_t*)(wt + 2)));
           }
-          out[c] = utvm_nhwc_requantize(a0, UTVM_NHWC_M(c), zp, flo, fhi);
-          out[c + 1] = utvm_nhwc_requantize(a1, UTVM_NHWC_M(c + 1), zp, flo, fhi);
-          out[c + 2] = utvm_nhwc_requantize(a2, UTVM_NHWC_M(c + 2), zp, flo, fhi);
-          out[c + 3] = utvm_nhwc_requantize(a3, UTVM_NHWC_M(c + 3), zp, flo, fhi);
+          out[c] = utvm_requantize(a0, UTVM_NHWC_M(c), zp, flo, fhi);
+          out[c + 1] = utvm_requantize(a1, UTVM_NHWC_M(c + 1), zp, flo, fhi);
+          out[c + 2] = utvm_requantize(a2, UTVM_NHWC_M(c + 2), zp, flo, fhi);
+          out[c + 3] = utvm_requantize(a3, UTVM_NHWC_M(c + 3), zp, flo, fhi);
         }
       }
       /* a window that leaves the image: its taps outside read the input zero point (four of
@@ -551,7 +505,7 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
         for (int32_t t = 0; t < k_h * k_w; ++t) {
           const int32_t ky = t / k_w, kx = t % k_w;
           const uint32_t xv = (ky >= ky0 && ky < ky1 && kx >= kx0 && kx < kx1)
-                                  ? utvm_nhwc_load32(x + ((y0 + ky) * in_w + x0 + kx) * chans + c) : zp4;
+                                  ? utvm_load32(x + ((y0 + ky) * in_w + x0 + kx) * chans + c) : zp4;
           const int16_t* wt = w16 + t * c4 + c;
           uint32_t xe, xo, wv;
           __asm__("uxtb16 %[xe], %[xv]\n\t"
@@ -566,10 +520,10 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
                     [wv] "=&r"(wv)
                   : [xv] "r"(xv), [wm0] "m"(*(const uint32_t*)wt), [wm1] "m"(*(const uint32_t*)(wt + 2)));
         }
-        out[c] = utvm_nhwc_requantize(a0, UTVM_NHWC_M(c), zp, flo, fhi);
-        out[c + 1] = utvm_nhwc_requantize(a1, UTVM_NHWC_M(c + 1), zp, flo, fhi);
-        out[c + 2] = utvm_nhwc_requantize(a2, UTVM_NHWC_M(c + 2), zp, flo, fhi);
-        out[c + 3] = utvm_nhwc_requantize(a3, UTVM_NHWC_M(c + 3), zp, flo, fhi);
+        out[c] = utvm_requantize(a0, UTVM_NHWC_M(c), zp, flo, fhi);
+        out[c + 1] = utvm_requantize(a1, UTVM_NHWC_M(c + 1), zp, flo, fhi);
+        out[c + 2] = utvm_requantize(a2, UTVM_NHWC_M(c + 2), zp, flo, fhi);
+        out[c + 3] = utvm_requantize(a3, UTVM_NHWC_M(c + 3), zp, flo, fhi);
       }
 #else
       (void)whole;
@@ -584,7 +538,7 @@ UTVM_NHWC_INLINE int32_t utvm_nhwc_depthwise(const uint8_t* x, const int16_t* w1
             acc += ((int32_t)x[((y0 + ky) * in_w + x0 + kx) * chans + c] - in_zp) * w16[(ky * k_w + kx) * c4 + at];
           }
         }
-        out[c] = utvm_nhwc_requantize(acc, UTVM_NHWC_M(c), zp, flo, fhi);
+        out[c] = utvm_requantize(acc, UTVM_NHWC_M(c), zp, flo, fhi);
       }
       if (table) {
         utvm_nhwc_lookup(out, chans, table);
@@ -630,7 +584,7 @@ UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, cons
   for (int32_t o = 0; o < out_c; o += 4, wp += 4 * n4) {
     int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     int32_t i = 0;
-#if UTVM_NHWC_DSP
+#if UTVM_DSP
     if (whole) {
       const uint8_t* xp = x;
       const int8_t* g = wp;
@@ -681,7 +635,7 @@ UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, cons
     }
     const int32_t acc[4] = {a0, a1, a2, a3};
     for (int32_t j = 0; j < 4 && o + j < out_c; ++j) {
-      y[o + j] = utvm_nhwc_requantize(acc[j] + bias[o + j], mult[(o + j) * m_stride], zp, flo, fhi);
+      y[o + j] = utvm_requantize(acc[j] + bias[o + j], mult[(o + j) * m_stride], zp, flo, fhi);
     }
   }
   return 0;
@@ -695,7 +649,7 @@ UTVM_NHWC_KERNEL int32_t utvm_avgpool_u8(const uint8_t* x, const float* mult, ui
                                          int32_t r0, int32_t r1, int32_t c0, int32_t c1, int32_t zp) {
   const int32_t n = (r1 - r0) * (c1 - c0);
   int32_t c = 0;
-#if UTVM_NHWC_DSP
+#if UTVM_DSP
   /* 4 channels per word, summed in 16-bit lanes (__uxtab16), while n * 255 fits in one */
   if (n <= 257) {
     for (; c + 4 <= chans; c += 4) {
@@ -703,7 +657,7 @@ UTVM_NHWC_KERNEL int32_t utvm_avgpool_u8(const uint8_t* x, const float* mult, ui
       for (int32_t r = r0; r < r1; ++r) {
         const uint8_t* row = x + (r * in_w) * chans + c;
         for (int32_t q = c0; q < c1; ++q) {
-          const uint32_t v = utvm_nhwc_load32(row + q * chans);
+          const uint32_t v = utvm_load32(row + q * chans);
           even = __uxtab16(even, v);
           __asm__("uxtab16 %0, %1, %2, ror #8" : "=r"(odd) : "r"(odd), "r"(v));
         }
@@ -711,7 +665,7 @@ UTVM_NHWC_KERNEL int32_t utvm_avgpool_u8(const uint8_t* x, const float* mult, ui
       const int32_t sums[4] = {(int32_t)(even & 0xFFFFu), (int32_t)(odd & 0xFFFFu), (int32_t)(even >> 16),
                                (int32_t)(odd >> 16)};
       for (int32_t j = 0; j < 4; ++j) {
-        y[c + j] = utvm_nhwc_requantize(sums[j] - n * zp, mult[0], zp, 0, 255);
+        y[c + j] = utvm_requantize(sums[j] - n * zp, mult[0], zp, 0, 255);
       }
     }
   }
@@ -724,7 +678,7 @@ UTVM_NHWC_KERNEL int32_t utvm_avgpool_u8(const uint8_t* x, const float* mult, ui
         acc += row[q * chans];
       }
     }
-    y[c] = utvm_nhwc_requantize(acc - n * zp, mult[0], zp, 0, 255);
+    y[c] = utvm_requantize(acc - n * zp, mult[0], zp, 0, 255);
   }
   return 0;
 }
@@ -732,7 +686,7 @@ UTVM_NHWC_KERNEL int32_t utvm_avgpool_u8(const uint8_t* x, const float* mult, ui
 /* ---------------------------------------------------------------- quantize
  * The model's float NCHW input → uint8 NHWC: q = clip(rint(x * inv_scale) + zp, 0, 255) in
  * float32, as the golden model's Quantize (on the DSP the rounding conversion and an integer
- * clip, the same values as for utvm_nhwc_requantize). */
+ * clip, the same values as for utvm_requantize). */
 UTVM_NHWC_KERNEL int32_t utvm_quantize_f32_u8(const float* x, uint8_t* y, int32_t chans, int32_t h, int32_t w,
                                               float inv_scale, int32_t zp) {
   const int32_t plane = h * w;
@@ -740,7 +694,7 @@ UTVM_NHWC_KERNEL int32_t utvm_quantize_f32_u8(const float* x, uint8_t* y, int32_
     const float* src = x + c * plane;
     uint8_t* dst = y + c;
     for (int32_t i = 0; i < plane; ++i, dst += chans) {
-#if UTVM_NHWC_DSP
+#if UTVM_DSP
       const float f = src[i] * inv_scale;
       float t;
       int32_t r;
