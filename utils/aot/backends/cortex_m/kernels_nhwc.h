@@ -338,101 +338,42 @@ UTVM_INLINE int32_t utvm_nhwc_conv(const uint8_t* x, const void* w, int32_t wide
  * _add: with a fused residual add (res: the other operand, the output's shape; add: its
  * parameters, utvm_nhwc_add); _lut: with a fused activation (table: 256 output bytes).
  * pointwise: 1x1, stride 1, no padding (the gather is a copy of two pixels). */
-UTVM_NHWC_KERNEL int32_t utvm_conv_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
-                            uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
-                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
-                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
-                            int32_t hi) {
-  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0, 0);
-}
+#define UTVM_NHWC_UNPAREN(...) __VA_ARGS__
+/* conv: any window; extra: the fused operands' parameters (parenthesized, each with its comma);
+   res, add, table: what utvm_nhwc_conv gets for them (0 when the entry has none) */
+#define UTVM_NHWC_CONV_ENTRY(name, w_type, wide, extra, res, add, table)                                  \
+  UTVM_NHWC_KERNEL int32_t name(const uint8_t* x, const w_type* w, const int32_t* bias, const float* mult,  \
+                                UTVM_NHWC_UNPAREN extra uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, \
+                                int32_t in_c, int32_t out_h, int32_t out_w, int32_t out_c, int32_t k_h,     \
+                                int32_t k_w, int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w, \
+                                int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {  \
+    return utvm_nhwc_conv(x, w, wide, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w,    \
+                          stride_h, stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, res, add, table); \
+  }
+/* pointwise: 1x1, stride 1, no padding, over `pixels` */
+#define UTVM_NHWC_POINTWISE_ENTRY(name, w_type, wide, extra, res, add, table)                             \
+  UTVM_NHWC_KERNEL int32_t name(const uint8_t* x, const w_type* w, const int32_t* bias, const float* mult,  \
+                                UTVM_NHWC_UNPAREN extra uint8_t* y, int16_t* col, int32_t pixels,           \
+                                int32_t in_c, int32_t out_c, int32_t m_stride, int32_t out_zp, int32_t lo,  \
+                                int32_t hi) {                                                               \
+    return utvm_nhwc_conv(x, w, wide, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, \
+                          0, m_stride, out_zp, lo, hi, res, add, table);                                    \
+  }
+#define UTVM_NHWC_ADD_PARAMS (const uint8_t* res, const int32_t* add, )
+#define UTVM_NHWC_LUT_PARAMS (const uint8_t* table, )
 
-UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
-                            uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
-                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
-  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi, 0, 0, 0);
-}
-
-UTVM_NHWC_KERNEL int32_t utvm_conv_add_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
-                            const uint8_t* res, const int32_t* add, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
-                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
-                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
-                            int32_t hi) {
-  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, res, add, 0);
-}
-
-UTVM_NHWC_KERNEL int32_t utvm_pointwise_add_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
-                            const uint8_t* res, const int32_t* add, uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
-                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
-  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi, res, add, 0);
-}
-
-UTVM_NHWC_KERNEL int32_t utvm_conv_lut_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
-                            const uint8_t* table, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
-                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
-                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
-                            int32_t hi) {
-  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0, table);
-}
-
-UTVM_NHWC_KERNEL int32_t utvm_pointwise_lut_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
-                            const uint8_t* table, uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
-                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
-  return utvm_nhwc_conv(x, w, 0, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi, 0, 0, table);
-}
-
-UTVM_NHWC_KERNEL int32_t utvm_conv_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
-                            uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
-                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
-                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
-                            int32_t hi) {
-  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0, 0);
-}
-
-UTVM_NHWC_KERNEL int32_t utvm_pointwise_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
-                            uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
-                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
-  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi, 0, 0, 0);
-}
-
-UTVM_NHWC_KERNEL int32_t utvm_conv_add_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
-                            const uint8_t* res, const int32_t* add, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
-                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
-                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
-                            int32_t hi) {
-  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, res, add, 0);
-}
-
-UTVM_NHWC_KERNEL int32_t utvm_pointwise_add_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
-                            const uint8_t* res, const int32_t* add, uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
-                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
-  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi, res, add, 0);
-}
-
-UTVM_NHWC_KERNEL int32_t utvm_conv_lut_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
-                            const uint8_t* table, uint8_t* y, int16_t* col, int32_t in_h, int32_t in_w, int32_t in_c, int32_t out_h,
-                            int32_t out_w, int32_t out_c, int32_t k_h, int32_t k_w, int32_t stride_h, int32_t stride_w,
-                            int32_t pad_h, int32_t pad_w, int32_t in_zp, int32_t m_stride, int32_t out_zp, int32_t lo,
-                            int32_t hi) {
-  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w, stride_h,
-                        stride_w, pad_h, pad_w, in_zp, m_stride, out_zp, lo, hi, 0, 0, table);
-}
-
-UTVM_NHWC_KERNEL int32_t utvm_pointwise_lut_u8s16(const uint8_t* x, const int32_t* w, const int32_t* bias, const float* mult,
-                            const uint8_t* table, uint8_t* y, int16_t* col, int32_t pixels, int32_t in_c, int32_t out_c,
-                            int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
-  return utvm_nhwc_conv(x, w, 1, bias, mult, y, col, 1, pixels, in_c, 1, pixels, out_c, 1, 1, 1, 1, 0, 0, 0,
-                        m_stride, out_zp, lo, hi, 0, 0, table);
-}
+UTVM_NHWC_CONV_ENTRY(utvm_conv_u8s8, int8_t, 0, (), 0, 0, 0)
+UTVM_NHWC_CONV_ENTRY(utvm_conv_add_u8s8, int8_t, 0, UTVM_NHWC_ADD_PARAMS, res, add, 0)
+UTVM_NHWC_CONV_ENTRY(utvm_conv_lut_u8s8, int8_t, 0, UTVM_NHWC_LUT_PARAMS, 0, 0, table)
+UTVM_NHWC_CONV_ENTRY(utvm_conv_u8s16, int32_t, 1, (), 0, 0, 0)
+UTVM_NHWC_CONV_ENTRY(utvm_conv_add_u8s16, int32_t, 1, UTVM_NHWC_ADD_PARAMS, res, add, 0)
+UTVM_NHWC_CONV_ENTRY(utvm_conv_lut_u8s16, int32_t, 1, UTVM_NHWC_LUT_PARAMS, 0, 0, table)
+UTVM_NHWC_POINTWISE_ENTRY(utvm_pointwise_u8s8, int8_t, 0, (), 0, 0, 0)
+UTVM_NHWC_POINTWISE_ENTRY(utvm_pointwise_add_u8s8, int8_t, 0, UTVM_NHWC_ADD_PARAMS, res, add, 0)
+UTVM_NHWC_POINTWISE_ENTRY(utvm_pointwise_lut_u8s8, int8_t, 0, UTVM_NHWC_LUT_PARAMS, 0, 0, table)
+UTVM_NHWC_POINTWISE_ENTRY(utvm_pointwise_u8s16, int32_t, 1, (), 0, 0, 0)
+UTVM_NHWC_POINTWISE_ENTRY(utvm_pointwise_add_u8s16, int32_t, 1, UTVM_NHWC_ADD_PARAMS, res, add, 0)
+UTVM_NHWC_POINTWISE_ENTRY(utvm_pointwise_lut_u8s16, int32_t, 1, UTVM_NHWC_LUT_PARAMS, 0, 0, table)
 
 /* ---------------------------------------------------------------- depthwise, multiplier 1
  * y[oy][ox][c] = requantize(bias[c] + sum over the window's taps inside the image of
