@@ -30,13 +30,13 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from utils.cli import StageError
+from utils.aot.backends.cortex_m.int8 import folded_bias, opaque_scheduled
 from utils.aot.backends.generic import RelaxEmitter
 from utils.aot.layers import Flatten, QAdd, QAvgPool, QConv2d, QLinear, QLookup, QRelu, Quantize
 from utils.aot.layers.avgpool import ROUND_THEN_ADD
 from utils.aot.torchscript import INPUT
 
 NCHW, NHWC, FLAT_NHWC, PLAIN = "nchw", "nhwc", "flat_nhwc", "plain"
-OP_PATTERN_OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves these calls alone
 ELEMENTWISE = (QAdd, QLookup, QRelu)
 # a convolution with at least this many output pixels keeps its weights widened to int16 in
 # flash (each weight is then read once per pixel without being widened again)
@@ -65,8 +65,7 @@ def _kernel_func(name, kernel, args, outputs, scratch=()):
                 T.func_attr({"tirx.noalias": True})
                 buffers = [T.arg(n, T.buffer(shape, dtype)) for n, shape, dtype in list(args) + list(outputs)]
                 T.evaluate(T.call_extern("int32", kernel, *[b.data for b in buffers], *constants))
-        func = builder.get()
-        return func.with_attrs({"tirx.is_scheduled": True, "op_pattern": OP_PATTERN_OPAQUE})
+        return opaque_scheduled(builder.get())
     return build
 
 
@@ -103,12 +102,8 @@ def kernel_refusal(layer):
 
 
 def _folded_bias(layer, rows):
-    """bias - zp_in * sum(w) per output channel, int32."""
-    bias = layer.bias if layer.bias is not None else np.zeros(rows.shape[0], np.int64)
-    folded = bias.astype(np.int64) - layer.in_zero_point * rows.astype(np.int64).sum(axis=1)
-    if np.abs(folded).max(initial=0) >= 2 ** 31:
-        raise StageError(f"{layer.name}: the folded bias overflows int32")
-    return folded.astype(np.int32)
+    """The chain planner's folded bias (bias - zp_in * sum(w)), always int32: these kernels read it so."""
+    return folded_bias(layer, rows).astype(np.int32)
 
 
 def conv_weight_rows(weight, tap_order=True):

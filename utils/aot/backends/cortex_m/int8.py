@@ -275,7 +275,8 @@ def bias_const(layer, bias):
     return np.concatenate([bias.astype(np.int32), multipliers.view(np.int32)])
 
 
-def _finish(func):
+def opaque_scheduled(func):
+    """A hand-scheduled kernel: TVM's schedule rules and FuseOps leave it as it is."""
     return func.with_attrs({"tirx.is_scheduled": True, "op_pattern": OP_PATTERN_OPAQUE})
 
 
@@ -309,7 +310,7 @@ def quantize_kernel(input_shape, float_ops, quantize, out: Activation, pad_value
             for w, c in T.grid(w_in, c_in):
                 y[((h + ph) * pwidth + w + pw) * c_in + c] = value(T, x[0, c, h, w])
 
-    return _finish(quantize)
+    return opaque_scheduled(quantize)
 
 
 def pair_words(layer):
@@ -487,7 +488,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                     T.evaluate(T.call_extern("int32", "utvm_pool_pairs_p4c2", rows.data, px * 2, width, wide.data,
                                              oc * 2 * taps, kh, kw, acc.data))
                     store_pooled(y, b, acc, py, px, oc)
-        return _finish(conv)
+        return opaque_scheduled(conv)
 
     if widens_rows(stage, src):
         ph_out, pw_out = oh // 2, ow // 2
@@ -508,7 +509,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                     T.evaluate(T.call_extern("int32", "utvm_pool_s16_p4c2", rows.data, px * 2 * x_pix, x_pix,
                                              x_row, wide.data, oc * 2 * pairs * kh, kh, pairs, acc.data))
                     store_pooled(y, b, acc, py, px, oc)
-        return _finish(conv)
+        return opaque_scheduled(conv)
 
     if stage.pool:
         ph_out, pw_out = oh // 2, ow // 2
@@ -542,7 +543,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                                                                            T.max(acc[4 + ch * 2],
                                                                                  acc[4 + ch * 2 + 1])),
                                                                    b, oc * 2 + ch)
-        return _finish(conv)
+        return opaque_scheduled(conv)
 
     half = (ow + 1) // 2
     last_pix = (ow - 1) * x_pix
@@ -565,7 +566,7 @@ def conv_kernel(stage: ConvStage, src: Activation, out: Activation, pad_value, b
                 for ch, p in T.grid(2, 2):
                     if ox2 * 2 + p < ow:
                         y[out_index(oy, ox2 * 2 + p, oc * 2 + ch)] = rq(T, acc[ch * 2 + p], b, oc * 2 + ch)
-    return _finish(conv)
+    return opaque_scheduled(conv)
 
 
 def dense_groups(n):
@@ -662,7 +663,7 @@ def head_kernel(stages, n_in, dequantize, bias_dtype):
                                 else:
                                     T.buffer_store(dst, value, [q * 4 + a])
                 src = dst
-    return _finish(builder.get())
+    return opaque_scheduled(builder.get())
 
 
 # ----------------------------------------------------------------------------- Relax
