@@ -23,6 +23,7 @@
 
 #include "platform.h"
 #include "tvmgen_default.h"
+#include "semihosting_exit.h"
 
 /* The model's sizes come from its header: any input and output shape. */
 #define IN_FLOATS (TVMGEN_DEFAULT_INPUT0_SIZE / sizeof(float))
@@ -135,13 +136,6 @@ static void load(uint32_t image)
     for (uint32_t i = 0; i < IN_FLOATS; i++) {
         input[i] = bench_input_low + bench_input_span * ((float)bench_images[image][i] / 255.0f);
     }
-}
-
-static void semihosting_exit(void)
-{
-    register uint32_t op __asm("r0") = 0x18u;          /* SYS_EXIT */
-    register uint32_t reason __asm("r1") = 0x20026u;   /* ADP_Stopped_ApplicationExit */
-    __asm volatile("bkpt 0xab" : : "r"(op), "r"(reason) : "memory");
 }
 
 int main(void)

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "platform.h"
+#include "semihosting_exit.h"
 
 #define ITERATIONS 1000
 
@@ -61,13 +62,6 @@ LOOP(load_alu_pairs, ".rept 4\n ldr r2, [r9]\n add.w r6, r6, #1\n ldr r3, [r9, #
 typedef void (*loop_fn)(uint32_t, uint32_t *);
 static const loop_fn loops[] = {alu_pairs, mac_chain, mul_chain, ldm_eight, stores, fadd_chain,
                                 fadd_independent, load_alu_pairs};
-
-static void semihosting_exit(void)
-{
-    register uint32_t op __asm("r0") = 0x18u;          /* SYS_EXIT */
-    register uint32_t reason __asm("r1") = 0x20026u;   /* ADP_Stopped_ApplicationExit */
-    __asm volatile("bkpt 0xab" : : "r"(op), "r"(reason) : "memory");
-}
 
 int main(void)
 {

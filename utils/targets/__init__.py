@@ -111,7 +111,9 @@ def compile_and_link(name: str, cc: str, our_sources: list, our_flags: list, lib
         ours = source in our_sources
         flags = our_flags if ours else library_flags(library, lib_flags, lib_flags_last)
         obj = library_objects_dir(out_dir, flags) / (("" if ours else "lib_") + source.stem + ".o")
-        deps = [source] + (CORE_HEADERS if ours else []) + library.files
+        # our sources also depend on the headers beside them (bench/semihosting_exit.h)
+        beside = sorted(Path(source).parent.glob("*.h")) if ours else []
+        deps = [source] + (CORE_HEADERS if ours else []) + beside + library.files
         if stale(obj, deps):
             obj.parent.mkdir(parents=True, exist_ok=True)
             run_build([cc] + flags + includes + ["-c", source, "-o", obj],
