@@ -197,6 +197,17 @@ UTVM_NOINLINE int32_t utvm_rowpairs_u8(uint8_t* x_base, int32_t x_off, int32_t w
   return 0;
 }
 
+/* acc[0], acc[1]: the largest of a pooling window's 4 sums of each of 2 channels. */
+UTVM_INLINE void utvm_pool_max(int32_t a0, int32_t a1, int32_t a2, int32_t a3, int32_t b0, int32_t b1, int32_t b2,
+                               int32_t b3, int32_t* acc) {
+  a0 = a0 > a1 ? a0 : a1;
+  a2 = a2 > a3 ? a2 : a3;
+  b0 = b0 > b1 ? b0 : b1;
+  b2 = b2 > b3 ? b2 : b3;
+  acc[0] = a0 > a2 ? a0 : a2;
+  acc[1] = b0 > b2 ? b0 : b2;
+}
+
 /* The pooled convolution of one input channel on the buffers of utvm_rowpairs_u8: the 4 pixels
  * of the pooling window at column x (x, x + 1 in the top row, the same in the row below) x 2
  * channels, weights as widened pairs (channel 0, channel 1) per tap pair, in the order the
@@ -261,12 +272,7 @@ UTVM_INLINE int32_t utvm_pool_pairs_p4c2(uint32_t* buf, int32_t x, int32_t width
   }
 #undef UTVM_PAIR_DOT
 #endif
-  a0 = a0 > a1 ? a0 : a1;
-  a2 = a2 > a3 ? a2 : a3;
-  b0 = b0 > b1 ? b0 : b1;
-  b2 = b2 > b3 ? b2 : b3;
-  acc[0] = a0 > a2 ? a0 : a2;
-  acc[1] = b0 > b2 ? b0 : b2;
+  utvm_pool_max(a0, a1, a2, a3, b0, b1, b2, b3, acc);
   return 0;
 }
 
@@ -525,12 +531,7 @@ UTVM_INLINE int32_t utvm_pool_s16_p4c2(int16_t* x_base, int32_t x_off, int32_t x
       }
     }
   }
-  a0 = a0 > a1 ? a0 : a1;
-  a2 = a2 > a3 ? a2 : a3;
-  b0 = b0 > b1 ? b0 : b1;
-  b2 = b2 > b3 ? b2 : b3;
-  acc[0] = a0 > a2 ? a0 : a2;
-  acc[1] = b0 > b2 ? b0 : b2;
+  utvm_pool_max(a0, a1, a2, a3, b0, b1, b2, b3, acc);
   return 0;
 }
 
