@@ -6,7 +6,8 @@ convolutions on 4k channels (the pointwise kernel) and not (either kernel); DS-C
 stride-2 first layer on one channel; Conv1d; ResNet's 1x1 stride-2 shortcut, a residual add
 and a cat; dense layers of odd sizes after a flatten of a channels-last tensor (its columns
 permuted) and after a global average pool; per-channel weights, ReLU6 (eager: a lookup that
-relabels memory; PT2E: fused as the clip bounds); inputs that are not MNIST.
+relabels memory; PT2E: fused as the clip bounds); inputs that are not MNIST; layers whose
+output the arena planner lets overwrite their input as they go.
 
 Each model runs on the host (gcc, the plain-C kernels) on a few dozen inputs over its
 QuantStub's whole range, and on the emulated Cortex-M7 (QEMU mps2-an500 through
@@ -14,6 +15,7 @@ utils/bench.py's harness, the DSP kernels) on a few, each input byte a float ove
 range. The 0202 library must call the kernels the model's layers need and, on the M7, run
 DSP instructions in each, so a layer that silently takes the generic lowering, a model the
 chain planner takes instead, or a build without the DSP path fails its test."""
+import json
 import re
 import subprocess
 import tarfile
@@ -184,6 +186,31 @@ class ResidualCat(nn.Module):
         return self.dequant(self.fc(torch.flatten(self.relu2(self.head(x)), 1)))
 
 
+class ResidualInPlace(nn.Module):
+    """On 3x12x10: a 3x3 stem to 8 channels, a ResNet block at stride 1 (3x3, 3x3, add +
+    ReLU: the add's output may take its skip operand's bytes), a 3x3 stride-2 conv to 16,
+    global average pool, dense 16 → 6."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.stem, self.relu0 = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+        self.conv1, self.relu1 = nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.add = FloatFunctional()
+        self.down, self.relu2 = nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 6)
+
+    fuse = (("stem", "relu0"), ("conv1", "relu1"), ("down", "relu2"))
+
+    def forward(self, x):
+        x = self.relu0(self.stem(self.quant(x)))
+        x = self.add.add_relu(self.conv2(self.relu1(self.conv1(x))), x)
+        x = self.pool(self.relu2(self.down(x)))
+        return self.dequant(self.fc(torch.flatten(x, 1)))
+
+
 class SeparableReLU6(nn.Module):
     """For PT2E (per-channel weights, ReLU6 fused as the clip bounds, no bias where the layer
     has none): a 3x3 stride-2 stem, a depthwise 3x3 on 8 channels without bias, a pointwise
@@ -245,6 +272,7 @@ CASES = {
     "pointwise_per_channel": Case(Pointwise, (1, 8, 5, 7), {"pointwise": 2, "pointwise|conv": 2, "dense": 1},
                                   qconfig=PER_CHANNEL),
     "eager_relu6_after_pointwise": Case(ReLU6AfterConv, (1, 8, 5, 7), {"pointwise": 1, "dense": 1}),
+    "residual_in_place_3x12x10": Case(ResidualInPlace, (1, 3, 12, 10), {"conv": 4, "dense": 1}),
     "conv1d_3x21": Case(Conv1dNet, (1, 3, 21), {"conv": 1, "depthwise": 1, "pointwise|conv": 1, "dense": 1}),
     "dscnn_stem": Case(DSCNNStem, (1, 1, 49, 10), {"conv": 1, "depthwise": 1, "dense": 1}),
     "residual_cat_3x20x18": Case(ResidualCat, (1, 3, 20, 18), RESIDUAL_KERNELS),
@@ -394,6 +422,20 @@ def test_the_cases_reach_what_they_name(built):
     assert convs("dw5x5_s1_p2_c9_9x7")[0].in_zero_point not in (0, 128)
     unbiased = [layer for layer in convs("pt2e_relu6_per_channel_3x20x18") if layer.bias is None]
     assert {layer.groups > 1 for layer in unbiased} == {True, False}
+
+
+def test_layers_run_in_place(built):
+    """The arena planner lets these layers write over their input as they go (the emulator
+    test then holds their bits): depthwise at stride 1 and 2, pointwise, Conv1d, a 3x3
+    stride-2 convolution, and a residual add that takes its skip operand's bytes."""
+    def in_place(name):
+        with tarfile.open(built(name).optim_tar) as t:
+            return json.load(t.extractfile("metadata.json"))["in_place"]
+    for name in ("dw3x3_s1_p0_c6_7x9", "dw3x3_s2_p1_c7_7x9", "dw5x5_s2_p1_c5_11x8"):
+        assert in_place(name) == ["tvmgen_default_dw"], name
+    assert "tvmgen_default_pw1" in in_place("pointwise")
+    assert in_place("conv1d_3x21") == ["tvmgen_default_dw", "tvmgen_default_pw"]
+    assert in_place("residual_in_place_3x12x10") == ["tvmgen_default_conv2", "tvmgen_default_down"]
 
 
 # ----------------------------------------------------------------------------- the emulated M7

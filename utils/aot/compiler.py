@@ -124,6 +124,8 @@ def compile_model(source: SourceModel, out_tar, backend) -> Compiled:
         "outputs": [{"name": "output", "shape": list(plan.output.shape), "dtype": plan.output.dtype,
                      "bytes": plan.output.nbytes, "meaning": meanings[1]}],
         "arena_bytes": plan.arena_bytes,
+        # layers whose output overwrites its input as it goes (the kernel allows it)
+        "in_place": emit.in_place_calls(plan),
         "constant_bytes": constant_bytes,
         "kernels": plan.kernels,
         "calls": [c.kernel for c in plan.calls],

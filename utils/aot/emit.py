@@ -37,6 +37,13 @@ void {PROFILE_FUNCTION}(int32_t call, int32_t after);
 #else
 #define {PROFILE_MARK}(call, after) ((void)0)
 #endif"""
+# A kernel (PrimFunc) may declare which of its inputs may share arena bytes with its first
+# output: one int per input argument, in order, the least number of bytes the input's start
+# may lie past the output's start (-1: never). The output then follows its input through the
+# arena (an in-place depthwise, a pointwise that widens into its input's tail), which only the
+# kernel's order of reads and writes can vouch for; the planner honours it when the input dies
+# at that call.
+OVERLAP_ATTR = "aot.overlap"
 C_TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
            "uint8": "uint8_t", "uint16": "uint16_t", "uint32": "uint32_t", "float32": "float"}
 
@@ -70,6 +77,7 @@ class Storage:
 class KernelCall:
     kernel: str
     args: list
+    overlap: tuple = ()        # the kernel's OVERLAP_ATTR: per input, the bytes its start may lie past the output's
 
 
 @dataclass
@@ -152,7 +160,8 @@ def plan_main(mod, tensor_lifetimes=False):
                     if t.storage is not None:
                         t.storage.first_use = index if t.storage.first_use is None else t.storage.first_use
                         t.storage.last_use = index
-                calls.append(KernelCall(op.name_hint, args))
+                overlap = mod[op].attrs.get(OVERLAP_ATTR) if mod[op].attrs is not None else None
+                calls.append(KernelCall(op.name_hint, args, tuple(int(d) for d in overlap or ())))
                 continue
             name = getattr(op, "name", str(op))
             if name == "relax.memory.alloc_storage":
@@ -197,7 +206,7 @@ def plan_main(mod, tensor_lifetimes=False):
         plan.output_copy_from = result
         if result.storage is not None:
             result.storage.last_use = len(calls)
-    plan.arena_bytes = _place_storages(storages)
+    plan.arena_bytes = _place_storages(storages, _overlaps(calls) if tensor_lifetimes else {})
     plan.kernels = sorted({c.kernel for c in calls})
     return plan
 
@@ -220,12 +229,91 @@ def _align(n):
     return (n + ARENA_ALIGN - 1) // ARENA_ALIGN * ARENA_ALIGN
 
 
-def _place_storages(storages):
+def _overlaps(calls):
+    """{(input storage, output storage): bytes}: the pairs a call lets share bytes (its
+    OVERLAP_ATTR) where the input dies at that call and the output is born there."""
+    pairs = {}
+    for index, call in enumerate(calls):
+        if not call.overlap or len(call.args) <= len(call.overlap):
+            continue
+        out = call.args[len(call.overlap)].storage
+        if out is None or out.first_use != index:
+            continue
+        for t, d in zip(call.args, call.overlap):
+            s = t.storage
+            if s is None or s is out or s.last_use != index:
+                continue
+            key = (id(s), id(out))
+            # an input passed twice: the stricter of its two positions
+            pairs[key] = -1 if d < 0 or pairs.get(key, 0) < 0 else max(d, pairs.get(key, 0))
+    return {k: _align(d) for k, d in pairs.items() if d >= 0}
+
+
+def _fits(storage, offset, placed, overlaps):
+    for other in placed:
+        if storage.last_use < other.first_use or other.last_use < storage.first_use:
+            continue
+        if offset + storage.nbytes <= other.arena_offset or other.arena_offset + other.nbytes <= offset:
+            continue
+        d = overlaps.get((id(storage), id(other)))   # storage is the input of other
+        if d is not None and offset >= other.arena_offset + d:
+            continue
+        d = overlaps.get((id(other), id(storage)))   # storage is the output of other's reader
+        if d is not None and other.arena_offset >= offset + d:
+            continue
+        return False
+    return True
+
+
+def _place(order, overlaps, follow):
+    """Lowest offset for each storage in turn that keeps clear of every placed storage alive
+    at the same time, or sits where an overlap lets it; the offsets tried are 0, the ends of
+    the placed ones and the positions their overlaps name. follow (in order of birth): an
+    output goes right below its input when it can, so that a chain of in-place layers keeps
+    walking down the arena; "room": and a storage that cannot follow starts high enough for
+    its own reader's output to go below it."""
+    placed = []
+    for storage in order:
+        plain, shared = {0}, set()
+        for other in placed:
+            plain.add(_align(other.arena_offset + other.nbytes))
+            if (id(storage), id(other)) in overlaps:
+                shared.add(other.arena_offset + overlaps[(id(storage), id(other))])
+            if (id(other), id(storage)) in overlaps:
+                shared.add(other.arena_offset - overlaps[(id(other), id(storage))])
+        floor = 0
+        if follow == "room":
+            floor = max((d for (i, _), d in overlaps.items() if i == id(storage)), default=0)
+            plain.add(floor)
+        valid = [c for c in shared if c >= 0 and _fits(storage, c, placed, overlaps)]
+        if follow and valid:
+            storage.arena_offset = max(valid)
+        else:
+            storage.arena_offset = min(valid + [c for c in plain if c >= floor and _fits(storage, c, placed, overlaps)])
+        placed.append(storage)
+    return _align(max((s.arena_offset + s.nbytes for s in placed), default=0))
+
+
+def in_place_calls(plan):
+    """The kernels whose output shares arena bytes with an input (OVERLAP_ATTR honoured)."""
+    shared = []
+    for call in plan.calls:
+        if not call.overlap or len(call.args) <= len(call.overlap) or call.args[len(call.overlap)].storage is None:
+            continue
+        out = call.args[len(call.overlap)].storage
+        for t in call.args[:len(call.overlap)]:
+            s = t.storage
+            if s is not None and s is not out and s.arena_offset < out.arena_offset + out.nbytes \
+                    and out.arena_offset < s.arena_offset + s.nbytes:
+                shared.append(call.kernel)
+                break
+    return shared
+
+
+def _first_fit(storages):
     """First-fit offsets, largest first; storages whose lifetimes overlap never share bytes."""
     placed = []
     for storage in sorted(storages, key=lambda s: -s.nbytes):
-        if storage.first_use is None:
-            storage.first_use = storage.last_use = -1
         offset = 0
         for other in sorted(placed, key=lambda s: s.arena_offset):
             overlap_in_time = not (storage.last_use < other.first_use or other.last_use < storage.first_use)
@@ -235,6 +323,27 @@ def _place_storages(storages):
         storage.arena_offset = offset
         placed.append(storage)
     return _align(max((s.arena_offset + s.nbytes for s in storages), default=0))
+
+
+def _place_storages(storages, overlaps=None):
+    """First-fit, largest first. With overlaps, also in order of birth and in reverse order
+    of birth, letting the pairs in `overlaps` share bytes (a chain of in-place layers then
+    walks down the arena from the first, or up from the last); the smallest arena is kept."""
+    for storage in storages:
+        if storage.first_use is None:
+            storage.first_use = storage.last_use = -1
+    size = _first_fit(storages)
+    if not overlaps:
+        return size
+    best = (size, {id(s): s.arena_offset for s in storages})
+    for later_first, follow in ((False, "room"), (False, "near"), (False, None), (True, None)):
+        order = sorted(storages, key=lambda s: (-s.first_use if later_first else s.first_use, -s.nbytes))
+        stacked = _place(order, overlaps, follow)
+        if stacked < best[0]:
+            best = (stacked, {id(s): s.arena_offset for s in storages})
+    for storage in storages:
+        storage.arena_offset = best[1][id(storage)]
+    return best[0]
 
 
 # ----------------------------------------------------------------------------- C text

@@ -32,6 +32,7 @@ from tvm.script.ir_builder import tirx as T
 from utils.cli import StageError
 from utils.aot.backends.cortex_m.int8 import folded_bias, opaque_scheduled
 from utils.aot.backends.generic import RelaxEmitter
+from utils.aot.emit import OVERLAP_ATTR
 from utils.aot.layers import Flatten, QAdd, QAvgPool, QConv2d, QLinear, QLookup, QRelu, Quantize
 from utils.aot.layers.avgpool import ROUND_THEN_ADD
 from utils.aot.torchscript import INPUT
@@ -55,18 +56,43 @@ class Value:
         return tuple(int(d) for d in self.var.ty.shape)
 
 
-def _kernel_func(name, kernel, args, outputs, scratch=()):
+def _kernel_func(name, kernel, args, outputs, overlap=None):
     """A TIR function that calls `kernel` once: args/outputs are (name, shape, dtype); the
-    extern call's arguments are the buffers' data in that order, then `constants`."""
+    extern call's arguments are the buffers' data in that order, then `constants`.
+    overlap: {arg name: bytes}, the inputs that may share arena bytes with the first output
+    (emit.OVERLAP_ATTR)."""
     def build(constants):
+        attrs = {"tirx.noalias": True}
+        if overlap:
+            attrs[OVERLAP_ATTR] = [int(overlap.get(n, -1)) for n, _, _ in args]
         with IRBuilder() as builder:
             with T.prim_func():
                 T.func_name(name)
-                T.func_attr({"tirx.noalias": True})
+                T.func_attr(attrs)
                 buffers = [T.arg(n, T.buffer(shape, dtype)) for n, shape, dtype in list(args) + list(outputs)]
                 T.evaluate(T.call_extern("int32", kernel, *[b.data for b in buffers], *constants))
         return opaque_scheduled(builder.get())
     return build
+
+
+def in_place_bytes(in_shape, out_shape, window, stride, padding, block, gathered):
+    """The least bytes an input [H, W, C] may start past its output [OH, OW, O] (both channels
+    last, pixels in raster order) for a kernel that computes `block` output pixels at a time
+    and writes them before it moves on: every byte it writes lies below every input byte it
+    reads later. gathered: the block's windows are copied out before its first write (the
+    convolutions); otherwise its reads and writes interleave (the depthwise one)."""
+    (h, w, c), (oh, ow, o) = in_shape, out_shape
+    (kh, kw), (sh, sw), (ph, pw) = window, stride, padding
+    oy, ox = np.divmod(np.arange(oh * ow), ow)
+    # the first input pixel of each window that lies inside the image, and the least of it
+    # over this and every later window
+    first = np.maximum(oy * sh - ph, 0) * w + np.maximum(ox * sw - pw, 0)
+    first = np.minimum.accumulate(first[::-1])[::-1]
+    starts = np.arange(0, oh * ow, block)
+    written = o * np.minimum(starts + block, oh * ow)
+    later = starts + block if gathered else starts
+    keep = later < oh * ow
+    return int(max(0, (written[keep] - c * first[later[keep]]).max(initial=0)))
 
 
 def _requant_args(layer):
@@ -243,8 +269,9 @@ class GraphLowering:
             if lookup is not None:
                 inputs.append(("table", (256,), "uint8"))
                 args.append(self.const(lookup.table, "uint8"))
+            shift = in_place_bytes((h, w, c), (oh, ow, o), (kh, kw), (sh, sw), (ph, pw), 1, gathered=False)
             build = _kernel_func(name, "utvm_depthwise_lut_u8s8" if lookup is not None else "utvm_depthwise_u8s8",
-                                 inputs, [("y", out_shape, "uint8")])
+                                 inputs, [("y", out_shape, "uint8")], {"x": shift})
             func = build([h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
             return Value(self.emit_call(func, name, args, [out_shape], ["uint8"]), NHWC)
         k4 = kh * ((kw * c + 3) // 4 * 4)
@@ -276,10 +303,14 @@ class GraphLowering:
             inputs.append(("table", (256,), "uint8"))
             args.append(self.const(lookup.table, "uint8"))
         outputs = [("y", out_shape, "uint8"), ("col", (8 * k4 // 4,), "int16")]
+        # two pixels gathered, then stored; a residual is read after its pixels' store
+        overlap = {"x": in_place_bytes((h, w, c), (oh, ow, o), (kh, kw), (sh, sw), (ph, pw), 2, gathered=True),
+                   "res": o * min(2, oh * ow)}
         if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
-            func = _kernel_func(name, f"utvm_pointwise_{types}", inputs, outputs)([h * w, c, o, m_stride, zp, lo, hi])
+            func = _kernel_func(name, f"utvm_pointwise_{types}", inputs, outputs, overlap)(
+                [h * w, c, o, m_stride, zp, lo, hi])
         else:
-            func = _kernel_func(name, f"utvm_conv_{types}", inputs, outputs)(
+            func = _kernel_func(name, f"utvm_conv_{types}", inputs, outputs, overlap)(
                 [h, w, c, oh, ow, o, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
         return Value(self.emit_call(func, name, args, [out_shape, (8 * k4 // 4,)], ["uint8", "int16"]), NHWC)
 
