@@ -247,6 +247,11 @@ def test_models_rows_have_both_backends_and_the_peer(models_run):
                 model["peer"]["tflm_cmsis_nn_instructions"] / row["instructions_per_inference"], rel=1e-3)
             assert vs["arena_vs_tflm"] == pytest.approx(row["arena_bytes"] / model["peer"]["tflm_arena_bytes"],
                                                         rel=1e-3)
+            if "tflm_flatbuffer_bytes" in model["peer"]:
+                assert vs["flash_vs_tflm_flatbuffer"] == pytest.approx(
+                    row["flash_bytes"] / model["peer"]["tflm_flatbuffer_bytes"], rel=1e-3)
+            if model["peer"].get("convolutional"):
+                assert vs["arena_below_half_tflm"] == (row["arena_bytes"] < model["peer"]["tflm_arena_bytes"] / 2)
         assert model["variants"]["int8_no_optim"]["status"] == "ok"
     assert "meets_goal" in report["models"]["lenet5"]["variants"]["int8_optim"]
     for suffix in ("md", "png"):
