@@ -271,7 +271,20 @@ def _place(order, overlaps, follow):
     the placed ones and the positions their overlaps name. follow (in order of birth): an
     output goes right below its input when it can, so that a chain of in-place layers keeps
     walking down the arena; "room": and a storage that cannot follow starts high enough for
-    its own reader's output to go below it."""
+    its own reader's output to go below it; "chain": for the whole chain of its readers'
+    outputs."""
+    readers = {}
+    for (i, o), d in overlaps.items():
+        readers.setdefault(i, []).append((o, d))
+    floors = {}
+
+    def floor_of(key):
+        # room below a storage for its reader's output, and with "chain" for that one's too
+        if key not in floors:
+            floors[key] = max((d + (floor_of(o) if follow == "chain" else 0) for o, d in readers.get(key, ())),
+                              default=0)
+        return floors[key]
+
     placed = []
     for storage in order:
         plain, shared = {0}, set()
@@ -282,8 +295,8 @@ def _place(order, overlaps, follow):
             if (id(other), id(storage)) in overlaps:
                 shared.add(other.arena_offset - overlaps[(id(other), id(storage))])
         floor = 0
-        if follow == "room":
-            floor = max((d for (i, _), d in overlaps.items() if i == id(storage)), default=0)
+        if follow in ("room", "chain"):
+            floor = floor_of(id(storage))
             plain.add(floor)
         valid = [c for c in shared if c >= 0 and _fits(storage, c, placed, overlaps)]
         if follow and valid:
@@ -336,7 +349,7 @@ def _place_storages(storages, overlaps=None):
     if not overlaps:
         return size
     best = (size, {id(s): s.arena_offset for s in storages})
-    for later_first, follow in ((False, "room"), (False, "near"), (False, None), (True, None)):
+    for later_first, follow in ((False, "room"), (False, "chain"), (False, "near"), (False, None), (True, None)):
         order = sorted(storages, key=lambda s: (-s.first_use if later_first else s.first_use, -s.nbytes))
         stacked = _place(order, overlaps, follow)
         if stacked < best[0]:

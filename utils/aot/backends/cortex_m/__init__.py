@@ -21,7 +21,7 @@ from utils.aot.backends.cortex_m.schedule import cortex_m_relax_passes, cortex_m
 
 
 KERNELS_NHWC_H = Path(__file__).with_name("kernels_nhwc.h")
-NHWC_KERNEL_CALL = re.compile(r"\butvm_((pointwise|conv|depthwise|dense)(_add|_lut)?_u8s(8|16)|avgpool_u8|quantize_f32_u8)\(")
+NHWC_KERNEL_CALL = re.compile(r"\butvm_((pointwise|conv|depthwise|dense)(_pair_add|_add|_lut)?_u8s(8|16)|avgpool_u8|quantize_f32_u8)\(")
 
 
 class CortexMBackend(GenericBackend):

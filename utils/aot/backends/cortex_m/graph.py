@@ -145,6 +145,19 @@ def conv_weight_rows(weight, tap_order=True):
     return np.ascontiguousarray((rows[:, :, [0, 2, 1, 3]] if tap_order else rows).reshape(o, k4))
 
 
+def _conv_operands(layer, pixels):
+    """(k4, weight rows, their dtype, folded bias) of a regular convolution for the
+    utvm_conv_* kernels. Weights reused over many pixels are stored widened to int16 (in
+    int32 words): no extends in the inner loop, for twice their flash."""
+    o, c, kh, kw = layer.weight.shape
+    k4 = kh * ((kw * c + 3) // 4 * 4)
+    bias = _folded_bias(layer, layer.weight.transpose(0, 2, 3, 1).reshape(o, -1))
+    if pixels >= WIDE_WEIGHTS_MIN_PIXELS:
+        return k4, channel_groups(conv_weight_rows(layer.weight, tap_order=False), 2).astype(np.int16).view(
+            np.int32), "int32", bias
+    return k4, channel_groups(conv_weight_rows(layer.weight), 2), "int8", bias
+
+
 def channel_groups(rows, group):
     """[O, K] int8 rows (K a multiple of 4) → [ceil(O / group)][K / 4][group][4], flat: each
     step of 4 taps holds the group's channels one after the other (missing last ones: zeros)."""
@@ -274,18 +287,9 @@ class GraphLowering:
                                  inputs, [("y", out_shape, "uint8")], {"x": shift})
             func = build([h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
             return Value(self.emit_call(func, name, args, [out_shape], ["uint8"]), NHWC)
-        k4 = kh * ((kw * c + 3) // 4 * 4)
-        natural = layer.weight.transpose(0, 2, 3, 1).reshape(o, -1)
-        bias = _folded_bias(layer, natural)
-        # weights reused over many pixels are stored widened to int16: no extends in the
-        # inner loop, for twice their flash
-        wide = oh * ow >= WIDE_WEIGHTS_MIN_PIXELS
-        if wide:
-            rows = channel_groups(conv_weight_rows(layer.weight, tap_order=False), 2).astype(np.int16).view(np.int32)
-        else:
-            rows = channel_groups(conv_weight_rows(layer.weight), 2)
+        k4, rows, w_dtype, bias = _conv_operands(layer, oh * ow)
+        wide = w_dtype == "int32"
         types = ("add_" if residual else "lut_" if lookup is not None else "") + ("u8s16" if wide else "u8s8")
-        w_dtype = "int32" if wide else "int8"
         inputs = [("x", x.shape, "uint8"), ("w", rows.shape, w_dtype), ("b", (o,), "int32"),
                   ("m", multiplier.shape, "float32")]
         args = [x.var, self.const(rows, w_dtype), self.const(bias, "int32"), self.const(multiplier, "float32")]
@@ -313,6 +317,39 @@ class GraphLowering:
             func = _kernel_func(name, f"utvm_conv_{types}", inputs, outputs, overlap)(
                 [h, w, c, oh, ow, o, kh, kw, sh, sw, ph, pw, int(layer.in_zero_point), m_stride, zp, lo, hi])
         return Value(self.emit_call(func, name, args, [out_shape, (8 * k4 // 4,)], ["uint8", "int16"]), NHWC)
+
+    def conv_pair(self, a, b, add, x, b_first):
+        """add(b(a(x)), x) in one kernel, row by row (utvm_conv_pair_add_*): a's output only
+        ever holds b's window rows (block_pairs)."""
+        x = self.nhwc(x)
+        _, h, w, c = x.shape
+        mid = a.weight.shape[0]
+        (ka_h, ka_w), (pa_h, pa_w) = a.weight.shape[2:], a.padding
+        (kb_h, kb_w), (pb_h, pb_w) = b.weight.shape[2:], b.padding
+        k4a, rows_a, w_dtype, bias_a = _conv_operands(a, h * w)
+        k4b, rows_b, w_dtype_b, bias_b = _conv_operands(b, h * w)
+        assert w_dtype == w_dtype_b  # the same pixels: the same policy
+        mult_a, m_stride_a, zp_a, lo_a, hi_a = _requant_args(a)
+        mult_b, m_stride_b, zp_b, lo_b, hi_b = _requant_args(b)
+        m_conv, m_res = (add.a_multiplier, add.b_multiplier) if b_first else (add.b_multiplier, add.a_multiplier)
+        params = [m_conv, m_res, add.zero_point_product, add.shift, add.out_zero_point,
+                  add.out_zero_point if add.relu else 0]
+        name = self.name(b)
+        out_shape, ring_shape, col_shape = (1, h, w, c), (kb_h * w * mid,), (8 * max(k4a, k4b) // 4,)
+        inputs = [("x", x.shape, "uint8"), ("w_a", rows_a.shape, w_dtype), ("b_a", (mid,), "int32"),
+                  ("m_a", mult_a.shape, "float32"), ("w_b", rows_b.shape, w_dtype), ("b_b", (c,), "int32"),
+                  ("m_b", mult_b.shape, "float32"), ("add", (len(params),), "int32")]
+        args = [x.var, self.const(rows_a, w_dtype), self.const(bias_a, "int32"), self.const(mult_a, "float32"),
+                self.const(rows_b, w_dtype), self.const(bias_b, "int32"), self.const(mult_b, "float32"),
+                self.const(params, "int32")]
+        outputs = [("z", out_shape, "uint8"), ("ring", ring_shape, "uint8"), ("col", col_shape, "int16")]
+        kernel = "utvm_conv_pair_add_" + ("u8s16" if w_dtype == "int32" else "u8s8")
+        # z is stored two pixels behind the residual it reads (utvm_nhwc_conv_pair_add)
+        func = _kernel_func(name, kernel, inputs, outputs, {"x": 2 * c})(
+            [h, w, c, mid, ka_h, ka_w, pa_h, pa_w, kb_h, kb_w, pb_h, pb_w, int(a.in_zero_point), m_stride_a, zp_a,
+             lo_a, hi_a, m_stride_b, zp_b, lo_b, hi_b])
+        return Value(self.emit_call(func, name, args, [out_shape, ring_shape, col_shape],
+                                    ["uint8", "uint8", "int16"]), NHWC)
 
     def quantize(self, layer, x):
         """float NCHW → uint8 NHWC in one pass."""
@@ -412,6 +449,39 @@ def fused_epilogues(layers):
     return fused
 
 
+def _same_size(conv):
+    """A stride-1 convolution whose odd window is padded to keep the image's size."""
+    kh, kw = conv.weight.shape[2:]
+    return (tuple(conv.stride) == (1, 1) and kh % 2 == 1 and kw % 2 == 1
+            and tuple(conv.padding) == ((kh - 1) // 2, (kw - 1) // 2))
+
+
+def block_pairs(layers, fused):
+    """{id(b): a}: the ResNet blocks add(b(a(x)), x) that run row by row as one kernel
+    (utvm_conv_pair_add): a and b regular same-size convolutions with kernels here, a's output
+    read by b only, b's store fused with the add of x, x read by a and the add only, and b's
+    window no shorter than a's (so that z can overwrite x as it goes)."""
+    producer = {layer.output: layer for layer in layers}
+    uses = {}
+    for layer in layers:
+        for name in layer.inputs:
+            uses[name] = uses.get(name, 0) + 1
+    pairs = {}
+    for b in layers:
+        epilogue = fused.into.get(id(b))
+        if not isinstance(b, QConv2d) or not isinstance(epilogue, tuple):
+            continue
+        a = producer.get(b.inputs[0])
+        add, other, _ = epilogue
+        if (isinstance(a, QConv2d) and id(a) not in fused.into and uses.get(b.inputs[0]) == 1
+                and a.inputs[0] == other and uses.get(other) == 2 and a.groups == 1 and b.groups == 1
+                and kernel_refusal(a) is None and not a.conv1d and not b.conv1d and _same_size(a)
+                and _same_size(b) and a.weight.shape[1] == b.weight.shape[0]
+                and b.padding[0] >= a.padding[0] and int(b.in_zero_point) == int(a.out_zero_point)):
+            pairs[id(b)] = a
+    return pairs
+
+
 def int8_to_relax_graph(layers, input_shape):
     """An IRModule whose `main(input0: float32[input_shape])` computes the layers, one
     kernel per layer, channels-last between the Cortex-M kernels."""
@@ -422,10 +492,16 @@ def int8_to_relax_graph(layers, input_shape):
     with bb.function("main", [x_in]):
         with bb.dataflow():
             fused = fused_epilogues(layers)
+            pairs = block_pairs(layers, fused)
+            firsts = {id(a) for a in pairs.values()}
             for layer in layers:
-                if id(layer) in fused.skip:
-                    continue  # fused into the convolution that feeds it
+                if id(layer) in fused.skip or id(layer) in firsts:
+                    continue  # fused into the convolution that feeds it / into its block
                 epilogue = fused.into.get(id(layer))
+                if id(layer) in pairs:
+                    add, other, conv_first = epilogue
+                    values[add.output] = lowering.conv_pair(pairs[id(layer)], layer, add, values[other], conv_first)
+                    continue
                 if isinstance(epilogue, tuple):
                     add, other, conv_first = epilogue
                     values[add.output] = lowering.lower(layer, [values[name] for name in layer.inputs],

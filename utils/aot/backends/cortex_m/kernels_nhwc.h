@@ -375,6 +375,58 @@ UTVM_NHWC_POINTWISE_ENTRY(utvm_pointwise_u8s16, int32_t, 1, (), 0, 0, 0)
 UTVM_NHWC_POINTWISE_ENTRY(utvm_pointwise_add_u8s16, int32_t, 1, UTVM_NHWC_ADD_PARAMS, res, add, 0)
 UTVM_NHWC_POINTWISE_ENTRY(utvm_pointwise_lut_u8s16, int32_t, 1, UTVM_NHWC_LUT_PARAMS, 0, 0, table)
 
+/* ---------------------------------------------------------------- a residual block, row by row
+ * z = add(conv_b(conv_a(x)), x) for two stride-1 convolutions that keep the image's size (a
+ * ResNet block), one output row of z at a time: conv_a's output y lives only in `ring`, the
+ * kb_h rows of y that conv_b's window needs (rows move down as the window does), so y never
+ * takes a whole image in the arena. Each y row is computed once, before the z row that first
+ * needs it; z row r is stored after y row r + pb_h, whose window reaches x row r + pb_h + pa_h,
+ * so with pb_h >= pa_h every x row a later y row reads lies past z row r, and z may overwrite
+ * x as it goes two pixels behind (utvm_nhwc_conv reads a residual pair after storing it).
+ * Weights and biases as utvm_conv_*'s (graph.py lays them out); add: utvm_nhwc_add's. */
+UTVM_INLINE int32_t utvm_nhwc_conv_pair_add(const uint8_t* x, const void* w_a, const int32_t* bias_a,
+                                             const float* mult_a, const void* w_b, const int32_t* bias_b,
+                                             const float* mult_b, const int32_t* add, uint8_t* z, uint8_t* ring,
+                                             int16_t* col, int32_t wide, int32_t h, int32_t w, int32_t chans,
+                                             int32_t mid, int32_t ka_h, int32_t ka_w, int32_t pa_h, int32_t pa_w,
+                                             int32_t kb_h, int32_t kb_w, int32_t pb_h, int32_t pb_w, int32_t zp_x,
+                                             int32_t m_stride_a, int32_t zp_a, int32_t lo_a, int32_t hi_a,
+                                             int32_t m_stride_b, int32_t zp_b, int32_t lo_b, int32_t hi_b) {
+  const int32_t row_x = w * chans, row_y = w * mid;
+  int32_t lo = 0, hi = 0; /* the ring holds y rows [lo, hi) */
+  for (int32_t r = 0; r < h; ++r) {
+    const int32_t need_lo = r - pb_h < 0 ? 0 : r - pb_h, need_hi = r + pb_h + 1 > h ? h : r + pb_h + 1;
+    if (need_lo > lo) {
+      memmove(ring, ring + (need_lo - lo) * row_y, (size_t)((hi - need_lo) * row_y));
+      lo = need_lo;
+    }
+    for (; hi < need_hi; ++hi) {
+      const int32_t s0 = hi - pa_h < 0 ? 0 : hi - pa_h, s1 = hi + pa_h + 1 > h ? h : hi + pa_h + 1;
+      utvm_nhwc_conv(x + s0 * row_x, w_a, wide, bias_a, mult_a, ring + (hi - lo) * row_y, col, s1 - s0, w, chans,
+                     1, w, mid, ka_h, ka_w, 1, 1, s0 - (hi - pa_h), pa_w, zp_x, m_stride_a, zp_a, lo_a, hi_a, 0, 0, 0);
+    }
+    utvm_nhwc_conv(ring, w_b, wide, bias_b, mult_b, z + r * row_x, col, need_hi - need_lo, w, mid, 1, w, chans,
+                   kb_h, kb_w, 1, 1, need_lo - (r - pb_h), pb_w, zp_a, m_stride_b, zp_b, lo_b, hi_b, x + r * row_x,
+                   add, 0);
+  }
+  return 0;
+}
+
+#define UTVM_NHWC_PAIR_ENTRY(name, w_type, wide)                                                              \
+  UTVM_NHWC_KERNEL int32_t name(const uint8_t* x, const w_type* w_a, const int32_t* bias_a, const float* mult_a, \
+                                const w_type* w_b, const int32_t* bias_b, const float* mult_b,                 \
+                                const int32_t* add, uint8_t* z, uint8_t* ring, int16_t* col, int32_t h,        \
+                                int32_t w, int32_t chans, int32_t mid, int32_t ka_h, int32_t ka_w,            \
+                                int32_t pa_h, int32_t pa_w, int32_t kb_h, int32_t kb_w, int32_t pb_h,         \
+                                int32_t pb_w, int32_t zp_x, int32_t m_stride_a, int32_t zp_a, int32_t lo_a,   \
+                                int32_t hi_a, int32_t m_stride_b, int32_t zp_b, int32_t lo_b, int32_t hi_b) { \
+    return utvm_nhwc_conv_pair_add(x, w_a, bias_a, mult_a, w_b, bias_b, mult_b, add, z, ring, col, wide, h, w,  \
+                                   chans, mid, ka_h, ka_w, pa_h, pa_w, kb_h, kb_w, pb_h, pb_w, zp_x,           \
+                                   m_stride_a, zp_a, lo_a, hi_a, m_stride_b, zp_b, lo_b, hi_b);                \
+  }
+UTVM_NHWC_PAIR_ENTRY(utvm_conv_pair_add_u8s8, int8_t, 0)
+UTVM_NHWC_PAIR_ENTRY(utvm_conv_pair_add_u8s16, int32_t, 1)
+
 /* ---------------------------------------------------------------- depthwise, multiplier 1
  * y[oy][ox][c] = requantize(bias[c] + sum over the window's taps inside the image of
  * (x[iy][ix][c] - zp_in) * w[ky][kx][c]); taps outside add nothing (they would hold the zero
