@@ -176,6 +176,73 @@ def depthwise_weights(weight):
     return np.ascontiguousarray(taps.reshape(kh, kw, c4 // 4, 4)[:, :, :, [0, 2, 1, 3]].reshape(-1))
 
 
+def _pair_arrangements():
+    """The ways to split a group of 4 channels into two pairs (c0, c1), as positions in the
+    group: the group's own order first, then its pairs swapped, then the other pairings."""
+    arrangements = []
+    for first, second in (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2))):
+        for a in (first, first[::-1]):
+            for b in (second, second[::-1]):
+                arrangements.append((a, b))
+    return tuple(arrangements)
+
+
+PAIR_ARRANGEMENTS = _pair_arrangements()
+
+
+def _rides_high(weight, c0, c1):
+    """Whether channel c1 fits in the high bytes of c0's int16 pairs: w_c1 - (w_c0 < 0) is an
+    int8 wherever it is stored (not where w_c1 is -128 and w_c0 negative)."""
+    return not np.any((weight[c1] == -128) & (weight[c0] < 0))
+
+
+def paired_dense_weights(weight):
+    """utvm_dense_u8s8's paired layout of [O, n] int8 weights: (w, order, slots), w the int8
+    bytes [O4 / 4][n4 / 4][2 pairs][2 words][4], order the output channel of each computed one
+    (O4 of them; past O the zero channels), slots each group's code for the kernel (computed
+    channel j of group g to output 4g + ((slots[g] >> 2j) & 3)). Each group of 4 channels takes
+    the first of PAIR_ARRANGEMENTS whose high channels fit; None when some group has none."""
+    o, n = weight.shape
+    o4, n4 = (o + 3) // 4 * 4, (n + 3) // 4 * 4
+    padded = np.zeros((o4, n4), np.int16)
+    padded[:o, :n] = weight
+    order, slots = [], []
+    for g in range(0, o4, 4):
+        for (a0, a1), (b0, b1) in PAIR_ARRANGEMENTS:
+            if _rides_high(padded, g + a0, g + a1) and _rides_high(padded, g + b0, g + b1):
+                order += [g + a0, g + a1, g + b0, g + b1]
+                slots.append(a0 | a1 << 2 | b0 << 4 | b1 << 6)
+                break
+        else:
+            return None
+    order = np.asarray(order)
+    low = padded[order[0::2]]                       # [O4 / 2, n4]: each pair's c0
+    high = padded[order[1::2]] - (low < 0)          # with low as a little-endian int16: 256 * w_c1 + w_c0
+    assert high.min() >= -128 and high.max() <= 127
+    # [pair][step of 4 inputs][inputs 0, 2, 1, 3][low, high]: the words of inputs (0, 2), (1, 3)
+    pairs = np.stack([low, high], axis=-1).reshape(o4 // 2, n4 // 4, 4, 2)[:, :, [0, 2, 1, 3]]
+    words = pairs.reshape(o4 // 4, 2, n4 // 4, 8).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(words.reshape(-1)).astype(np.int8), order, np.asarray(slots, np.uint8)
+
+
+def dense_params(bias, multiplier, order, slots):
+    """utvm_dense_u8s8's int32 constant: the O4 biases in the computed order (`order`, zeros
+    for the padding channels), the multiplier's float32 bits (one, or O4 in the computed order),
+    then the slots, 4 bytes to a word from the lowest."""
+    o, o4 = len(bias), len(order)
+    biases = np.zeros(o4, np.int64)
+    biases[:o] = bias
+    multiplier = np.asarray(multiplier, np.float32).reshape(-1)
+    if multiplier.size > 1:
+        multipliers = np.ones(o4, np.float32)
+        multipliers[:o] = multiplier
+        multiplier = multipliers[order]
+    codes = np.zeros((len(slots) + 3) // 4 * 4, np.int64)
+    codes[:len(slots)] = slots
+    words = (codes.reshape(-1, 4) << np.array([0, 8, 16, 24])).sum(axis=1).astype(np.uint32).view(np.int32)
+    return np.concatenate([biases[order].astype(np.int32), multiplier.view(np.int32), words])
+
+
 class GraphLowering:
     def __init__(self, bb):
         self.bb = bb
@@ -384,20 +451,25 @@ class GraphLowering:
             x = self.nchw(x)
             if len(x.shape) != 2:
                 raise StageError(f"{layer.name}: a dense layer on a {len(x.shape)}-d tensor")
-        bias = _folded_bias(layer, weight)
         n4 = (n + 3) // 4 * 4
-        padded = np.zeros((o, n4), np.int8)
-        padded[:, :n] = weight
-        rows = channel_groups(padded, 4)
         multiplier, m_stride, zp, lo, hi = _requant_args(layer)
+        paired = paired_dense_weights(weight)
+        if paired is None:
+            # some group of 4 channels has no two pairs that fit: one channel per multiply
+            padded = np.zeros((o, n4), np.int8)
+            padded[:, :n] = weight
+            rows, order, mode, slots = channel_groups(padded, 4), np.arange((o + 3) // 4 * 4), 0, []
+        else:
+            rows, order, slots = paired
+            mode = 2 if np.any(order != np.arange(len(order))) else 1
+        params = dense_params(_folded_bias(layer, weight), multiplier, order, slots if mode == 2 else [])
         name = self.name(layer)
         build = _kernel_func(name, "utvm_dense_u8s8",
-                             [("x", (1, n), "uint8"), ("w", rows.shape, "int8"), ("b", (o,), "int32"),
-                              ("m", multiplier.shape, "float32")], [("y", (1, o), "uint8")])
-        func = build([n, o, m_stride, zp, lo, hi])
-        args = [x.var, self.const(rows, "int8"), self.const(bias, "int32"),
-                self.const(multiplier, "float32")]
-        return Value(self.emit_call(func, name, args, [(1, o)], ["uint8"]), PLAIN)
+                             [("x", (1, n), "uint8"), ("w", rows.shape, "int8"), ("b", params.shape, "int32")],
+                             [("y", (1, o), "uint8"), ("col", (n4,), "int16")])
+        func = build([n, o, mode, m_stride, zp, lo, hi])
+        args = [x.var, self.const(rows, "int8"), self.const(params, "int32")]
+        return Value(self.emit_call(func, name, args, [(1, o), (n4,)], ["uint8", "int16"]), PLAIN)
 
     def emit_call(self, func, name, args, shapes, dtypes):
         gv = self.bb.add_func(func, name)

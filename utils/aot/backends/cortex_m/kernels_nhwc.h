@@ -565,70 +565,220 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_lut_u8s8(const uint8_t* x, const int16_t
 
 /* ---------------------------------------------------------------- dense
  * y[o] = requantize(bias[o] + sum_i x[i] * w[o][i]); bias with the input zero point folded
- * in. w: groups of 4 channels interleaved in steps of 4 inputs, [ceil(O / 4)][n4 / 4][4][4]
- * (n4 = n rounded up to 4, zeros past n and past the last channel), one pointer for the
- * group. 4 output channels per step, each input word widened once for all four. */
-UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, const float* mult,
-                                         uint8_t* y, int32_t n, int32_t out_c, int32_t m_stride, int32_t out_zp,
-                                         int32_t lo, int32_t hi) {
-  const int32_t zp = out_zp, flo = lo, fhi = hi;
-  const int32_t whole = n & ~3, n4 = (n + 3) & ~3;
-  const int8_t* wp = w;
-  for (int32_t o = 0; o < out_c; o += 4, wp += 4 * n4) {
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    int32_t i = 0;
+ * in. n4 = n rounded up to 4 (zero weights past n), O4 = O rounded up to 4 (zero channels past
+ * O). The input is widened once into col (n4 int16, word-aligned: it lives in the arena) as
+ * the int16 pairs (x0, x2), (x1, x3) of each group of 4 inputs (__uxtb16 of the word and of
+ * the word rotated by 8). Then 4 computed channels per pass, in one of two layouts of w
+ * (graph.py picks one per layer, `paired` says which):
+ *
+ * grouped (paired 0): [O4 / 4][n4 / 4][4 channels][4 inputs]; __sxtb16 of a weight word and of
+ * the word rotated by 8 give the pairs (w0, w2), (w1, w3) that go with col's two words.
+ *
+ * paired (1, 2): two channels in each __smlad. The channels go in pairs (c0, c1); input i of a
+ * pair is the byte pair (w_c0[i], b[i]) with b[i] = w_c1[i] - (w_c0[i] < 0), which read as a
+ * little-endian int16 is exactly 256 * w_c1[i] + w_c0[i]. A weight word holds the byte pairs of
+ * inputs (4s, 4s + 2) or (4s + 1, 4s + 3), the inputs of one of col's words, X. Then
+ * __smlad(__sxtb16(word), X) adds w_c0's two products (the extend keeps bytes 0 and 2) and
+ * __smlad(word, X) those of 256 * w_c1 + w_c0: summed into S and T, T - S = 256 * S_c1
+ * (mod 2^32), and S_c1 = (T - S) >> 8 as long as 256 * S_c1 fits in an int32, which a sum over
+ * at most 256 inputs (each product at most 255 * 128 in size) guarantees: longer rows are
+ * summed in chunks of 256 inputs. Four multiply-adds cost one extend and two __smlad.
+ * b[i] must fit in an int8: w_c1[i] > -128 wherever w_c0[i] < 0. graph.py chooses in each
+ * group of 4 channels the pairs and their roles that allow it, and gives a layer where some
+ * group allows none the grouped layout.
+ * w: [O4 / 4][n4 / 4][2 pairs][2 words] (the words of inputs (4s, 4s + 2), then (4s + 1,
+ * 4s + 3)); the computed channels of a group: pair 0's c0 and c1, then pair 1's.
+ *
+ * bias: O4 biases in the computed order, then the float32 bits of the multiplier (one, or O4
+ * in the computed order with m_stride 1), then with paired 2 a byte per group, 4 to a word
+ * from the lowest: computed channel j of group g goes to output 4g + ((byte >> 2j) & 3). In the
+ * other layouts it goes to output 4g + j. */
+
+/* inputs per chunk of the paired layout's sums */
+#define UTVM_DENSE_CHUNK 256
+
+/* col[2s], col[2s + 1] = the int16 pairs (x[4s], x[4s + 2]), (x[4s + 1], x[4s + 3]); zeros past n */
+UTVM_INLINE void utvm_dense_widen_u8(const uint8_t* x, uint32_t* col, int32_t n) {
+  int32_t s = 0;
 #if UTVM_DSP
-    if (whole) {
-      const uint8_t* xp = x;
-      const int8_t* g = wp;
-      const int8_t* const end = wp + 4 * whole;
-      uint32_t xe, xo, wv, we;
-      /* written out: gcc 12 spills the accumulators when it schedules this itself */
-      __asm__ volatile(
-          "1:\n\t"
-          "ldr %[xo], [%[xp]], #4\n\t"
-          "uxtb16 %[xe], %[xo]\n\t"
-          "uxtb16 %[xo], %[xo], ror #8\n\t"
-          "ldr %[wv], [%[g]], #4\n\t"
-          "sxtb16 %[we], %[wv]\n\t"
-          "sxtb16 %[wv], %[wv], ror #8\n\t"
-          "smlad %[a0], %[xe], %[we], %[a0]\n\t"
-          "smlad %[a0], %[xo], %[wv], %[a0]\n\t"
-          "ldr %[wv], [%[g]], #4\n\t"
-          "sxtb16 %[we], %[wv]\n\t"
-          "sxtb16 %[wv], %[wv], ror #8\n\t"
-          "smlad %[a1], %[xe], %[we], %[a1]\n\t"
-          "smlad %[a1], %[xo], %[wv], %[a1]\n\t"
-          "ldr %[wv], [%[g]], #4\n\t"
-          "sxtb16 %[we], %[wv]\n\t"
-          "sxtb16 %[wv], %[wv], ror #8\n\t"
-          "smlad %[a2], %[xe], %[we], %[a2]\n\t"
-          "smlad %[a2], %[xo], %[wv], %[a2]\n\t"
-          "ldr %[wv], [%[g]], #4\n\t"
-          "sxtb16 %[we], %[wv]\n\t"
-          "sxtb16 %[wv], %[wv], ror #8\n\t"
-          "smlad %[a3], %[xe], %[we], %[a3]\n\t"
-          "smlad %[a3], %[xo], %[wv], %[a3]\n\t"
-          "cmp %[g], %[end]\n\t"
-          "bne 1b\n\t"
-          : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xp] "+r"(xp), [g] "+r"(g),
-            [xe] "=&r"(xe), [xo] "=&r"(xo), [wv] "=&r"(wv), [we] "=&r"(we)
-          : [end] "r"(end)
-          : "cc", "memory");
-      i = whole;
+  const uint8_t* xp = x;
+  uint32_t* cp = col;
+  for (; s < n >> 2; ++s, xp += 4, cp += 2) {
+    const uint32_t v = utvm_load32(xp);
+    cp[0] = __uxtb16(v);
+    cp[1] = utvm_uxtb16_ror8(v);
+  }
+#endif
+  for (; s < (n + 3) >> 2; ++s) {
+    uint32_t b[4];
+    for (int32_t k = 0; k < 4; ++k) {
+      b[k] = 4 * s + k < n ? x[4 * s + k] : 0;
+    }
+    col[2 * s] = b[0] | b[2] << 16;
+    col[2 * s + 1] = b[1] | b[3] << 16;
+  }
+}
+
+/* acc[j] = bias[j] + the dot product of the group's channel j with the widened input, grouped
+   layout; returns the next group's weights */
+UTVM_INLINE const int8_t* utvm_dense_grouped_group(const uint32_t* col, const int8_t* wp, int32_t n4,
+                                                   const int32_t* bias, int32_t* acc) {
+  int32_t a0 = bias[0], a1 = bias[1], a2 = bias[2], a3 = bias[3];
+  const uint32_t* xp = col;
+#if UTVM_ASM
+  /* written out: gcc 12 spills when it schedules this itself. The 4-word load names its
+     registers in ascending order. */
+  register uint32_t w0 __asm__("r8"), w1 __asm__("r9"), w2 __asm__("r10"), w3 __asm__("r11");
+  uint32_t xe, xo, t;
+  const uint32_t* const end = xp + n4 / 2;
+  __asm__ volatile(
+      "1:\n\t"
+      "ldrd %[xe], %[xo], [%[xp]], #8\n\t"
+      "ldmia %[wp]!, {%[w0], %[w1], %[w2], %[w3]}\n\t"
+      "sxtb16 %[t], %[w0]\n\t"
+      "smlad %[a0], %[t], %[xe], %[a0]\n\t"
+      "sxtb16 %[w0], %[w0], ror #8\n\t"
+      "smlad %[a0], %[w0], %[xo], %[a0]\n\t"
+      "sxtb16 %[t], %[w1]\n\t"
+      "smlad %[a1], %[t], %[xe], %[a1]\n\t"
+      "sxtb16 %[w1], %[w1], ror #8\n\t"
+      "smlad %[a1], %[w1], %[xo], %[a1]\n\t"
+      "sxtb16 %[t], %[w2]\n\t"
+      "smlad %[a2], %[t], %[xe], %[a2]\n\t"
+      "sxtb16 %[w2], %[w2], ror #8\n\t"
+      "smlad %[a2], %[w2], %[xo], %[a2]\n\t"
+      "sxtb16 %[t], %[w3]\n\t"
+      "smlad %[a3], %[t], %[xe], %[a3]\n\t"
+      "sxtb16 %[w3], %[w3], ror #8\n\t"
+      "smlad %[a3], %[w3], %[xo], %[a3]\n\t"
+      "cmp %[xp], %[end]\n\t"
+      "bne 1b\n\t"
+      : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xp] "+r"(xp), [wp] "+r"(wp), [xe] "=&r"(xe),
+        [xo] "=&r"(xo), [t] "=&r"(t), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2), [w3] "=&r"(w3)
+      : [end] "r"(end)
+      : "cc", "memory");
+#else
+  for (int32_t s = 0; s < n4 / 4; ++s, xp += 2, wp += 16) {
+    const int32_t x0 = (int32_t)(xp[0] & 0xFFFFu), x2 = (int32_t)(xp[0] >> 16);
+    const int32_t x1 = (int32_t)(xp[1] & 0xFFFFu), x3 = (int32_t)(xp[1] >> 16);
+    a0 += wp[0] * x0 + wp[1] * x1 + wp[2] * x2 + wp[3] * x3;
+    a1 += wp[4] * x0 + wp[5] * x1 + wp[6] * x2 + wp[7] * x3;
+    a2 += wp[8] * x0 + wp[9] * x1 + wp[10] * x2 + wp[11] * x3;
+    a3 += wp[12] * x0 + wp[13] * x1 + wp[14] * x2 + wp[15] * x3;
+  }
+#endif
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
+  return wp;
+}
+
+/* One step of 4 inputs against a group's two pairs: T with the word, then S with its extend */
+#define UTVM_DENSE_PAIRED_STEP                     \
+  "ldrd %[xe], %[xo], [%[xp]], #8\n\t"             \
+  "ldmia %[wp]!, {%[w0], %[w1], %[w2], %[w3]}\n\t" \
+  "smlad %[t0], %[w0], %[xe], %[t0]\n\t"           \
+  "sxtb16 %[w0], %[w0]\n\t"                        \
+  "smlad %[s0], %[w0], %[xe], %[s0]\n\t"           \
+  "smlad %[t0], %[w1], %[xo], %[t0]\n\t"           \
+  "sxtb16 %[w1], %[w1]\n\t"                        \
+  "smlad %[s0], %[w1], %[xo], %[s0]\n\t"           \
+  "smlad %[t1], %[w2], %[xe], %[t1]\n\t"           \
+  "sxtb16 %[w2], %[w2]\n\t"                        \
+  "smlad %[s1], %[w2], %[xe], %[s1]\n\t"           \
+  "smlad %[t1], %[w3], %[xo], %[t1]\n\t"           \
+  "sxtb16 %[w3], %[w3]\n\t"                        \
+  "smlad %[s1], %[w3], %[xo], %[s1]\n\t"
+#define UTVM_DENSE_PAIRED_OPERANDS                                                                             \
+  : [s0] "+r"(s0), [t0] "+r"(t0), [s1] "+r"(s1), [t1] "+r"(t1), [xp] "+r"(xp), [wp] "+r"(wp), [xe] "=&r"(xe), \
+    [xo] "=&r"(xo), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2), [w3] "=&r"(w3)                            \
+  : [end] "r"(end)                                                                                             \
+  : "cc", "memory"
+
+/* The same, paired layout. S and T of each pair start at its c0's bias, which T - S cancels;
+   c1's bias is read after the loops, which need every register. */
+UTVM_INLINE const int8_t* utvm_dense_paired_group(const uint32_t* col, const int8_t* wp, int32_t n4,
+                                                  const int32_t* bias, int32_t* acc) {
+  /* unsigned: T wraps */
+  uint32_t s0 = (uint32_t)bias[0], t0 = s0, s1 = (uint32_t)bias[2], t1 = s1;
+  int32_t c1 = 0, c3 = 0;
+  const uint32_t* xp = col;
+  for (int32_t i = 0; i < n4; i += UTVM_DENSE_CHUNK) {
+    const int32_t steps = (n4 - i < UTVM_DENSE_CHUNK ? n4 - i : UTVM_DENSE_CHUNK) >> 2;
+#if UTVM_ASM
+    /* written out: gcc 12 spills when it schedules this itself. The 4-word load names its
+       registers in ascending order. Four steps per turn, then the steps left one by one. */
+    register uint32_t w0 __asm__("r8"), w1 __asm__("r9"), w2 __asm__("r10"), w3 __asm__("r11");
+    uint32_t xe, xo;
+    if (steps >= 4) {
+      const uint32_t* const end = xp + 2 * (steps & ~3);
+      __asm__ volatile("1:\n\t" UTVM_DENSE_PAIRED_STEP UTVM_DENSE_PAIRED_STEP UTVM_DENSE_PAIRED_STEP
+                           UTVM_DENSE_PAIRED_STEP
+                       "cmp %[xp], %[end]\n\t"
+                       "bne 1b\n\t" UTVM_DENSE_PAIRED_OPERANDS);
+    }
+    if (steps & 3) {
+      const uint32_t* const end = xp + 2 * (steps & 3);
+      __asm__ volatile("1:\n\t" UTVM_DENSE_PAIRED_STEP
+                       "cmp %[xp], %[end]\n\t"
+                       "bne 1b\n\t" UTVM_DENSE_PAIRED_OPERANDS);
+    }
+#else
+    /* the same sums from the same bytes: S with w_c0, T with the int16 256 * w_c1 + w_c0 */
+    for (int32_t s = 0; s < steps; ++s, xp += 2, wp += 16) {
+      for (int32_t k = 0; k < 4; ++k) {
+        const int8_t* b = wp + 4 * k; /* pair k / 2, the word of col's word k % 2 */
+        const int32_t xa = (int32_t)(xp[k & 1] & 0xFFFFu), xb = (int32_t)(xp[k & 1] >> 16);
+        const uint32_t s_add = (uint32_t)(b[0] * xa + b[2] * xb);
+        const uint32_t t_add = (uint32_t)(((uint8_t)b[0] + 256 * b[1]) * xa + ((uint8_t)b[2] + 256 * b[3]) * xb);
+        if (k < 2) {
+          s0 += s_add;
+          t0 += t_add;
+        } else {
+          s1 += s_add;
+          t1 += t_add;
+        }
+      }
     }
 #endif
-    for (; i < n; ++i) {
-      const int8_t* step = wp + (i >> 2) * 16 + (i & 3);
-      const int32_t v = x[i];
-      a0 += v * step[0];
-      a1 += v * step[4];
-      a2 += v * step[8];
-      a3 += v * step[12];
-    }
-    const int32_t acc[4] = {a0, a1, a2, a3};
-    for (int32_t j = 0; j < 4 && o + j < out_c; ++j) {
-      y[o + j] = utvm_requantize(acc[j] + bias[o + j], mult[(o + j) * m_stride], zp, flo, fhi);
+    c1 += (int32_t)(t0 - s0) >> 8;
+    c3 += (int32_t)(t1 - s1) >> 8;
+    t0 = s0;
+    t1 = s1;
+  }
+  acc[0] = (int32_t)s0;
+  acc[1] = bias[1] + c1;
+  acc[2] = (int32_t)s1;
+  acc[3] = bias[3] + c3;
+  return wp;
+}
+#undef UTVM_DENSE_PAIRED_STEP
+#undef UTVM_DENSE_PAIRED_OPERANDS
+
+UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, uint8_t* y,
+                                         int16_t* col, int32_t n, int32_t out_c, int32_t paired, int32_t m_stride,
+                                         int32_t out_zp, int32_t lo, int32_t hi) {
+  const int32_t zp = out_zp, flo = lo, fhi = hi;
+  const int32_t n4 = (n + 3) & ~3, o4 = (out_c + 3) & ~3;
+  const int32_t* const m_bits = bias + o4;
+  const int32_t* const slots = m_bits + (m_stride ? o4 : 1);
+  /* a per-tensor multiplier read once: the byte stores may alias it as far as gcc knows */
+  const int32_t m_all = m_bits[0];
+  uint32_t* const xw = (uint32_t*)(void*)col;
+  utvm_dense_widen_u8(x, xw, n);
+  const int8_t* wp = w;
+  for (int32_t o = 0; o < o4; o += 4) {
+    int32_t acc[4];
+    wp = paired ? utvm_dense_paired_group(xw, wp, n4, bias + o, acc) : utvm_dense_grouped_group(xw, wp, n4, bias + o, acc);
+    /* otherwise computed channel j to output j of the group, as the byte of (0, 1, 2, 3) would */
+    const uint32_t code = paired == 2 ? (uint32_t)slots[o >> 4] >> (8 * ((o >> 2) & 3)) : 0xE4u;
+#pragma GCC unroll 4
+    for (int32_t j = 0; j < 4; ++j) {
+      const int32_t at = o + (int32_t)((code >> (2 * j)) & 3u);
+      if ((out_c & 3) == 0 || at < out_c) {
+        y[at] = utvm_requantize_bits(acc[j], m_stride ? m_bits[o + j] : m_all, zp, flo, fhi);
+      }
     }
   }
   return 0;
