@@ -5,9 +5,11 @@ and 5x5 convolutions with 5, 6, 7 or 9 channels on odd images, strided and padde
 convolutions on 4k channels (the pointwise kernel) and not (either kernel); DS-CNN's 10x4
 stride-2 first layer on one channel; Conv1d; ResNet's 1x1 stride-2 shortcut, a residual add
 and a cat; dense layers of odd sizes after a flatten of a channels-last tensor (its columns
-permuted) and after a global average pool; per-channel weights, ReLU6 (eager: a lookup that
-relabels memory; PT2E: fused as the clip bounds); inputs that are not MNIST; layers whose
-output the arena planner lets overwrite their input as they go.
+permuted) and after a global average pool; dense layers on more inputs than the paired dense
+kernel sums in one chunk, and with -128 weights that force its pairs' roles, other pairs, or
+its grouped layout; per-channel weights, ReLU6 (eager: a lookup that relabels memory; PT2E:
+fused as the clip bounds); inputs that are not MNIST; layers whose output the arena planner
+lets overwrite their input as they go.
 
 Each model runs on the host (gcc, the plain-C kernels) on a few dozen inputs over its
 QuantStub's whole range, and on the emulated Cortex-M7 (QEMU mps2-an500 through
@@ -241,6 +243,65 @@ class SeparableReLU6(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(z, 1), 1))
 
 
+# a weight of -M quantizes to -128 when M is the tensor's largest magnitude: with M = 127.5 / 2^10
+# the per-tensor scale M / 127.5 is exact and -M / scale the tie -127.5, which rounds to -128
+EXTREME = 127.5 / 1024
+
+
+def _weights_within(linear, bound):
+    """Uniform weights in [-bound, bound] * EXTREME, for the entries set below to stand out."""
+    linear.weight.uniform_(-bound * EXTREME, bound * EXTREME)
+    return linear.weight
+
+
+class DenseRows(nn.Module):
+    """On a 601-sample signal (inputs not a multiple of 4, and more than the 256 over which the
+    paired dense kernel sums in one chunk): dense 601 → 37 (ReLU), dense 37 → 11, odd channel
+    counts. fc1's channel 0 has every weight at 115, channel 1 at -128 and channel 3 at 127:
+    pairs (0, 1) and (2, 3) carry them as the high channel, whose sum over 601 inputs near the
+    top of the range leaves what one chunk's T - S can hold (2^23 in size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.fc1, self.relu, self.fc2 = nn.Linear(601, 37), nn.ReLU(), nn.Linear(37, 11)
+        with torch.no_grad():
+            w = _weights_within(self.fc1, 0.9)
+            w[0], w[1], w[3] = 0.9 * EXTREME, -EXTREME, EXTREME
+
+    fuse = (("fc1", "relu"),)
+
+    def forward(self, x):
+        return self.dequant(self.fc2(self.relu(self.fc1(self.quant(x)))))
+
+
+class DensePairing(nn.Module):
+    """Weights at -128 that the paired dense kernel cannot put in a pair's high byte where the
+    pair's other channel is negative: dense 50 → 22 (ReLU) whose channel 1 has -128 at input 5
+    where channel 0 is negative (the pair (0, 1) swaps its roles), channels 4 and 5 -128 at
+    inputs 7 and 9 where the other is negative (neither role works: they pair with 6 and 7);
+    then dense 22 → 9 whose channels 0 to 3 each have -128 at their own input where the other
+    three are negative (no pairs of the group fit: the layer takes the grouped kernel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.fc1, self.relu, self.fc2 = nn.Linear(50, 22), nn.ReLU(), nn.Linear(22, 9)
+        with torch.no_grad():
+            w = _weights_within(self.fc1, 0.9)
+            w[1, 5], w[0, 5] = -EXTREME, -0.5 * EXTREME
+            w[4, 7], w[5, 7], w[5, 9], w[4, 9] = -EXTREME, -0.5 * EXTREME, -EXTREME, -0.5 * EXTREME
+            w = _weights_within(self.fc2, 0.9)
+            w[:4, :4] = -0.5 * EXTREME
+            for k in range(4):
+                w[k, k] = -EXTREME
+
+    fuse = (("fc1", "relu"),)
+
+    def forward(self, x):
+        return self.dequant(self.fc2(self.relu(self.fc1(self.quant(x)))))
+
+
 @dataclass(frozen=True)
 class Case:
     make: object            # () → nn.Module
@@ -284,6 +345,9 @@ CASES = {
                                              qconfig=PER_CHANNEL),
     "pt2e_relu6_per_channel_3x20x18": Case(SeparableReLU6, (1, 3, 20, 18),
                                            {"conv": 1, "depthwise": 1, "pointwise": 2, "dense": 1}, pt2e=True),
+    # inputs mostly above the zero point: large sums of the extreme channels
+    "dense_rows_601": Case(DenseRows, (1, 601), {"dense": 2}, calibration=(-0.1, 1.0)),
+    "dense_pairing_50": Case(DensePairing, (1, 50), {"dense": 2}),
 }
 # ----------------------------------------------------------------------------- building
 
@@ -377,6 +441,16 @@ def kernels_match(calls, expected) -> bool:
     return not +left
 
 
+# utvm_dense_u8s8's call: (..., n, out_c, paired, m_stride, zp, lo, hi)
+DENSE_CALL = re.compile(r"\butvm_dense_u8s8\([^;]*?(\d+), (\d+), (\d+), -?\d+, -?\d+, -?\d+, -?\d+\);")
+
+
+def dense_layouts(tar) -> dict:
+    """(inputs, outputs) of each dense layer → its weights' layout in the library: 0 grouped,
+    1 paired, 2 paired with the channels computed out of order (kernels_nhwc.h)."""
+    return {(int(n), int(o)): int(paired) for text in _c_sources(tar) for n, o, paired in DENSE_CALL.findall(text)}
+
+
 def _same_bits(a, b):
     return np.array_equal(np.asarray(a, np.float32).view(np.uint32), np.asarray(b, np.float32).view(np.uint32))
 
@@ -426,6 +500,18 @@ def test_the_cases_reach_what_they_name(built):
     assert convs("dw5x5_s1_p2_c9_9x7")[0].in_zero_point not in (0, 128)
     unbiased = [layer for layer in convs("pt2e_relu6_per_channel_3x20x18") if layer.bias is None]
     assert {layer.groups > 1 for layer in unbiased} == {True, False}
+    # the extreme channels, whose sums need more than one chunk, in the paired layout
+    fc1, _ = [np.asarray(layer.weight, np.int32) for layer in convs("dense_rows_601")]
+    assert (fc1[0] == 115).all() and (fc1[1] == -128).all() and (fc1[3] == 127).all()
+    x_zp = convs("dense_rows_601")[0].in_zero_point
+    assert 128 * (255 - x_zp) * 601 > 2 ** 23 and 128 * 255 * 256 < 2 ** 23
+    layouts = dense_layouts(built("dense_rows_601").optim_tar)
+    assert layouts.keys() == {(601, 37), (37, 11)} and layouts[(601, 37)] == 1 and layouts[(37, 11)] > 0
+    # the -128 weights: pair (0, 1) swapped, channels 4 and 5 re-paired; fc2's first group unpairable
+    fc1, fc2 = [np.asarray(layer.weight, np.int32) for layer in convs("dense_pairing_50")]
+    assert fc1[1, 5] == -128 and fc1[0, 5] < 0 and fc1[4, 7] == fc1[5, 9] == -128 and fc1[5, 7] < 0 > fc1[4, 9]
+    assert all(fc2[k, k] == -128 and (np.delete(fc2[:4, k], k) < 0).all() for k in range(4))
+    assert dense_layouts(built("dense_pairing_50").optim_tar) == {(50, 22): 2, (22, 9): 0}
 
 
 def test_layers_run_in_place(built):
