@@ -441,14 +441,19 @@ def kernels_match(calls, expected) -> bool:
     return not +left
 
 
-# utvm_dense_u8s8's call: (..., n, out_c, paired, m_stride, zp, lo, hi)
-DENSE_CALL = re.compile(r"\butvm_dense_u8s8\([^;]*?(\d+), (\d+), (\d+), -?\d+, -?\d+, -?\d+, -?\d+\);")
+# utvm_dense_u8s8's call: (..., n, out_c, paired, chunk, m_stride, zp, lo, hi)
+DENSE_CALL = re.compile(r"\butvm_dense_u8s8\([^;]*?(\d+), (\d+), (\d+), (\d+), -?\d+, -?\d+, -?\d+, -?\d+\);")
 
 
 def dense_layouts(tar) -> dict:
     """(inputs, outputs) of each dense layer → its weights' layout in the library: 0 grouped,
     1 paired, 2 paired with the channels computed out of order (kernels_nhwc.h)."""
-    return {(int(n), int(o)): int(paired) for text in _c_sources(tar) for n, o, paired in DENSE_CALL.findall(text)}
+    return {(int(n), int(o)): int(paired) for text in _c_sources(tar) for n, o, paired, _ in DENSE_CALL.findall(text)}
+
+
+def dense_chunks(tar) -> dict:
+    """(inputs, outputs) of each dense layer → the inputs per chunk of its paired sums."""
+    return {(int(n), int(o)): int(chunk) for text in _c_sources(tar) for n, o, _, chunk in DENSE_CALL.findall(text)}
 
 
 def _same_bits(a, b):
@@ -507,6 +512,9 @@ def test_the_cases_reach_what_they_name(built):
     assert 128 * (255 - x_zp) * 601 > 2 ** 23 and 128 * 255 * 256 < 2 ** 23
     layouts = dense_layouts(built("dense_rows_601").optim_tar)
     assert layouts.keys() == {(601, 37), (37, 11)} and layouts[(601, 37)] == 1 and layouts[(37, 11)] > 0
+    assert dense_chunks(built("dense_rows_601").optim_tar)[(601, 37)] == 256
+    # ordinary weights: a row of more than 256 inputs in one chunk
+    assert dense_chunks(built("dw5x5_s1_p2_c9_9x7").optim_tar)[(567, 41)] == 568
     # the -128 weights: pair (0, 1) swapped, channels 4 and 5 re-paired; fc2's first group unpairable
     fc1, fc2 = [np.asarray(layer.weight, np.int32) for layer in convs("dense_pairing_50")]
     assert fc1[1, 5] == -128 and fc1[0, 5] < 0 and fc1[4, 7] == fc1[5, 9] == -128 and fc1[5, 7] < 0 > fc1[4, 9]

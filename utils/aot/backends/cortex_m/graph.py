@@ -197,11 +197,12 @@ def _rides_high(weight, c0, c1):
 
 
 def paired_dense_weights(weight):
-    """utvm_dense_u8s8's paired layout of [O, n] int8 weights: (w, order, slots), w the int8
+    """utvm_dense_u8s8's paired layout of [O, n] int8 weights: (w, order, slots, chunk), w the int8
     bytes [O4 / 4][n4 / 4][2 pairs][2 words][4], order the output channel of each computed one
     (O4 of them; past O the zero channels), slots each group's code for the kernel (computed
-    channel j of group g to output 4g + ((slots[g] >> 2j) & 3)). Each group of 4 channels takes
-    the first of PAIR_ARRANGEMENTS whose high channels fit; None when some group has none."""
+    channel j of group g to output 4g + ((slots[g] >> 2j) & 3)), chunk the inputs per chunk of
+    its sums (_paired_chunk). Each group of 4 channels takes the first of PAIR_ARRANGEMENTS
+    whose high channels fit; None when some group has none."""
     o, n = weight.shape
     o4, n4 = (o + 3) // 4 * 4, (n + 3) // 4 * 4
     padded = np.zeros((o4, n4), np.int16)
@@ -222,7 +223,16 @@ def paired_dense_weights(weight):
     # [pair][step of 4 inputs][inputs 0, 2, 1, 3][low, high]: the words of inputs (0, 2), (1, 3)
     pairs = np.stack([low, high], axis=-1).reshape(o4 // 2, n4 // 4, 4, 2)[:, :, [0, 2, 1, 3]]
     words = pairs.reshape(o4 // 4, 2, n4 // 4, 8).transpose(0, 2, 1, 3)
-    return np.ascontiguousarray(words.reshape(-1)).astype(np.int8), order, np.asarray(slots, np.uint8)
+    return (np.ascontiguousarray(words.reshape(-1)).astype(np.int8), order, np.asarray(slots, np.uint8),
+            _paired_chunk(padded[order[1::2]]))
+
+
+def _paired_chunk(high):
+    """Inputs per chunk of the paired kernel's sums, given the pairs' high channels [O4 / 2, n4]:
+    the whole row where each one's sum over inputs in [0, 255] keeps 256 * S_c1 in an int32,
+    else 256, which any int8 weights do."""
+    most = 255 * max(np.where(high > 0, high, 0).sum(axis=1).max(), np.where(high < 0, -high, 0).sum(axis=1).max())
+    return high.shape[1] if most < 2 ** 23 else 256
 
 
 def dense_params(bias, multiplier, order, slots):
@@ -458,16 +468,16 @@ class GraphLowering:
             # some group of 4 channels has no two pairs that fit: one channel per multiply
             padded = np.zeros((o, n4), np.int8)
             padded[:, :n] = weight
-            rows, order, mode, slots = channel_groups(padded, 4), np.arange((o + 3) // 4 * 4), 0, []
+            rows, order, mode, slots, chunk = channel_groups(padded, 4), np.arange((o + 3) // 4 * 4), 0, [], n4
         else:
-            rows, order, slots = paired
+            rows, order, slots, chunk = paired
             mode = 2 if np.any(order != np.arange(len(order))) else 1
         params = dense_params(_folded_bias(layer, weight), multiplier, order, slots if mode == 2 else [])
         name = self.name(layer)
         build = _kernel_func(name, "utvm_dense_u8s8",
                              [("x", (1, n), "uint8"), ("w", rows.shape, "int8"), ("b", params.shape, "int32")],
                              [("y", (1, o), "uint8"), ("col", (n4,), "int16")])
-        func = build([n, o, mode, m_stride, zp, lo, hi])
+        func = build([n, o, mode, chunk, m_stride, zp, lo, hi])
         args = [x.var, self.const(rows, "int8"), self.const(params, "int32")]
         return Value(self.emit_call(func, name, args, [(1, o), (n4,)], ["uint8", "int16"]), PLAIN)
 

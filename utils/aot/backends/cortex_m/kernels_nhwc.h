@@ -580,9 +580,10 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_lut_u8s8(const uint8_t* x, const int16_t
  * inputs (4s, 4s + 2) or (4s + 1, 4s + 3), the inputs of one of col's words, X. Then
  * __smlad(__sxtb16(word), X) adds w_c0's two products (the extend keeps bytes 0 and 2) and
  * __smlad(word, X) those of 256 * w_c1 + w_c0: summed into S and T, T - S = 256 * S_c1
- * (mod 2^32), and S_c1 = (T - S) >> 8 as long as 256 * S_c1 fits in an int32, which a sum over
- * at most 256 inputs (each product at most 255 * 128 in size) guarantees: longer rows are
- * summed in chunks of 256 inputs. Four multiply-adds cost one extend and two __smlad.
+ * (mod 2^32), and S_c1 = (T - S) >> 8 as long as 256 * S_c1 fits in an int32. The sums go in
+ * chunks of `chunk` inputs that keep it so: 256 always do (each product is at most 255 * 128
+ * in size), and graph.py gives a whole row where the layer's weights keep every c1's sum over
+ * it within range. Four multiply-adds cost one extend and two __smlad.
  * b[i] must fit in an int8: w_c1[i] > -128 wherever w_c0[i] < 0. graph.py chooses in each
  * group of 4 channels the pairs and their roles that allow it, and gives a layer where some
  * group allows none the grouped layout.
@@ -593,9 +594,6 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_lut_u8s8(const uint8_t* x, const int16_t
  * in the computed order with m_stride 1), then with paired 2 a byte per group, 4 to a word
  * from the lowest: computed channel j of group g goes to output 4g + ((byte >> 2j) & 3). In the
  * other layouts it goes to output 4g + j. */
-
-/* inputs per chunk of the paired layout's sums */
-#define UTVM_DENSE_CHUNK 256
 
 /* col[2s], col[2s + 1] = the int16 pairs (x[4s], x[4s + 2]), (x[4s + 1], x[4s + 3]); zeros past n */
 UTVM_INLINE void utvm_dense_widen_u8(const uint8_t* x, uint32_t* col, int32_t n) {
@@ -699,13 +697,13 @@ UTVM_INLINE const int8_t* utvm_dense_grouped_group(const uint32_t* col, const in
 /* The same, paired layout. S and T of each pair start at its c0's bias, which T - S cancels;
    c1's bias is read after the loops, which need every register. */
 UTVM_INLINE const int8_t* utvm_dense_paired_group(const uint32_t* col, const int8_t* wp, int32_t n4,
-                                                  const int32_t* bias, int32_t* acc) {
+                                                  int32_t chunk, const int32_t* bias, int32_t* acc) {
   /* unsigned: T wraps */
   uint32_t s0 = (uint32_t)bias[0], t0 = s0, s1 = (uint32_t)bias[2], t1 = s1;
   int32_t c1 = 0, c3 = 0;
   const uint32_t* xp = col;
-  for (int32_t i = 0; i < n4; i += UTVM_DENSE_CHUNK) {
-    const int32_t steps = (n4 - i < UTVM_DENSE_CHUNK ? n4 - i : UTVM_DENSE_CHUNK) >> 2;
+  for (int32_t i = 0; i < n4; i += chunk) {
+    const int32_t steps = (n4 - i < chunk ? n4 - i : chunk) >> 2;
 #if UTVM_ASM
     /* written out: gcc 12 spills when it schedules this itself. The 4-word load names its
        registers in ascending order. Four steps per turn, then the steps left one by one. */
@@ -757,8 +755,8 @@ UTVM_INLINE const int8_t* utvm_dense_paired_group(const uint32_t* col, const int
 #undef UTVM_DENSE_PAIRED_OPERANDS
 
 UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, const int32_t* bias, uint8_t* y,
-                                         int16_t* col, int32_t n, int32_t out_c, int32_t paired, int32_t m_stride,
-                                         int32_t out_zp, int32_t lo, int32_t hi) {
+                                         int16_t* col, int32_t n, int32_t out_c, int32_t paired, int32_t chunk,
+                                         int32_t m_stride, int32_t out_zp, int32_t lo, int32_t hi) {
   const int32_t zp = out_zp, flo = lo, fhi = hi;
   const int32_t n4 = (n + 3) & ~3, o4 = (out_c + 3) & ~3;
   const int32_t* const m_bits = bias + o4;
@@ -770,7 +768,8 @@ UTVM_NHWC_KERNEL int32_t utvm_dense_u8s8(const uint8_t* x, const int8_t* w, cons
   const int8_t* wp = w;
   for (int32_t o = 0; o < o4; o += 4) {
     int32_t acc[4];
-    wp = paired ? utvm_dense_paired_group(xw, wp, n4, bias + o, acc) : utvm_dense_grouped_group(xw, wp, n4, bias + o, acc);
+    wp = paired ? utvm_dense_paired_group(xw, wp, n4, chunk, bias + o, acc)
+                : utvm_dense_grouped_group(xw, wp, n4, bias + o, acc);
     /* otherwise computed channel j to output j of the group, as the byte of (0, 1, 2, 3) would */
     const uint32_t code = paired == 2 ? (uint32_t)slots[o >> 4] >> (8 * ((o >> 2) & 3)) : 0xE4u;
 #pragma GCC unroll 4
