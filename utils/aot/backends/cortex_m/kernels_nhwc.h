@@ -583,7 +583,8 @@ UTVM_NHWC_KERNEL int32_t utvm_depthwise_lut_u8s8(const uint8_t* x, const int16_t
  * (mod 2^32), and S_c1 = (T - S) >> 8 as long as 256 * S_c1 fits in an int32. The sums go in
  * chunks of `chunk` inputs that keep it so: 256 always do (each product is at most 255 * 128
  * in size), and graph.py gives a whole row where the layer's weights keep every c1's sum over
- * it within range. Four multiply-adds cost one extend and two __smlad.
+ * it within range (the grouped layout ignores chunk). Four multiply-adds cost one extend and
+ * two __smlad.
  * b[i] must fit in an int8: w_c1[i] > -128 wherever w_c0[i] < 0. graph.py chooses in each
  * group of 4 channels the pairs and their roles that allow it, and gives a layer where some
  * group allows none the grouped layout.
