@@ -524,16 +524,18 @@ def test_the_cases_reach_what_they_name(built):
 
 def test_layers_run_in_place(built):
     """The arena planner lets these layers write over their input as they go (the emulator
-    test then holds their bits): depthwise at stride 1 and 2, pointwise, Conv1d, a 3x3
-    stride-2 convolution, a residual add that takes its other operand's bytes, and a
+    test then holds their bits): depthwise at stride 1 and 2, pointwise, strided
+    convolutions, a residual add that takes its other operand's bytes, and a
     stride-1 ResNet block run row by row as one kernel."""
     def in_place(name):
         with tarfile.open(built(name).optim_tar) as t:
             return set(json.load(t.extractfile("metadata.json"))["in_place"])
-    for name in ("dw3x3_s1_p0_c6_7x9", "dw3x3_s2_p1_c7_7x9", "dw5x5_s2_p1_c5_11x8"):
+    # only where sharing makes the arena smaller: in the smallest cases a dense layer's
+    # widened input is the arena's peak
+    for name in ("dscnn_stem", "dw3x3_s2_p1_c7_7x9", "dw5x5_s2_p1_c5_11x8"):
         assert "tvmgen_default_dw" in in_place(name), name
+    assert "tvmgen_default_conv1" in in_place("dscnn_stem")   # DS-CNN's 10x4 stride-2 first layer
     assert "tvmgen_default_pw1" in in_place("pointwise")
-    assert {"tvmgen_default_dw", "tvmgen_default_pw"} <= in_place("conv1d_3x21")
     assert {"tvmgen_default_conv2", "tvmgen_default_down", "tvmgen_default_conv3"} <= \
         in_place("residual_in_place_3x12x10")
     # the one call of the block kernel (its definition reads "(const uint8_t* x")
