@@ -250,6 +250,10 @@ def test_models_rows_have_both_backends_and_the_peer(models_run):
             if "tflm_flatbuffer_bytes" in model["peer"]:
                 assert vs["flash_vs_tflm_flatbuffer"] == pytest.approx(
                     row["flash_bytes"] / model["peer"]["tflm_flatbuffer_bytes"], rel=1e-3)
+            if "tflm_flash_bytes" in model["peer"]:
+                assert model["peer"]["tflm_flash_bytes"] > model["peer"]["tflm_flatbuffer_bytes"]
+                assert vs["flash_vs_tflm"] == pytest.approx(row["flash_bytes"] / model["peer"]["tflm_flash_bytes"],
+                                                            rel=1e-3)
             if model["peer"].get("convolutional"):
                 assert vs["arena_below_half_tflm"] == (row["arena_bytes"] < model["peer"]["tflm_arena_bytes"] / 2)
         assert model["variants"]["int8_no_optim"]["status"] == "ok"

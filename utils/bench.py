@@ -917,7 +917,7 @@ def models_markdown(report) -> str:
     """The models x variants table with the published peer figures."""
     lines = ["| model | variant | gcc | instructions / inference | MACs | instr. / MAC | est. M7 cycles | "
              "est. ms @216 MHz | arena B | stack peak B | flash B | bit-exact: host / 0201 | "
-             "TFLM+CMSIS-NN ÷ ours | arena ÷ TFLM's | flash ÷ TFLM .tflite | goal |",
+             "TFLM+CMSIS-NN ÷ ours | arena ÷ TFLM's | flash ÷ TFLM's | goal |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, model in _models(report):
         peer = model.get("peer") or {}
@@ -931,7 +931,7 @@ def models_markdown(report) -> str:
             vs = row.get("vs_peer", {})
             exact = (f"{'yes' if row['bit_exact_with_host'] else '**NO**'} / "
                      f"{'yes' if row['bit_exact_with_0201'] else '**NO**'}")
-            flatbuffer = (f"{vs['flash_vs_tflm_flatbuffer']:.2f}" if "flash_vs_tflm_flatbuffer" in vs else "—")
+            flash_vs = f"{vs['flash_vs_tflm']:.2f}" if "flash_vs_tflm" in vs else "—"
             goal = ""
             if "meets_goal" in row:
                 goal = f"{'met' if row['meets_goal'] else 'not met'} (≤ {peer['goal_0202_instructions'] / 1e6:.2f} M)"
@@ -940,14 +940,14 @@ def models_markdown(report) -> str:
                 f"{row['macs']:,} | {row['instructions_per_mac']:.2f} | {row['estimated_cycles']:,} | "
                 f"{row['estimated_ms_216mhz']:.2f} | {row['arena_bytes']:,} | {row['stack_peak_bytes']:,} | "
                 f"{row['flash_bytes']:,} | {exact} | "
-                f"{vs['tflm_cmsis_nn_over_ours']:.2f}× | {vs['arena_vs_tflm']:.2f} | {flatbuffer} | {goal} |"
+                f"{vs['tflm_cmsis_nn_over_ours']:.2f}× | {vs['arena_vs_tflm']:.2f} | {flash_vs} | {goal} |"
                 if vs else
                 f"| {name} | {label} | {row['opt_level']} | {row['instructions_per_inference']:,} | "
                 f"{row['macs']:,} | {row['instructions_per_mac']:.2f} | {row['estimated_cycles']:,} | "
                 f"{row['estimated_ms_216mhz']:.2f} | {row['arena_bytes']:,} | {row['stack_peak_bytes']:,} | "
                 f"{row['flash_bytes']:,} | {exact} | | | | |")
     lines += ["", "Published peers (utils/bench_peers.py, with sources):", "",
-              "| model | TFLM+CMSIS-NN instructions | per MAC | TFLM arena B | TFLM .tflite B | "
+              "| model | TFLM+CMSIS-NN instructions | per MAC | TFLM arena B | TFLM flash B (.tflite + code) | "
               "TFLM reference kernels | ExecuTorch instructions | best published ms (STM32F746) |",
               "|---|---|---|---|---|---|---|---|"]
     for name, model in _models(report):
@@ -955,7 +955,8 @@ def models_markdown(report) -> str:
         if not peer:
             continue
         et = f"{peer['executorch_instructions']:,}" if "executorch_instructions" in peer else "—"
-        fb = f"{peer['tflm_flatbuffer_bytes']:,}" if "tflm_flatbuffer_bytes" in peer else "—"
+        fb = (f"{peer['tflm_flash_bytes']:,} ({peer['tflm_flatbuffer_bytes']:,} + {peer['tflm_code_bytes']:,})"
+              if "tflm_flash_bytes" in peer else "—")
         lines.append(f"| {name} | {peer['tflm_cmsis_nn_instructions']:,} | {peer['tflm_cmsis_nn_instructions_per_mac']} | "
                      f"{peer['tflm_arena_bytes']:,} | {fb} | {peer['tflm_reference_instructions']:,} | {et} | "
                      f"{peer['published_ms']} ({peer['published_ms_by']}) |")
