@@ -79,6 +79,13 @@ class KernelCall:
     args: list
     overlap: tuple = ()        # the kernel's OVERLAP_ATTR: per input, the bytes its start may lie past the output's
 
+    @property
+    def shared_output(self):
+        """The storage of the output the kernel's overlaps refer to (its first), or None."""
+        if not self.overlap or len(self.args) <= len(self.overlap):
+            return None
+        return self.args[len(self.overlap)].storage
+
 
 @dataclass
 class Plan:
@@ -234,9 +241,7 @@ def _overlaps(calls):
     OVERLAP_ATTR) where the input dies at that call and the output is born there."""
     pairs = {}
     for index, call in enumerate(calls):
-        if not call.overlap or len(call.args) <= len(call.overlap):
-            continue
-        out = call.args[len(call.overlap)].storage
+        out = call.shared_output
         if out is None or out.first_use != index:
             continue
         for t, d in zip(call.args, call.overlap):
@@ -311,9 +316,9 @@ def in_place_calls(plan):
     """The kernels whose output shares arena bytes with an input (OVERLAP_ATTR honoured)."""
     shared = []
     for call in plan.calls:
-        if not call.overlap or len(call.args) <= len(call.overlap) or call.args[len(call.overlap)].storage is None:
+        out = call.shared_output
+        if out is None:
             continue
-        out = call.args[len(call.overlap)].storage
         for t in call.args[:len(call.overlap)]:
             s = t.storage
             if s is not None and s is not out and s.arena_offset < out.arena_offset + out.nbytes \

@@ -145,6 +145,14 @@ def conv_weight_rows(weight, tap_order=True):
     return np.ascontiguousarray((rows[:, :, [0, 2, 1, 3]] if tap_order else rows).reshape(o, k4))
 
 
+def _add_params(add, conv_first):
+    """utvm_nhwc_add's parameters for a QAdd fused into the store of its operand conv_first
+    (the add's first operand) or not: {m_conv, m_res, zpp, shift, zp_out, lo}."""
+    m_conv, m_res = (add.a_multiplier, add.b_multiplier) if conv_first else (add.b_multiplier, add.a_multiplier)
+    return [m_conv, m_res, add.zero_point_product, add.shift, add.out_zero_point,
+            add.out_zero_point if add.relu else 0]
+
+
 def _conv_operands(layer, pixels):
     """(k4, weight rows, their dtype, folded bias) of a regular convolution for the
     utvm_conv_* kernels. Weights reused over many pixels are stored widened to int16 (in
@@ -374,10 +382,7 @@ class GraphLowering:
             add, other, conv_first = residual
             if other.shape != out_shape:
                 raise StageError(f"{layer.name}: a residual of shape {list(other.shape)} for {list(out_shape)}")
-            m_conv, m_res = (add.a_multiplier, add.b_multiplier) if conv_first else (add.b_multiplier,
-                                                                                      add.a_multiplier)
-            params = [m_conv, m_res, add.zero_point_product, add.shift, add.out_zero_point,
-                      add.out_zero_point if add.relu else 0]
+            params = _add_params(add, conv_first)
             inputs += [("res", out_shape, "uint8"), ("add", (len(params),), "int32")]
             args += [other.var, self.const(params, "int32")]
         elif lookup is not None:
@@ -408,9 +413,7 @@ class GraphLowering:
         assert w_dtype == w_dtype_b  # the same pixels: the same policy
         mult_a, m_stride_a, zp_a, lo_a, hi_a = _requant_args(a)
         mult_b, m_stride_b, zp_b, lo_b, hi_b = _requant_args(b)
-        m_conv, m_res = (add.a_multiplier, add.b_multiplier) if b_first else (add.b_multiplier, add.a_multiplier)
-        params = [m_conv, m_res, add.zero_point_product, add.shift, add.out_zero_point,
-                  add.out_zero_point if add.relu else 0]
+        params = _add_params(add, b_first)
         name = self.name(b)
         out_shape, ring_shape, col_shape = (1, h, w, c), (kb_h * w * mid,), (8 * max(k4a, k4b) // 4,)
         inputs = [("x", x.shape, "uint8"), ("w_a", rows_a.shape, w_dtype), ("b_a", (mid,), "int32"),
@@ -497,15 +500,21 @@ class FusedEpilogues:
     skip: set       # ids of the adds and lookups fused into a convolution
 
 
-def fused_epilogues(layers):
-    """The residual adds and the activations (lookups) that go into the store of the
-    convolution feeding them: the conv's output feeds that layer only, has a kernel here, and
-    an add's other operand exists before the conv runs (adds: regular convolutions only)."""
+def _producers_and_uses(layers):
+    """{tensor name: (index, the layer that writes it)}, {tensor name: how many layer inputs read it}."""
     producer = {layer.output: (index, layer) for index, layer in enumerate(layers)}
     uses = {}
     for layer in layers:
         for name in layer.inputs:
             uses[name] = uses.get(name, 0) + 1
+    return producer, uses
+
+
+def fused_epilogues(layers):
+    """The residual adds and the activations (lookups) that go into the store of the
+    convolution feeding them: the conv's output feeds that layer only, has a kernel here, and
+    an add's other operand exists before the conv runs (adds: regular convolutions only)."""
+    producer, uses = _producers_and_uses(layers)
     fused = FusedEpilogues({}, set())
     for layer in layers:
         if isinstance(layer, QLookup) and _elementwise(layer):
@@ -543,17 +552,13 @@ def block_pairs(layers, fused):
     (utvm_conv_pair_add): a and b regular same-size convolutions with kernels here, a's output
     read by b only, b's store fused with the add of x, x read by a and the add only, and b's
     window no shorter than a's (so that z can overwrite x as it goes)."""
-    producer = {layer.output: layer for layer in layers}
-    uses = {}
-    for layer in layers:
-        for name in layer.inputs:
-            uses[name] = uses.get(name, 0) + 1
+    producer, uses = _producers_and_uses(layers)
     pairs = {}
     for b in layers:
         epilogue = fused.into.get(id(b))
         if not isinstance(b, QConv2d) or not isinstance(epilogue, tuple):
             continue
-        a = producer.get(b.inputs[0])
+        _, a = producer.get(b.inputs[0], (None, None))
         add, other, _ = epilogue
         if (isinstance(a, QConv2d) and id(a) not in fused.into and uses.get(b.inputs[0]) == 1
                 and a.inputs[0] == other and uses.get(other) == 2 and a.groups == 1 and b.groups == 1
