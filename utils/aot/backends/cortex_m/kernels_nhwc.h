@@ -77,79 +77,47 @@ UTVM_INLINE void utvm_nhwc_gather(const uint8_t* x, int16_t* col, int32_t pixel,
   }
 }
 
+/* One step of 4 taps: the pair of windows by two LDRDs (col is word-aligned: it lives in the
+   arena), each channel's weight word widened to the int16 pairs (k0, k1), (k2, k3). */
+#define UTVM_NHWC_MAC_STEP_S8                  \
+  "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"      \
+  "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"      \
+  "ldr %[wv], [%[wp]], #4\n\t"                 \
+  "sxtb16 %[we], %[wv]\n\t"                    \
+  "sxtb16 %[wv], %[wv], ror #8\n\t"            \
+  "smlad %[a00], %[x0a], %[we], %[a00]\n\t"    \
+  "smlad %[a00], %[x0b], %[wv], %[a00]\n\t"    \
+  "smlad %[a10], %[x1a], %[we], %[a10]\n\t"    \
+  "smlad %[a10], %[x1b], %[wv], %[a10]\n\t"    \
+  "ldr %[wv], [%[wp]], #4\n\t"                 \
+  "sxtb16 %[we], %[wv]\n\t"                    \
+  "sxtb16 %[wv], %[wv], ror #8\n\t"            \
+  "smlad %[a01], %[x0a], %[we], %[a01]\n\t"    \
+  "smlad %[a01], %[x0b], %[wv], %[a01]\n\t"    \
+  "smlad %[a11], %[x1a], %[we], %[a11]\n\t"    \
+  "smlad %[a11], %[x1b], %[wv], %[a11]\n\t"
+#define UTVM_NHWC_MAC_OUTPUTS(w0, w1)                                                                      \
+  [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [col] "+r"(col), [wp] "+r"(wp),      \
+      [x0a] "=&r"(x0a), [x0b] "=&r"(x0b), [x1a] "=&r"(x1a), [x1b] "=&r"(x1b), [w0] "=&r"(w0), [w1] "=&r"(w1)
+
 /* acc[2 * pixel + channel] of one channel pair over the gathered pair of windows. */
 UTVM_INLINE void utvm_nhwc_mac_2x2(const int16_t* col, const int8_t* wp, int32_t k4, int32_t* acc) {
   int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
 #if UTVM_DSP
   /* written out: gcc 12 keeps the loop's pointers on the stack when it schedules this itself.
-     Two steps of 4 taps per turn, the pair of windows by two LDRDs (col is word-aligned: it
-     lives in the arena), then one more step when k4 / 4 is odd. */
+     Two steps per turn, then one more step when k4 / 4 is odd. */
   const int8_t* const end = wp + 2 * (k4 & ~7);
   uint32_t x0a, x0b, x1a, x1b, wv, we;
   if (k4 >= 8) {
-    __asm__ volatile(
-        "1:\n\t"
-        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
-        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
-        "ldr %[wv], [%[wp]], #4\n\t"
-        "sxtb16 %[we], %[wv]\n\t"
-        "sxtb16 %[wv], %[wv], ror #8\n\t"
-        "smlad %[a00], %[x0a], %[we], %[a00]\n\t"
-        "smlad %[a00], %[x0b], %[wv], %[a00]\n\t"
-        "smlad %[a10], %[x1a], %[we], %[a10]\n\t"
-        "smlad %[a10], %[x1b], %[wv], %[a10]\n\t"
-        "ldr %[wv], [%[wp]], #4\n\t"
-        "sxtb16 %[we], %[wv]\n\t"
-        "sxtb16 %[wv], %[wv], ror #8\n\t"
-        "smlad %[a01], %[x0a], %[we], %[a01]\n\t"
-        "smlad %[a01], %[x0b], %[wv], %[a01]\n\t"
-        "smlad %[a11], %[x1a], %[we], %[a11]\n\t"
-        "smlad %[a11], %[x1b], %[wv], %[a11]\n\t"
-        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
-        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
-        "ldr %[wv], [%[wp]], #4\n\t"
-        "sxtb16 %[we], %[wv]\n\t"
-        "sxtb16 %[wv], %[wv], ror #8\n\t"
-        "smlad %[a00], %[x0a], %[we], %[a00]\n\t"
-        "smlad %[a00], %[x0b], %[wv], %[a00]\n\t"
-        "smlad %[a10], %[x1a], %[we], %[a10]\n\t"
-        "smlad %[a10], %[x1b], %[wv], %[a10]\n\t"
-        "ldr %[wv], [%[wp]], #4\n\t"
-        "sxtb16 %[we], %[wv]\n\t"
-        "sxtb16 %[wv], %[wv], ror #8\n\t"
-        "smlad %[a01], %[x0a], %[we], %[a01]\n\t"
-        "smlad %[a01], %[x0b], %[wv], %[a01]\n\t"
-        "smlad %[a11], %[x1a], %[we], %[a11]\n\t"
-        "smlad %[a11], %[x1b], %[wv], %[a11]\n\t"
-        "cmp %[wp], %[end]\n\t"
-        "bne 1b\n\t"
-        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [col] "+r"(col), [wp] "+r"(wp),
-          [x0a] "=&r"(x0a), [x0b] "=&r"(x0b), [x1a] "=&r"(x1a), [x1b] "=&r"(x1b), [wv] "=&r"(wv), [we] "=&r"(we)
-        : [end] "r"(end)
-        : "cc", "memory");
+    __asm__ volatile("1:\n\t" UTVM_NHWC_MAC_STEP_S8 UTVM_NHWC_MAC_STEP_S8
+                     "cmp %[wp], %[end]\n\t"
+                     "bne 1b\n\t"
+                     : UTVM_NHWC_MAC_OUTPUTS(wv, we)
+                     : [end] "r"(end)
+                     : "cc", "memory");
   }
   if (k4 & 4) {
-    __asm__ volatile(
-        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
-        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
-        "ldr %[wv], [%[wp]], #4\n\t"
-        "sxtb16 %[we], %[wv]\n\t"
-        "sxtb16 %[wv], %[wv], ror #8\n\t"
-        "smlad %[a00], %[x0a], %[we], %[a00]\n\t"
-        "smlad %[a00], %[x0b], %[wv], %[a00]\n\t"
-        "smlad %[a10], %[x1a], %[we], %[a10]\n\t"
-        "smlad %[a10], %[x1b], %[wv], %[a10]\n\t"
-        "ldr %[wv], [%[wp]], #4\n\t"
-        "sxtb16 %[we], %[wv]\n\t"
-        "sxtb16 %[wv], %[wv], ror #8\n\t"
-        "smlad %[a01], %[x0a], %[we], %[a01]\n\t"
-        "smlad %[a01], %[x0b], %[wv], %[a01]\n\t"
-        "smlad %[a11], %[x1a], %[we], %[a11]\n\t"
-        "smlad %[a11], %[x1b], %[wv], %[a11]\n\t"
-        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [col] "+r"(col), [wp] "+r"(wp),
-          [x0a] "=&r"(x0a), [x0b] "=&r"(x0b), [x1a] "=&r"(x1a), [x1b] "=&r"(x1b), [wv] "=&r"(wv), [we] "=&r"(we)
-        :
-        : "memory");
+    __asm__ volatile(UTVM_NHWC_MAC_STEP_S8 : UTVM_NHWC_MAC_OUTPUTS(wv, we) : : "memory");
   }
 #else
   for (int32_t i = 0; i < k4; i += 4) {
@@ -171,6 +139,20 @@ UTVM_INLINE void utvm_nhwc_mac_2x2(const int16_t* col, const int8_t* wp, int32_t
   acc[3] = a11;
 }
 
+/* One step of 4 taps over int16 weights: one LDRD per channel, no extends */
+#define UTVM_NHWC_MAC_STEP_S16                 \
+  "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"      \
+  "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"      \
+  "ldrd %[wa], %[wb], [%[wp]], #8\n\t"         \
+  "smlad %[a00], %[x0a], %[wa], %[a00]\n\t"    \
+  "smlad %[a00], %[x0b], %[wb], %[a00]\n\t"    \
+  "smlad %[a10], %[x1a], %[wa], %[a10]\n\t"    \
+  "smlad %[a10], %[x1b], %[wb], %[a10]\n\t"    \
+  "ldrd %[wa], %[wb], [%[wp]], #8\n\t"         \
+  "smlad %[a01], %[x0a], %[wa], %[a01]\n\t"    \
+  "smlad %[a01], %[x0b], %[wb], %[a01]\n\t"    \
+  "smlad %[a11], %[x1a], %[wa], %[a11]\n\t"    \
+  "smlad %[a11], %[x1b], %[wb], %[a11]\n\t"
 /* The same over weights already widened to int16 pairs, [ceil(O / 2)][k4 / 4][2 channels][4]
  * (natural tap order), word-aligned: no extends, one LDRD per channel and step. For layers
  * whose weights are reused over many pixels, where the doubled flash pays. */
@@ -180,57 +162,15 @@ UTVM_INLINE void utvm_nhwc_mac_2x2_s16(const int16_t* col, const int16_t* wp, in
   const int16_t* const end = wp + 2 * (k4 & ~7);
   uint32_t x0a, x0b, x1a, x1b, wa, wb;
   if (k4 >= 8) {
-    __asm__ volatile(
-        "1:\n\t"
-        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
-        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
-        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
-        "smlad %[a00], %[x0a], %[wa], %[a00]\n\t"
-        "smlad %[a00], %[x0b], %[wb], %[a00]\n\t"
-        "smlad %[a10], %[x1a], %[wa], %[a10]\n\t"
-        "smlad %[a10], %[x1b], %[wb], %[a10]\n\t"
-        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
-        "smlad %[a01], %[x0a], %[wa], %[a01]\n\t"
-        "smlad %[a01], %[x0b], %[wb], %[a01]\n\t"
-        "smlad %[a11], %[x1a], %[wa], %[a11]\n\t"
-        "smlad %[a11], %[x1b], %[wb], %[a11]\n\t"
-        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
-        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
-        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
-        "smlad %[a00], %[x0a], %[wa], %[a00]\n\t"
-        "smlad %[a00], %[x0b], %[wb], %[a00]\n\t"
-        "smlad %[a10], %[x1a], %[wa], %[a10]\n\t"
-        "smlad %[a10], %[x1b], %[wb], %[a10]\n\t"
-        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
-        "smlad %[a01], %[x0a], %[wa], %[a01]\n\t"
-        "smlad %[a01], %[x0b], %[wb], %[a01]\n\t"
-        "smlad %[a11], %[x1a], %[wa], %[a11]\n\t"
-        "smlad %[a11], %[x1b], %[wb], %[a11]\n\t"
-        "cmp %[wp], %[end]\n\t"
-        "bne 1b\n\t"
-        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [col] "+r"(col), [wp] "+r"(wp),
-          [x0a] "=&r"(x0a), [x0b] "=&r"(x0b), [x1a] "=&r"(x1a), [x1b] "=&r"(x1b), [wa] "=&r"(wa), [wb] "=&r"(wb)
-        : [end] "r"(end)
-        : "cc", "memory");
+    __asm__ volatile("1:\n\t" UTVM_NHWC_MAC_STEP_S16 UTVM_NHWC_MAC_STEP_S16
+                     "cmp %[wp], %[end]\n\t"
+                     "bne 1b\n\t"
+                     : UTVM_NHWC_MAC_OUTPUTS(wa, wb)
+                     : [end] "r"(end)
+                     : "cc", "memory");
   }
   if (k4 & 4) {
-    __asm__ volatile(
-        "ldrd %[x0a], %[x0b], [%[col]], #8\n\t"
-        "ldrd %[x1a], %[x1b], [%[col]], #8\n\t"
-        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
-        "smlad %[a00], %[x0a], %[wa], %[a00]\n\t"
-        "smlad %[a00], %[x0b], %[wb], %[a00]\n\t"
-        "smlad %[a10], %[x1a], %[wa], %[a10]\n\t"
-        "smlad %[a10], %[x1b], %[wb], %[a10]\n\t"
-        "ldrd %[wa], %[wb], [%[wp]], #8\n\t"
-        "smlad %[a01], %[x0a], %[wa], %[a01]\n\t"
-        "smlad %[a01], %[x0b], %[wb], %[a01]\n\t"
-        "smlad %[a11], %[x1a], %[wa], %[a11]\n\t"
-        "smlad %[a11], %[x1b], %[wb], %[a11]\n\t"
-        : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [col] "+r"(col), [wp] "+r"(wp),
-          [x0a] "=&r"(x0a), [x0b] "=&r"(x0b), [x1a] "=&r"(x1a), [x1b] "=&r"(x1b), [wa] "=&r"(wa), [wb] "=&r"(wb)
-        :
-        : "memory");
+    __asm__ volatile(UTVM_NHWC_MAC_STEP_S16 : UTVM_NHWC_MAC_OUTPUTS(wa, wb) : : "memory");
   }
 #else
   for (int32_t i = 0; i < k4; i += 4) {
@@ -249,6 +189,9 @@ UTVM_INLINE void utvm_nhwc_mac_2x2_s16(const int16_t* col, const int16_t* wp, in
   acc[2] = a10;
   acc[3] = a11;
 }
+#undef UTVM_NHWC_MAC_STEP_S8
+#undef UTVM_NHWC_MAC_STEP_S16
+#undef UTVM_NHWC_MAC_OUTPUTS
 
 /* A residual add fused into the convolution's store: qnnpack's add of the convolution's
  * requantized byte and the other operand's byte at the same position (the golden model's
